@@ -1,0 +1,219 @@
+"""The run configuration: a typed schema, YAML presets and dotted command-line overrides.
+
+`load_config(["configs/a.yaml"], ["optim.muon=vo,ffn"])` merges the schema defaults, each YAML
+file in order and then the overrides. Unknown keys and ill-typed values are errors, never
+silently ignored: the schema is an OmegaConf structured config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from model import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A configuration the user has to fix (unknown key, bad value, missing file)."""
+
+
+def _model_section() -> type:
+    """`model.preset` plus every ModelConfig field as an optional override (None = the preset's)."""
+    fields = [("preset", str, field(default="tiny"))]
+    for f in dataclasses.fields(ModelConfig):
+        fields.append((f.name, Any, field(default=None)))
+    return dataclasses.make_dataclass("ModelSection", fields)
+
+
+ModelSection = _model_section()
+
+
+@dataclass
+class OptimSection:
+    muon: Any = "hidden"  # groups routed to Muon: "vo,ffn" or [vo, ffn]; every other parameter -> base
+    base: str = "adamw"  # optimizer of the groups not on Muon: adamw | sgd
+    adamw_lr: float = 3e-3
+    muon_lr: float | None = None  # None: same as adamw_lr (fair with adjust_lr_fn=match_rms_adamw)
+    embed_lr: float | None = None
+    head_lr: float | None = None
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_steps: int = 5
+    adjust_lr_fn: str = "match_rms_adamw"  # or "original": sqrt(max(1, rows/cols)), lr ~ 0.02
+    per_head: bool = False
+    sgd_momentum: float = 0.9
+    schedule: str = "cosine"  # cosine | wsd | constant
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.2
+    grad_clip: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class TrainSection:
+    steps: int = 400
+    batch_size: int = 16  # global, in sequences, whatever the number of processes
+    micro_batch_size: int | None = None  # per device; None = batch_size / processes (no accumulation)
+    seq_len: int = 128
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 100
+    eval_tokens: int = 65536
+    checkpoint_every: int = 200  # 0: only at the end
+    keep_checkpoints: int = 2
+    resume: str = "auto"  # auto | none | path to a checkpoint directory
+    compile: bool = False
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+
+
+@dataclass
+class DataSection:
+    source: str = "builtin:shakespeare"
+    vocab_size: int = 4096
+    tokenizer: str | None = None  # None: train a byte-level BPE; else tokenizer.json path or hub name
+    dir: str | None = None  # a prepared dataset directory; None: cached, derived from the settings
+    text_field: str = "text"
+    tokens: int | None = None  # cap on training tokens prepared (large hf sources)
+    bos_aligned: bool = False
+    bios: dict[str, Any] = field(default_factory=dict)  # data.bios.BiosConfig overrides
+
+
+@dataclass
+class MetricsSection:
+    tail_buckets: int = 10
+    tail_mode: str = "share"  # share | log
+    spectra_every: int | None = None  # None: at every eval; 0: off
+    qa_every: int | None = None  # None: at every eval (bios sources only); 0: off
+    qa_max_per_group: int = 256
+    peak_flops: float | None = None  # override the GPU peak used for perf/mfu
+
+
+@dataclass
+class RunSection:
+    name: str | None = None  # None: derived from preset, routing and seed
+    dir: str | None = None  # None: runs/<name>
+
+
+@dataclass
+class LoggingSection:
+    wandb: bool = False
+    wandb_project: str = "muonlab"
+    wandb_group: str | None = None
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_mode: str | None = None  # None: online with credentials, offline without
+
+
+@dataclass
+class RunConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    data: DataSection = field(default_factory=DataSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    run: RunSection = field(default_factory=RunSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+
+
+def load_config(files: Sequence[str] = (), overrides: Sequence[str] = ()) -> DictConfig:
+    """Schema defaults <- each YAML file in order <- dotted `key=value` overrides."""
+    cfg = OmegaConf.structured(RunConfig)
+    for path in files:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file not found: {path} (give a path such as configs/tiny.yaml)")
+        cfg = _merge(cfg, OmegaConf.load(path), f"in {path}")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value (e.g. optim.muon=vo,ffn)")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"in override '{item}'")
+    _validate(cfg)
+    return cfg
+
+
+def _merge(cfg: DictConfig, other: Any, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, other)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or ""
+        msg = str(err).splitlines()[0]
+        hint = f"valid keys of '{key.rsplit('.', 1)[0]}': {_valid_keys(key)}" if key else ""
+        raise ConfigError(f"{msg} {where}. {hint}".strip()) from None
+
+
+def _valid_keys(full_key: str) -> str:
+    node: Any = OmegaConf.structured(RunConfig)
+    parts = full_key.split(".")[:-1]
+    for part in parts:
+        if part not in node:
+            break
+        node = node[part]
+    return ", ".join(node.keys()) if isinstance(node, DictConfig) else "see training/config.py"
+
+
+def _validate(cfg: DictConfig) -> None:
+    choices = {
+        "optim.base": ("adamw", "sgd"),
+        "optim.schedule": ("cosine", "wsd", "constant"),
+        "optim.adjust_lr_fn": ("match_rms_adamw", "original"),
+        "train.precision": ("auto", "bf16", "fp32"),
+        "metrics.tail_mode": ("share", "log"),
+    }
+    for key, allowed in choices.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value} is not one of {', '.join(allowed)}")
+    t = cfg.train
+    for key in ("steps", "batch_size", "seq_len", "log_every", "eval_tokens"):
+        if t[key] <= 0:
+            raise ConfigError(f"train.{key} must be positive, got {t[key]}")
+    if t.micro_batch_size is not None and t.micro_batch_size <= 0:
+        raise ConfigError(f"train.micro_batch_size must be positive, got {t.micro_batch_size}")
+
+
+def run_name(cfg: DictConfig) -> str:
+    """The run's name: `run.name`, or one derived from preset, FFN, routing and seed."""
+    if cfg.run.name:
+        return cfg.run.name
+    muon = cfg.optim.muon
+    routing = "+".join(muon) if not isinstance(muon, str) else muon.replace(",", "+").replace(" ", "")
+    ffn = f"_{cfg.model.ffn_type}" if cfg.model.ffn_type else ""
+    return f"{cfg.model.preset}{ffn}_muon-{routing or 'none'}_s{cfg.train.seed}"
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.run.dir) if cfg.run.dir else Path("runs") / run_name(cfg)
+
+
+# Keys that may change between an interrupted run and its resumption without changing its result.
+RESUMABLE_KEYS = (
+    "train.steps", "train.resume", "train.micro_batch_size", "train.compile", "train.log_every",
+    "train.checkpoint_every", "train.keep_checkpoints", "run.dir", "run.name",
+)
+
+
+def resume_conflicts(saved: DictConfig, current: DictConfig) -> list[str]:
+    """Dotted keys whose values differ between a saved run config and the current one."""
+    a = _flatten(OmegaConf.to_container(saved, resolve=True))
+    b = _flatten(OmegaConf.to_container(current, resolve=True))
+    keys = sorted(set(a) | set(b))
+    return [
+        k for k in keys
+        if a.get(k) != b.get(k) and not k.startswith("logging.") and k not in RESUMABLE_KEYS
+    ]
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out

@@ -1,0 +1,96 @@
+"""Metric logging: `metrics.jsonl` always, wandb (through accelerate's tracker) when enabled.
+
+The same metric names go to both sinks, so a report built from metrics.jsonl shows what the
+wandb dashboard shows. Only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from omegaconf import DictConfig, OmegaConf
+
+
+def wandb_mode(cfg_mode: str | None) -> str:
+    """'online' when the user has wandb credentials, else 'offline' (unless set explicitly)."""
+    if cfg_mode:
+        return cfg_mode
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError):
+        pass
+    return "offline"
+
+
+class MetricsLogger:
+    """Appends one JSON object per event to metrics.jsonl and mirrors it to the trackers."""
+
+    def __init__(self, accelerator: Accelerator, run_dir: Path, cfg: DictConfig, name: str):
+        self.accelerator = accelerator
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.use_wandb = bool(cfg.logging.wandb)
+        if self.use_wandb:
+            accelerator.init_trackers(
+                cfg.logging.wandb_project,
+                config=OmegaConf.to_container(cfg, resolve=True),
+                init_kwargs={"wandb": {
+                    "name": name,
+                    "group": cfg.logging.wandb_group,
+                    "tags": list(cfg.logging.wandb_tags),
+                    "mode": wandb_mode(cfg.logging.wandb_mode),
+                    "dir": str(run_dir),
+                    "resume": "allow",
+                    "id": name.replace("/", "-"),
+                }},
+            )
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        clean = {k: _jsonable(v) for k, v in metrics.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **clean}) + "\n")
+        if self.use_wandb:
+            self.accelerator.log(clean, step=step)
+
+    def log_routing_table(self, rows: list[dict]) -> None:
+        """The routing table as a wandb Table (wandb imported only here: it may be absent on GPU nodes)."""
+        if not (self.use_wandb and self.accelerator.is_main_process):
+            return
+        import wandb
+
+        columns = ["name", "group", "optimizer", "shape", "numel"]
+        table = wandb.Table(columns=columns, data=[[str(r[c]) for c in columns] for r in rows])
+        self.accelerator.get_tracker("wandb", unwrap=True).log({"routing": table})
+
+    def close(self) -> None:
+        if self.use_wandb:
+            self.accelerator.end_training()
+
+
+def truncate_after(path: Path, step: int) -> None:
+    """Drop events logged after `step` (an interrupted run's tail, about to be replayed on resume)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    # JSON has no NaN/Infinity: a non-finite value is written as null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

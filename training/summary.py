@@ -1,0 +1,39 @@
+"""The end of a run: `summary.json` and a short human summary on the terminal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    """Write summary.json atomically: its presence marks the run as complete."""
+    tmp = Path(run_dir) / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(Path(run_dir) / "summary.json")
+
+
+def print_summary(run_dir: Path, summary: dict) -> None:
+    table = Table(title=f"run {summary['run']} finished", show_header=False)
+    rows = [
+        ("run directory", str(run_dir)),
+        ("steps / tokens", f"{summary['steps']:,} / {summary['tokens']:,}"),
+        ("wall time", f"{summary['wall_time_s']:.1f} s ({summary['tokens_per_s']:,.0f} tokens/s)"),
+        ("train loss", _fmt(summary.get("final/train_loss"))),
+        ("eval loss", f"{_fmt(summary.get('initial/eval_loss'))} -> {_fmt(summary.get('final/eval_loss'))}"),
+    ]
+    if "eval/tail/gap" in summary:
+        rows.append(("tail - head loss", _fmt(summary["eval/tail/gap"])))
+    if "qa/fta/tail" in summary:
+        rows.append(("QA first-token acc. head / tail",
+                     f"{_fmt(summary.get('qa/fta/head'))} / {_fmt(summary['qa/fta/tail'])}"))
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
