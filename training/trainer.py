@@ -13,7 +13,6 @@ import math
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +22,17 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from data.loader import TokenLoader, check_vocab, val_batches
 from data.prepare import ensure_prepared
-from metrics.spectra import model_spectra
-from metrics.throughput import flops_per_token, mfu, peak_flops
 from omegaconf import DictConfig, OmegaConf
-from optim.build import build_optimizer
 from tqdm.auto import tqdm
 
+from metrics.spectra import model_spectra
+from metrics.throughput import flops_per_token, mfu, peak_flops
 from model import Transformer
 from model.presets import resolve_model_config
+from optim.build import build_optimizer
 from optim.groups import format_routing_table, routing_json
 from optim.schedules import lr_multiplier
+from training.batching import BatchPlan
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import ConfigError, resume_conflicts, run_dir, run_name
 from training.evaluate import Evaluator
@@ -43,27 +43,6 @@ from training.summary import print_summary, write_summary
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-@dataclass
-class BatchPlan:
-    """How a global batch splits over processes and micro-batches."""
-
-    per_process: int
-    micro: int
-    accum: int
-
-    @classmethod
-    def of(cls, batch_size: int, micro_batch_size: int | None, processes: int) -> BatchPlan:
-        if batch_size % processes:
-            raise ConfigError(f"train.batch_size={batch_size} is not divisible by the {processes} processes; "
-                              f"use a multiple of {processes}")
-        per_process = batch_size // processes
-        micro = micro_batch_size or per_process
-        if per_process % micro:
-            raise ConfigError(f"train.micro_batch_size={micro} does not divide the {per_process} sequences "
-                              "each process gets per step; pick a divisor")
-        return cls(per_process, micro, per_process // micro)
 
 
 def make_accelerator(cfg: DictConfig) -> Accelerator:
