@@ -1,0 +1,178 @@
+"""A LLaMA-style decoder whose module names match transformers' Llama, so weights convert 1:1."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned gain (no bias), as LlamaRMSNorm."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, shape [max_seq_len, head_dim // 2] (fp32)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [..., T, heads, head_dim] by the angles of cos/sin [T, head_dim // 2].
+
+    Same convention as transformers' rotate_half: dimension j pairs with j + head_dim/2, so
+    Llama checkpoints need no permutation of q_proj/k_proj rows.
+    """
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with grouped-query heads and optional per-head QK-norm."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        kv_dim = cfg.n_kv_heads * cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, kv_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, kv_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        if cfg.qk_norm:
+            # RMSNorm over each head's vector, before RoPE (Qwen3's q_norm/k_norm).
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        self.qk_norm = cfg.qk_norm
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            is_causal=True,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    """Gated SwiGLU FFN (gate_proj, up_proj, down_proj) or non-gated GELU / ReLU^2 (up_proj, down_proj)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ffn_type = cfg.ffn_type
+        if cfg.ffn_type == "swiglu":
+            self.gate_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ffn_type == "swiglu":
+            h = F.silu(self.gate_proj(x)) * self.up_proj(x)
+        elif self.ffn_type == "gelu":
+            h = F.gelu(self.up_proj(x))
+        else:
+            h = F.relu(self.up_proj(x)).square()
+        return self.down_proj(h)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """Embedding, decoder layers and final norm: the `model.` prefix of Llama's parameter names."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
+class Transformer(nn.Module):
+    """LLaMA-style causal LM: forward(idx [B, T]) -> logits [B, T, vocab_size]."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        if not config.tie_embeddings:
+            # Registered only when untied, so a tied model's parameter names carry no lm_head.
+            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights; residual outputs (o_proj, down_proj) scaled by 1/sqrt(2 n_layers)."""
+        std = self.config.init_std
+        out_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                is_out = name.endswith(("o_proj", "down_proj"))
+                nn.init.normal_(module.weight, mean=0.0, std=out_std if is_out else std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        seq_len = idx.shape[1]
+        if seq_len > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence length {seq_len} exceeds model.max_seq_len={self.config.max_seq_len}; "
+                f"set model.max_seq_len >= {seq_len} or shorten the sequences"
+            )
+        cos, sin = self.rope_cos[:seq_len], self.rope_sin[:seq_len]
+        device = idx.device.type
+        if torch.is_autocast_enabled(device):
+            # Cast once per forward (not per layer) so RoPE runs in the autocast compute dtype.
+            dtype = torch.get_autocast_dtype(device)
+            cos, sin = cos.to(dtype), sin.to(dtype)
+        x = self.model.embed_tokens(idx)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin)
+        x = self.model.norm(x)
+        # Call lm_head as a module (not F.linear on its weight) so module hooks, e.g. FSDP's, run.
+        return F.linear(x, self.model.embed_tokens.weight) if self.config.tie_embeddings else self.lm_head(x)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Number of distinct parameters; exclude_embeddings drops the input embedding table
+        (kept when tied, since it is then the output head too)."""
+        total = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings and not self.config.tie_embeddings:
+            total -= self.model.embed_tokens.weight.numel()
+        return total
