@@ -1,0 +1,163 @@
+"""Theory toy models: exact gradients and update rules, and the orderings the papers predict."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from theory import assoc_memory as am
+from theory.updates import UpdateRule, polar
+
+DT = torch.float64
+
+
+# --- update rules -------------------------------------------------------------------------------
+
+
+def test_polar_is_uv_t_of_the_svd() -> None:
+    G = torch.randn(6, 4, dtype=DT, generator=torch.Generator().manual_seed(0))
+    O = polar(G)
+    torch.testing.assert_close(O.T @ O, torch.eye(4, dtype=DT))
+    # polar(G) = G (G^T G)^{-1/2} for a full-rank G
+    evals, evecs = torch.linalg.eigh(G.T @ G)
+    torch.testing.assert_close(O, G @ evecs @ torch.diag(evals.rsqrt()) @ evecs.T)
+
+
+def test_polar_drops_null_directions_of_rank_deficient_gradients() -> None:
+    a, b = torch.tensor([1.0, 2.0, 2.0], dtype=DT), torch.tensor([3.0, 4.0], dtype=DT)
+    torch.testing.assert_close(polar(torch.outer(a, b)), torch.outer(a / 3, b / 5))
+    with pytest.raises(ValueError, match="2-D"):
+        polar(torch.ones(3, dtype=DT))
+
+
+def test_signgd_is_adam_with_zero_betas() -> None:
+    G = torch.randn(5, 5, dtype=DT, generator=torch.Generator().manual_seed(1))
+    adam0 = UpdateRule("adam", lr=0.1, betas=(0.0, 0.0), eps=1e-30)
+    sign = UpdateRule("signgd", lr=0.1)
+    for scale in (1.0, 1e-3):  # stateless: every step is the sign of the current gradient
+        torch.testing.assert_close(adam0.step(scale * G), sign.step(scale * G))
+
+
+def test_adam_first_step_is_sign_then_uses_its_moments() -> None:
+    G = torch.randn(4, 3, dtype=DT, generator=torch.Generator().manual_seed(2))
+    adam = UpdateRule("adam", lr=1.0, eps=0.0)
+    torch.testing.assert_close(adam.step(G), torch.sign(G))  # bias correction makes step 1 a sign step
+    m = 0.9 * 0.1 * G + 0.1 * 2 * G
+    v = 0.999 * 0.001 * G**2 + 0.001 * 4 * G**2
+    expected = (m / (1 - 0.9**2)) / (v / (1 - 0.999**2)).sqrt()
+    torch.testing.assert_close(adam.step(2 * G), expected)
+
+
+def test_update_rule_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        UpdateRule("sgd", lr=0.1)
+    with pytest.raises(ValueError, match="positive"):
+        UpdateRule("muon", lr=0.0)
+
+
+# --- the associative-memory model ---------------------------------------------------------------
+
+
+def test_hand_written_gradient_matches_autograd() -> None:
+    g = torch.Generator().manual_seed(3)
+    K = 6
+    E_in, E_out = am.make_embeddings("rotated", K, seed=4)
+    p = am.class_frequencies(K, power=1.3)
+    W = torch.randn(K, K, dtype=DT, generator=g, requires_grad=True)
+    loss, grad, S = am.loss_and_grad(W.detach(), E_in, E_out, p)
+    ref = -(p * torch.log_softmax(E_out.T @ W @ E_in, dim=0).diagonal()).sum()
+    ref.backward()
+    torch.testing.assert_close(loss, ref.detach())
+    torch.testing.assert_close(grad, W.grad)
+    torch.testing.assert_close(S.sum(0), torch.ones(K, dtype=DT))
+
+
+def test_class_frequencies() -> None:
+    p = am.class_frequencies(4, ratio=10.0)
+    torch.testing.assert_close(p, torch.tensor([10, 10, 1, 1], dtype=DT) / 22)
+    q = am.class_frequencies(4, power=1.0)
+    torch.testing.assert_close(q, torch.tensor([1, 1 / 2, 1 / 3, 1 / 4], dtype=DT) / (25 / 12))
+    with pytest.raises(ValueError, match="even"):
+        am.class_frequencies(5, ratio=2.0)
+    for both in ((2.0, 1.0), (None, None)):
+        with pytest.raises(ValueError, match="exactly one"):
+            am.class_frequencies(4, ratio=both[0], power=both[1])
+    with pytest.raises(ValueError, match=">= 1"):
+        am.class_frequencies(4, ratio=0.5)
+
+
+@pytest.mark.parametrize("kind", am.EMBEDDINGS)
+def test_embeddings_are_orthonormal(kind: str) -> None:
+    for E in am.make_embeddings(kind, 8, seed=0):
+        torch.testing.assert_close(E.T @ E, torch.eye(8, dtype=DT))
+
+
+def test_overlap_embedding_pairs_head_and_tail_on_shared_coordinates() -> None:
+    E, _ = am.make_embeddings("overlap", 6, seed=0)
+    for i in range(3):  # head class i and tail class i + 3 live on the same two coordinates
+        for k in (i, i + 3):
+            assert set(torch.nonzero(E[:, k]).flatten().tolist()) == {i, i + 3}
+    with pytest.raises(ValueError, match="unknown embedding 'sparse'"):
+        am.make_embeddings("sparse", 6)
+
+
+def test_train_is_deterministic_and_validates_arguments() -> None:
+    p = am.class_frequencies(8, ratio=10.0)
+    E_in, E_out = am.make_embeddings("rotated", 8, seed=1)
+    a = am.train(E_in, E_out, p, UpdateRule("adam", 0.02), steps=20, eps=0.02)
+    b = am.train(E_in, E_out, p, UpdateRule("adam", 0.02), steps=20, eps=0.02)
+    assert torch.equal(a.correct, b.correct)
+    torch.testing.assert_close(a.correct[0], torch.full((8,), 1 / 8, dtype=DT))  # W0 = 0: uniform
+    with pytest.raises(ValueError, match="eps"):
+        am.train(E_in, E_out, p, UpdateRule("gd", 1.0), steps=5, eps=1.5)
+
+
+@pytest.fixture(scope="module")
+def grid() -> dict:
+    p = am.class_frequencies(16, ratio=100.0)
+    return am.run_grid(p, steps=200, eps=0.02, optimizers=("gd", "signgd", "muon"))
+
+
+def test_muon_is_balanced_for_every_embedding(grid: dict) -> None:
+    for emb, r in grid["muon"].items():
+        assert r.hit_step is not None, emb
+        assert r.worst_class_prob / r.best_class_prob > 0.95, emb
+
+
+def test_gd_is_imbalanced(grid: dict) -> None:
+    for emb, r in grid["gd"].items():
+        assert r.hit_step is not None, emb
+        assert r.worst_class_prob < 0.2, emb
+
+
+def test_signgd_balanced_on_identity_but_collapses_with_overlap(grid: dict) -> None:
+    ident, over = grid["signgd"]["identity"], grid["signgd"]["overlap"]
+    assert ident.worst_class_prob / ident.best_class_prob > 0.99
+    assert over.hit_step is not None and over.worst_class_prob < 0.2
+
+
+def test_gd_and_muon_are_blind_to_orthonormal_embeddings(grid: dict) -> None:
+    # Both rules commute with orthogonal changes of basis, so the class curves are identical.
+    for opt in ("gd", "muon"):
+        for emb in ("rotated", "overlap"):
+            torch.testing.assert_close(grid[opt][emb].correct, grid[opt]["identity"].correct)
+
+
+def test_cli_writes_summary_and_plot(tmp_path) -> None:
+    out = tmp_path / "am"
+    am.main(["--out", str(out), "--K", "8", "--steps", "30", "--optimizers", "gd,muon", "--lr-muon", "0.1"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"gd", "muon"}
+    for by_emb in summary.values():
+        assert set(by_emb) == set(am.EMBEDDINGS)
+        for s in by_emb.values():
+            assert {"worst_class_prob", "best_class_prob", "steps"} <= set(s)
+            assert 0 < s["worst_class_prob"] <= s["best_class_prob"] < 1
+            assert s["steps"] is None or 0 <= s["steps"] <= 30
+            assert not math.isnan(s["worst_class_prob"])
+    assert (out / "assoc_memory.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="unknown"):
+        am.main(["--out", str(out), "--optimizers", "sgd"])
