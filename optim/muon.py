@@ -1,0 +1,252 @@
+"""Muon: momentum SGD whose update is orthogonalized by a Newton–Schulz iteration.
+
+`Muon` takes the same constructor keywords as `torch.optim.Muon` (torch 2.13) and applies the same
+update, so it is a drop-in replacement, but it is much faster: same-shape matrices are orthogonalized
+in one batched call and the iteration runs in fp32 on CPU (bf16 on CUDA).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+DEFAULT_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
+
+
+def default_ns_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (tensor cores); fp32 elsewhere, because bf16 matmul on CPU is ~10x slower."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def orthogonalize(
+    G: Tensor,
+    steps: int = 5,
+    coefficients: Sequence[float] = DEFAULT_COEFFICIENTS,
+    eps: float = 1e-7,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Quintic Newton–Schulz iteration on the last two dims of `G` ([..., m, n], batched over the rest).
+
+    It returns approximately U S' V^T where G = U S V^T, with the singular values S' roughly in
+    [0.5, 1.5] — NOT exactly the polar factor U V^T. The coefficients maximize the slope at zero so
+    that 5 steps suffice; the iteration deliberately does not converge to 1 (Keller Jordan's Muon),
+    which does not hurt training. G is first scaled by its Frobenius norm (floored at `eps`) so that
+    its spectral norm is at most 1. The result has dtype `dtype` (default: bf16 on CUDA, fp32
+    otherwise); `G` itself is never modified.
+    """
+    if G.ndim < 2:
+        raise ValueError(f"orthogonalize needs a [..., m, n] tensor, got shape {tuple(G.shape)}")
+    if len(coefficients) != 3:
+        raise ValueError(f"coefficients must be 3 numbers (a, b, c), got {coefficients!r}")
+    if not 0 <= steps < 100:
+        raise ValueError(f"steps must be in [0, 100), got {steps}")
+    a, b, c = coefficients
+    X = G.to(dtype or default_ns_dtype(G.device))
+    # Iterate on the wide orientation so that the Gram matrix X X^T is the smaller one.
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:
+        X = X.mT
+    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    batch_shape, (m, n) = X.shape[:-2], X.shape[-2:]
+    X = X.reshape(-1, m, n)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        X = torch.baddbmm(X, B, X, beta=a)
+    X = X.reshape(*batch_shape, m, n)
+    return X.mT if transposed else X
+
+
+def adjusted_lr(lr: float, adjust_lr_fn: str | None, rows: int, cols: int) -> float:
+    """Learning rate scaled for a [rows, cols] update, as torch.optim.Muon does.
+
+    "original" (also None): sqrt(max(1, rows/cols)) (Keller Jordan); "match_rms_adamw":
+    0.2 * sqrt(max(rows, cols)), which gives the update the RMS of an AdamW update (Moonlight).
+    """
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return lr * math.sqrt(max(1.0, rows / cols))
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    raise ValueError(f"adjust_lr_fn must be one of {ADJUST_LR_FNS}, got {adjust_lr_fn!r}")
+
+
+@dataclass
+class _Work:
+    """One parameter's pending update: `update` is [k, m, n] (k > 1 when split per head)."""
+
+    param: Tensor
+    update: Tensor
+    lr: float
+    weight_decay: float
+    adjust_lr_fn: str | None
+    ns: dict[str, Any]  # orthogonalize() keywords
+
+    @property
+    def key(self) -> Hashable:
+        """Matrices with equal keys are orthogonalized in one batched call."""
+        _, m, n = self.update.shape
+        return (m, n, self.update.device, self.ns["steps"], self.ns["coefficients"], self.ns["eps"])
+
+
+# Orthogonalizes buckets of stacked matrices: {key: [N, m, n]} -> {key: result}. Replaced under DDP.
+BucketFn = Callable[[dict[Hashable, Tensor], dict[Hashable, dict[str, Any]]], dict[Hashable, Tensor]]
+
+
+def orthogonalize_buckets(
+    buckets: dict[Hashable, Tensor], settings: dict[Hashable, dict[str, Any]]
+) -> dict[Hashable, Tensor]:
+    """Orthogonalize every bucket locally, one batched call each."""
+    return {key: orthogonalize(stack, **settings[key]) for key, stack in buckets.items()}
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon with the constructor keywords and update rule of `torch.optim.Muon`.
+
+    Per step and matrix: buf <- lerp(buf, grad, 1 - momentum) (fp32 state); update = lerp(grad, buf,
+    momentum) with Nesterov, else buf; O = orthogonalize(update); p <- p * (1 - lr * weight_decay)
+    - adjusted_lr(lr) * O. Extra keywords beyond torch's:
+
+    - `ns_dtype`: dtype of the Newton–Schulz iteration (default bf16 on CUDA, fp32 on CPU).
+    - `split_heads` (also a per-param-group key): orthogonalize a [n_heads * head_dim, d] matrix
+      per attention head, i.e. each [head_dim, d] row block separately; the lr adjustment then uses
+      the block's shape.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_coefficients: tuple[float, float, float] = DEFAULT_COEFFICIENTS,
+        eps: float = 1e-7,
+        ns_steps: int = 5,
+        adjust_lr_fn: str | None = None,
+        *,
+        ns_dtype: torch.dtype | None = None,
+        split_heads: int | None = None,
+    ) -> None:
+        if not lr >= 0.0:
+            raise ValueError(f"Muon: lr must be >= 0, got {lr}")
+        if not momentum >= 0.0:
+            raise ValueError(f"Muon: momentum must be >= 0, got {momentum}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"Muon: weight_decay must be >= 0, got {weight_decay}")
+        if adjust_lr_fn not in ADJUST_LR_FNS:
+            raise ValueError(f"Muon: adjust_lr_fn must be one of {ADJUST_LR_FNS}, got {adjust_lr_fn!r}")
+        if not 0 <= ns_steps < 100:
+            raise ValueError(f"Muon: ns_steps must be in [0, 100), got {ns_steps}")
+        if len(ns_coefficients) != 3:
+            raise ValueError(f"Muon: ns_coefficients must be 3 numbers (a, b, c), got {ns_coefficients!r}")
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_coefficients=tuple(ns_coefficients),
+            eps=eps,
+            ns_steps=ns_steps,
+            adjust_lr_fn=adjust_lr_fn,
+            split_heads=split_heads,
+        )
+        self.ns_dtype = ns_dtype
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group after checking that every parameter is a matrix that splits into its heads."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        heads = group["split_heads"]
+        for p in group["params"]:
+            if p.ndim != 2:
+                raise ValueError(
+                    f"Muon only optimizes 2-D matrices, got a parameter of shape {tuple(p.shape)}; "
+                    "route 1-D parameters (norm gains, biases) and others to AdamW"
+                )
+            if heads is not None and (heads < 1 or p.shape[0] % heads):
+                raise ValueError(
+                    f"Muon: split_heads={heads} does not divide the {p.shape[0]} rows of a parameter of "
+                    f"shape {tuple(p.shape)}; set split_heads to the number of heads of that projection"
+                )
+
+    def _bucket_fn(self) -> BucketFn:
+        return orthogonalize_buckets
+
+    def _collect(self) -> list[_Work]:
+        """Update the momentum of every parameter with a gradient; return the matrices to orthogonalize."""
+        work: list[_Work] = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if p.grad.is_sparse:
+                    raise RuntimeError("Muon does not support sparse gradients")
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
+            grads = [p.grad.float() for p in params]
+            bufs = [self.state[p]["momentum_buffer"] for p in params]
+            momentum = group["momentum"]
+            torch._foreach_lerp_(bufs, grads, 1 - momentum)
+            updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
+            heads = group["split_heads"] or 1
+            ns = dict(
+                steps=group["ns_steps"],
+                coefficients=tuple(group["ns_coefficients"]),
+                eps=group["eps"],
+                dtype=self.ns_dtype,
+            )
+            for p, u in zip(params, updates, strict=True):
+                work.append(
+                    _Work(
+                        param=p,
+                        update=u.view(heads, p.shape[0] // heads, p.shape[1]),
+                        lr=float(group["lr"]),
+                        weight_decay=group["weight_decay"],
+                        adjust_lr_fn=group["adjust_lr_fn"],
+                        ns=ns,
+                    )
+                )
+        return work
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one optimization step (all same-shape matrices in one batched orthogonalization)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = self._collect()
+        if not work:
+            return loss
+        by_key: dict[Hashable, list[_Work]] = {}
+        for w in work:
+            by_key.setdefault(w.key, []).append(w)
+        buckets = {key: torch.cat([w.update for w in ws]) for key, ws in by_key.items()}
+        settings = {key: ws[0].ns for key, ws in by_key.items()}
+        results = self._bucket_fn()(buckets, settings)
+        for key, ws in by_key.items():
+            outs = results[key].split([w.update.shape[0] for w in ws])
+            for w, out in zip(ws, outs, strict=True):
+                _, m, n = w.update.shape
+                w.param.mul_(1 - w.lr * w.weight_decay)
+                w.param.add_(out.reshape(w.param.shape), alpha=-adjusted_lr(w.lr, w.adjust_lr_fn, m, n))
+        return loss
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load state, keeping momentum buffers in fp32 (torch would cast them to the param dtype)."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params, strict=True):
+            saved = state_dict["state"].get(saved_id)
+            if saved is not None and "momentum_buffer" in saved:
+                buf = saved["momentum_buffer"]
+                self.state[p]["momentum_buffer"] = buf.to(device=p.device, dtype=torch.float32, copy=True)
