@@ -1,0 +1,162 @@
+"""Document sources: turn a source spec into one deterministic stream of documents.
+
+Specs (several may be joined with ``+``):
+
+- ``builtin:shakespeare``: the embedded corpus; its validation works are the validation split.
+- a local file, directory or glob of ``.txt`` (one document per file), ``.jsonl`` / ``.jsonl.gz``
+  (one document per line, field ``text_field``) or ``.parquet`` (column ``text_field``).
+- ``hf:NAME[:CONFIG]``: a Hugging Face dataset, split ``train``, streamed through ``datasets``.
+- ``bios``: the synthetic biographies of ``data.bios`` (training only: every person must be seen).
+
+Each document carries a destination: ``VAL`` (a source's own validation split), ``TRAIN``, or
+``AUTO`` (the first ones fill the validation budget, the rest are training).
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+VAL, TRAIN, AUTO = "val", "train", "auto"
+FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
+
+Document = tuple[str, str]  # (destination, text)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One ``+``-separated piece of a source spec."""
+
+    spec: str
+    documents: Callable[[], Iterator[Document]]
+
+
+def parse_source(
+    source: str, *, text_field: str = "text", bios: dict[str, Any] | None = None
+) -> list[Part]:
+    """Split a source spec on ``+`` and resolve each piece; raises ValueError/FileNotFoundError."""
+    specs = [s.strip() for s in source.split("+")]
+    if not source.strip() or not all(specs):
+        raise ValueError(f"empty source in {source!r}; use e.g. 'builtin:shakespeare' or 'data/*.jsonl'")
+    return [_part(spec, text_field, bios or {}) for spec in specs]
+
+
+def has_bios(source: str) -> bool:
+    """Whether the spec includes the synthetic biographies."""
+    return "bios" in (s.strip() for s in source.split("+"))
+
+
+def iter_documents(parts: list[Part], seed: int = 0) -> Iterator[Document]:
+    """All documents of all parts. Several parts are interleaved: each next document comes from a
+    part drawn at random (seeded), so the stream is a deterministic mixture."""
+    if len(parts) == 1:
+        yield from parts[0].documents()
+        return
+    rng = random.Random(seed)
+    streams = [p.documents() for p in parts]
+    while streams:
+        i = rng.randrange(len(streams))
+        try:
+            yield next(streams[i])
+        except StopIteration:
+            streams.pop(i)
+
+
+def _part(spec: str, text_field: str, bios: dict[str, Any]) -> Part:
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        if name != "shakespeare":
+            raise ValueError(f"unknown builtin corpus {name!r}; the only one is 'builtin:shakespeare'")
+        return Part(spec, _shakespeare)
+    if spec == "bios":
+        return Part(spec, lambda: _bios(bios))
+    if spec.startswith("hf:"):
+        name, _, config = spec.removeprefix("hf:").partition(":")
+        if not name:
+            raise ValueError(f"{spec!r}: expected hf:NAME or hf:NAME:CONFIG")
+        return Part(spec, lambda: _hf(name, config or None, text_field))
+    files = resolve_files(spec)
+    return Part(spec, lambda: _files(files, text_field))
+
+
+def resolve_files(spec: str) -> list[Path]:
+    """The sorted files a path, directory or glob names; a clear error when there are none."""
+    path = Path(spec).expanduser()
+    if any(c in spec for c in "*?["):
+        candidates = [Path(p) for p in glob.glob(str(path), recursive=True)]
+    elif path.is_dir():
+        candidates = [p for p in path.rglob("*") if p.is_file()]
+    elif path.exists():
+        candidates = [path]
+    else:
+        raise FileNotFoundError(
+            f"source {spec!r}: no such file or directory (expected builtin:shakespeare, bios, "
+            f"hf:NAME[:CONFIG], or a path/glob of {', '.join(FILE_SUFFIXES)} files)"
+        )
+    files = sorted(p for p in candidates if p.is_file() and p.name.endswith(FILE_SUFFIXES))
+    if not files:
+        raise FileNotFoundError(f"source {spec!r} matches no {', '.join(FILE_SUFFIXES)} files")
+    return files
+
+
+def _shakespeare() -> Iterator[Document]:
+    from data import shakespeare
+
+    for split in (VAL, TRAIN):  # validation first, like the budgeted validation of other sources
+        for text in shakespeare.documents(split):
+            yield split, text
+
+
+def _bios(settings: dict[str, Any]) -> Iterator[Document]:
+    from data.bios import BiosConfig, documents
+
+    for text in documents(BiosConfig(**settings)):
+        yield TRAIN, text
+
+
+def _hf(name: str, config: str | None, text_field: str) -> Iterator[Document]:
+    try:
+        import datasets  # imported here: training on prepared shards must not need `datasets`
+    except ImportError as e:
+        raise ImportError("hf: sources need the `datasets` package: pip install datasets") from e
+    rows = datasets.load_dataset(name, config, split="train", streaming=True)
+    for i, row in enumerate(rows):
+        yield AUTO, _field(row, text_field, f"hf:{name} row {i}")
+
+
+def _files(files: list[Path], text_field: str) -> Iterator[Document]:
+    for path in files:
+        if path.name.endswith(".txt"):
+            yield AUTO, path.read_text(encoding="utf-8")
+        elif path.name.endswith(".parquet"):
+            yield from ((AUTO, t) for t in _parquet(path, text_field))
+        else:
+            opener = gzip.open if path.name.endswith(".gz") else open
+            with opener(path, "rt", encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        yield AUTO, _field(json.loads(line), text_field, f"{path}:{n}")
+
+
+def _parquet(path: Path, text_field: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    if text_field not in pf.schema_arrow.names:
+        raise KeyError(
+            f"{path} has no column {text_field!r} (columns: {pf.schema_arrow.names}); set --text-field"
+        )
+    for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
+        yield from batch.column(0).to_pylist()
+
+
+def _field(row: dict[str, Any], text_field: str, where: str) -> str:
+    if text_field not in row:
+        raise KeyError(f"{where} has no field {text_field!r} (fields: {sorted(row)}); set --text-field")
+    return row[text_field]
