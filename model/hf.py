@@ -197,24 +197,35 @@ def _dataset_dir(run_dir: Path, run_cfg: dict[str, Any]) -> Path | None:
     return None
 
 
+def _save_tokenizer(tokenizer_file: Path, meta: dict[str, Any], out_dir: Path) -> None:
+    """Save the run's tokenizer for AutoTokenizer, with its BOS/EOS tokens named when meta.json has them."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
+    special = {}
+    for key, role in (("bos_id", "bos_token"), ("eos_id", "eos_token")):
+        if meta.get(key) is not None:
+            special[role] = tokenizer.convert_ids_to_tokens(meta[key])
+    tokenizer.add_special_tokens(special)
+    tokenizer.save_pretrained(out_dir)
+
+
 def export(src: str | Path, out_dir: str | Path) -> str:
     """Convert a run's newest (or the given) checkpoint to a transformers directory; returns a summary."""
     out_dir = Path(out_dir)
-    stages = tqdm(total=3, desc="export", unit="stage")
-    model, run_cfg, ckpt = load_checkpoint(src)
-    stages.update()
-    data_dir = _dataset_dir(ckpt.parent.parent, run_cfg)
-    meta_file = data_dir / "meta.json" if data_dir else None
-    meta = json.loads(meta_file.read_text()) if meta_file and meta_file.is_file() else {}
-    hf_model = to_hf(model, bos_token_id=meta.get("bos_id"), eos_token_id=meta.get("eos_id"))
-    stages.update()
-    hf_model.save_pretrained(out_dir)
-    if data_dir is not None:
-        from transformers import PreTrainedTokenizerFast
-
-        PreTrainedTokenizerFast(tokenizer_file=str(data_dir / "tokenizer.json")).save_pretrained(out_dir)
-    stages.update()
-    stages.close()
+    # disable=None: a bar on a terminal, silent in logs; the context closes it before any error line.
+    with tqdm(total=3, desc="export", unit="stage", disable=None) as stages:
+        model, run_cfg, ckpt = load_checkpoint(src)
+        stages.update()
+        data_dir = _dataset_dir(ckpt.parent.parent, run_cfg)
+        meta_file = data_dir / "meta.json" if data_dir else None
+        meta = json.loads(meta_file.read_text()) if meta_file and meta_file.is_file() else {}
+        hf_model = to_hf(model, bos_token_id=meta.get("bos_id"), eos_token_id=meta.get("eos_id"))
+        stages.update()
+        hf_model.save_pretrained(out_dir)
+        if data_dir is not None:
+            _save_tokenizer(data_dir / "tokenizer.json", meta, out_dir)
+        stages.update()
     tokenizer_note = "with tokenizer" if data_dir is not None else "without tokenizer (none found)"
     return (
         f"exported {ckpt} ({model.num_params() / 1e6:.1f}M params) as {type(hf_model).__name__} "
