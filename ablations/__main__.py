@@ -1,0 +1,81 @@
+"""Command line: `python -m ablations run GRID ...` and `python -m ablations report RUNS_DIR ...`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ablations.grid import GridError, load_grid
+from ablations.report import build_report
+from ablations.runner import LaunchError, plan_lines, print_outcomes, run_grid
+from ablations.slurm import SlurmOptions, manifest_text, sbatch_script, write_slurm
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ablations", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="expand a grid and run it (or write a SLURM array job)")
+    run.add_argument("grid", help="grid YAML file, or the name of a shipped grid (e.g. smoke)")
+    run.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    run.add_argument("--dry-run", action="store_true", help="print the plan (and the sbatch script) only")
+    run.add_argument("--out", type=Path, help="output directory (default: runs/<grid name>)")
+    run.add_argument("--gpus", type=int, help="GPUs to use locally (default: all visible; 0 = CPU)")
+    run.add_argument("--gpus-per-run", type=int, default=1,
+                     help="local: GPUs per run; >1 launches each run with accelerate launch")
+    run.add_argument("--nodes", type=int, default=2, help="slurm: nodes per run")
+    run.add_argument("--gpus-per-node", type=int, default=8, help="slurm: GPUs per node")
+    run.add_argument("--cpus-per-task", type=int, default=64, help="slurm: CPUs per node for the run")
+    run.add_argument("--partition", help="slurm: partition")
+    run.add_argument("--account", help="slurm: account")
+    run.add_argument("--time", default="24:00:00", help="slurm: time limit per run")
+    run.add_argument("--max-parallel", type=int, help="slurm: at most this many runs at once")
+    rep = sub.add_parser("report", help="tables, plots and report.md from a grid's run directories")
+    rep.add_argument("runs_dir", type=Path)
+    rep.add_argument("--out", type=Path, help="output directory (default: RUNS_DIR/report)")
+    return p
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    grid = load_grid(args.grid)
+    out = args.out or Path("runs") / grid.name
+    print("\n".join(plan_lines(grid, out)))
+    if args.launcher == "slurm":
+        opts = SlurmOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                            cpus_per_task=args.cpus_per_task,
+                            time=args.time, partition=args.partition, account=args.account,
+                            max_parallel=args.max_parallel)
+        if args.dry_run:
+            manifest = out / "slurm" / f"{grid.name}.runs"
+            print(f"\n# {manifest}:\n{manifest_text(grid, out)}")
+            print(f"# {out / 'slurm' / f'{grid.name}.sbatch'}:\n{sbatch_script(grid, out, manifest, opts)}")
+            return 0
+        script, manifest = write_slurm(grid, out, opts)
+        print(f"\nwrote {script} and {manifest} ({len(grid.runs)} array tasks).\n"
+              f"Submit from the repository root:  sbatch {script}\n"
+              f"Then:  python -m ablations report {out}")
+        return 0
+    if args.dry_run:
+        return 0
+    outcomes = run_grid(grid, out, num_gpus=args.gpus, gpus_per_run=args.gpus_per_run)
+    print_outcomes(outcomes, out.resolve())
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    report = build_report(args.runs_dir, args.out)
+    print(f"wrote {report} (with table.md, table.csv and the plots next to it)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return cmd_run(args) if args.command == "run" else cmd_report(args)
+    except (GridError, LaunchError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""Grid files: a base config plus axes and/or explicit runs, expanded into named runs.
+
+A grid YAML has these top-level keys (all dotted config keys, as on the train.py command line)::
+
+    name: smoke                      # optional, default: the file's stem
+    description: ...                 # optional free text, copied into the report
+    base: configs/smoke.yaml         # optional, relative to the repository root
+    overrides: {optim.adamw_lr: 0.01}  # optional, applied to every run
+    runs:                            # optional explicit list; each entry is a dict of overrides
+      - {optim.muon: none, label: adamw, paper_ref: {eval_loss: 3.9242}}
+    axes: {model.ffn_type: [gelu, swiglu]}  # optional; product with `runs`
+    seeds: [0, 1, 2]                 # optional; an axis on train.seed
+
+Each run is named from the settings that distinguish it (e.g. ``muon-vo+ffn_swiglu_s0``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GRIDS_DIR = Path(__file__).resolve().parent / "grids"
+TOP_LEVEL_KEYS = ("name", "description", "base", "overrides", "runs", "axes", "seeds", "exclude")
+RUN_META_KEYS = ("label", "paper_ref")
+# What a paper_ref may name: the final eval loss, or the QA first-token accuracy on the rarest group.
+PAPER_REF_KEYS = ("eval_loss", "qa_tail_fta")
+# Keys the runner sets itself for every run; a grid setting them would be silently overwritten.
+RUNNER_KEYS = ("run.dir", "run.name", "train.resume", "logging.wandb_group", "logging.wandb_tags")
+SEED_KEY = "train.seed"
+MUON_KEY, BASE_KEY, FFN_KEY = "optim.muon", "optim.base", "model.ffn_type"
+# train.py defaults for the keys that name a run (see the config section of INTERFACES/DESIGN).
+DEFAULTS = {MUON_KEY: "hidden", BASE_KEY: "adamw"}
+_MISSING = object()
+
+
+class GridError(ValueError):
+    """A grid file that cannot be expanded; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of a grid: its name and the dotted overrides on top of the base config."""
+
+    name: str
+    overrides: dict[str, Any]
+    seed: int | None = None
+    paper_ref: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def group(self) -> str:
+        """The run's name without its seed token: runs differing only in seed share it."""
+        return self.name if self.seed is None else self.name.removesuffix(f"_s{self.seed}")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An expanded grid: where it came from, its base config and its runs."""
+
+    name: str
+    path: Path
+    base: str | None
+    base_config: dict[str, Any]
+    description: str
+    runs: list[Run]
+
+
+def muon_tokens(spec: Any) -> list[str]:
+    """The group names of an optim.muon value (comma string or list), e.g. 'vo,ffn' -> ['vo', 'ffn']."""
+    items = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
+    return [str(s).strip() for s in items if str(s).strip()]
+
+
+def routing_label(muon: Any, base: Any = "adamw") -> str:
+    """A short name for a routing: 'adamw' / 'sgd' without Muon, else 'muon-<groups>' (+ '-sgd')."""
+    groups = muon_tokens(muon)
+    if not groups or groups == ["none"]:
+        return str(base)
+    label = "muon-" + "+".join(groups)
+    return label if base == "adamw" else f"{label}-{base}"
+
+
+def resolve_grid_path(arg: str | Path) -> Path:
+    """A grid file path, or the bare name of a shipped grid ('smoke' -> ablations/grids/smoke.yaml)."""
+    path = Path(arg)
+    if path.is_file():
+        return path
+    shipped = GRIDS_DIR / f"{arg}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in GRIDS_DIR.glob("*.yaml")))
+    raise GridError(f"grid file {arg} not found; give a YAML path or one of the shipped grids: {names}")
+
+
+def load_base(base: str | None) -> dict[str, Any]:
+    """The base config file (relative to the repository root) flattened to dotted keys."""
+    if base is None:
+        return {}
+    path = REPO_ROOT / base
+    if not path.is_file():
+        raise GridError(f"base config {base} not found (paths are relative to the repository root "
+                        f"{REPO_ROOT})")
+    return flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'muon': 'qk'}} -> {'optim.muon': 'qk'}; lists are leaves."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _token_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "+".join(_token_value(v) for v in value)
+    return str(value)
+
+
+def _name_tokens(varying: dict[str, Any], merged: dict[str, Any]) -> list[str]:
+    """Name tokens for the varying settings: routing first, then FFN type, then the rest in order."""
+    tokens = []
+    if MUON_KEY in varying or BASE_KEY in varying:
+        tokens.append(routing_label(merged[MUON_KEY], merged[BASE_KEY]))
+    if FFN_KEY in varying:
+        tokens.append(_token_value(varying[FFN_KEY]))
+    for key, value in varying.items():
+        if key not in (MUON_KEY, BASE_KEY, FFN_KEY, SEED_KEY):
+            tokens.append(f"{key.rsplit('.', 1)[-1]}-{_token_value(value)}")
+    return tokens
+
+
+def _sanitize(name: str) -> str:
+    # Run names become directory names and wandb names: keep them shell- and filesystem-safe.
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-")
+
+
+def _check_mapping(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise GridError(f"{what} must be a mapping of dotted config keys to values, "
+                        f"got {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str) or "." not in key:
+            raise GridError(f"{what}: key {key!r} is not a dotted config key such as optim.muon")
+        if key in RUNNER_KEYS:
+            raise GridError(f"{what}: {key} is set by the runner for every run; remove it from the grid")
+    return value
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """One value of an axis: its overrides and, for a bundle axis, its label (its name token)."""
+
+    overrides: dict[str, Any]
+    label: str | None = None
+
+
+def _axes(raw: Any, seeds: Any) -> dict[str, list[_Choice]]:
+    """Parse `axes:` (and `seeds:`). An axis named by a dotted key lists that key's values; an axis
+    named without a dot (a bundle) lists mappings of several dotted keys, each with a `label`."""
+    if raw is not None and not isinstance(raw, dict):
+        raise GridError("`axes` must be a mapping: dotted config key -> list of values")
+    axes: dict[str, list[_Choice]] = {}
+    for key, values in (raw or {}).items():
+        if not isinstance(values, list) or not values:
+            raise GridError(f"axes.{key} must be a non-empty list of values")
+        if "." in key:
+            _check_mapping({key: None}, "axes")
+            axes[key] = [_Choice({key: v}) for v in values]
+            continue
+        axes[key] = []
+        for i, value in enumerate(values):
+            if not isinstance(value, dict) or "label" not in value:
+                raise GridError(f"axes.{key}[{i}]: an axis named without a dot bundles settings; each of its "
+                                "values must be a mapping with a `label` and dotted config keys")
+            settings = {k: v for k, v in value.items() if k != "label"}
+            axes[key].append(_Choice(_check_mapping(settings, f"axes.{key}[{i}]"), str(value["label"])))
+    if seeds is not None:
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+            raise GridError("`seeds` must be a non-empty list of integers, e.g. seeds: [0, 1, 2]")
+        axes["seeds"] = [_Choice({SEED_KEY: s}) for s in seeds]
+    owners = Counter(k for choices in axes.values() for k in {k for c in choices for k in c.overrides})
+    twice = sorted(k for k, n in owners.items() if n > 1)
+    if twice:
+        raise GridError(f"{', '.join(twice)} set by more than one axis (or by an axis and `seeds`); keep one")
+    return axes
+
+
+def _paper_ref(value: Any, where: str, bundle_labels: set[str]) -> dict[str | None, dict[str, float]]:
+    """`paper_ref` as {None: ref} (every run of the entry) or {bundle label: ref} (runs with that label)."""
+    def ref(mapping: Any) -> dict[str, float] | None:
+        ok = isinstance(mapping, dict) and set(mapping) <= set(PAPER_REF_KEYS)
+        return {k: float(v) for k, v in mapping.items()} if ok else None
+
+    if value is None:
+        return {}
+    if ref(value) is not None:
+        return {None: ref(value)}
+    if isinstance(value, dict) and set(value) <= bundle_labels and all(ref(v) for v in value.values()):
+        return {label: ref(v) for label, v in value.items()}
+    known = ", ".join(sorted(bundle_labels)) or "none in this grid"
+    raise GridError(f"{where}: paper_ref must map {' / '.join(PAPER_REF_KEYS)} to numbers, or labels of a "
+                    f"bundle axis ({known}) to such mappings")
+
+
+def _explicit_runs(raw: Any, bundle_labels: set[str]) -> list[tuple[dict[str, Any], str | None, dict]]:
+    """Parse `runs:` into (overrides, label, paper_ref) triples."""
+    if raw is None:
+        return [({}, None, {})]
+    if not isinstance(raw, list):
+        raise GridError("`runs` must be a list of mappings (one per run)")
+    parsed = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise GridError(f"runs[{i}] must be a mapping of dotted config keys, got {entry!r}")
+        overrides = {k: v for k, v in entry.items() if k not in RUN_META_KEYS}
+        label = entry.get("label")
+        parsed.append((_check_mapping(overrides, f"runs[{i}]"), None if label is None else str(label),
+                       _paper_ref(entry.get("paper_ref"), f"runs[{i}]", bundle_labels)))
+    return parsed
+
+
+def _exclude(raw: Any) -> list[dict[str, Any]]:
+    """Parse `exclude:`, a list of partial settings; a run matching every key of one is dropped."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise GridError("`exclude` must be a list of mappings of dotted config keys to values")
+    entries = [_check_mapping(entry, f"exclude[{i}]") for i, entry in enumerate(raw)]
+    if not all(entries):
+        raise GridError("`exclude` entries must be non-empty mappings, e.g. {optim.muon: ffn_gate, "
+                        "model.ffn_type: gelu}")
+    return entries
+
+
+def expand(spec: dict[str, Any], path: Path) -> Grid:
+    """Expand a parsed grid mapping into its runs (explicit runs x product of the axes)."""
+    unknown = sorted(set(spec) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise GridError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; "
+                        f"valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+    if spec.get("runs") is None and spec.get("axes") is None and spec.get("seeds") is None:
+        raise GridError(f"{path}: the grid has no runs; add `runs:` and/or `axes:`")
+    name = _sanitize(str(spec.get("name") or path.stem))
+    base = spec.get("base")
+    base_flat = load_base(base)
+    common = _check_mapping(spec.get("overrides"), "overrides")
+    axes = _axes(spec.get("axes"), spec.get("seeds"))
+    exclude = _exclude(spec.get("exclude"))
+    excluded = [0] * len(exclude)  # runs each exclude entry dropped: one that drops none is a typo
+    axis_keys = {k for choices in axes.values() for c in choices for k in c.overrides}
+    bundle_labels = {c.label for choices in axes.values() for c in choices if c.label}
+    runs = []
+    for entry, label, refs in _explicit_runs(spec.get("runs"), bundle_labels):
+        clash = sorted(set(entry) & axis_keys)
+        if clash:
+            raise GridError(f"{path}: {', '.join(clash)} set both in a run entry and by an axis; keep one")
+        for combo in itertools.product(*axes.values()):
+            from_axes = {k: v for c in combo for k, v in c.overrides.items()}
+            scalar = {k: v for c in combo if c.label is None for k, v in c.overrides.items()}
+            bundles = [c.label for c in combo if c.label]
+            overrides = {**common, **entry, **from_axes}
+            hits = [i for i, ex in enumerate(exclude) if all(overrides.get(k, _MISSING) == v
+                                                              for k, v in ex.items())]
+            for i in hits:
+                excluded[i] += 1
+            if hits:
+                continue
+            merged = {**DEFAULTS, **base_flat, **overrides}
+            tokens = [label, *_name_tokens(scalar, merged)] if label else _name_tokens(
+                {**entry, **scalar}, merged)
+            seed = from_axes.get(SEED_KEY)
+            tokens += bundles + ([] if seed is None else [f"s{seed}"])
+            labels = {"routing": routing_label(merged[MUON_KEY], merged[BASE_KEY]),
+                      "ffn_type": str(merged.get(FFN_KEY) or "preset")}
+            if seed is not None:
+                labels["seed"] = str(seed)
+            paper_ref = next((refs[b] for b in bundles if b in refs), refs.get(None, {}))
+            runs.append(Run(name=_sanitize("_".join(tokens)) or "base",
+                            overrides=overrides,
+                            seed=seed, paper_ref=paper_ref, labels=labels))
+    unused = [exclude[i] for i, n in enumerate(excluded) if n == 0]
+    if unused:
+        raise GridError(f"{path}: exclude entry {unused[0]} matches no run; check its keys and values")
+    if not runs:
+        raise GridError(f"{path}: the grid expands to no runs")
+    duplicates = sorted(n for n, c in Counter(r.name for r in runs).items() if c > 1)
+    if duplicates:
+        raise GridError(f"{path}: several runs would be named {', '.join(duplicates)}; "
+                        "give those run entries distinct `label:`s")
+    return Grid(name=name, path=path, base=base, base_config=base_flat,
+                description=str(spec.get("description") or ""), runs=runs)
+
+
+def load_grid(arg: str | Path) -> Grid:
+    """Load and expand a grid file (a path or the name of a shipped grid)."""
+    path = resolve_grid_path(arg)
+    try:
+        spec = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as err:  # OmegaConf raises several YAML/grammar error types
+        raise GridError(f"{path}: not a readable YAML grid ({err})") from err
+    if not isinstance(spec, dict):
+        raise GridError(f"{path}: a grid file must be a YAML mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
+    return expand(spec, path)
+
+
+def config_diff(grid: Grid, run: Run) -> dict[str, Any]:
+    """The run's overrides that change the base config's value (what the plan shows)."""
+    return {k: v for k, v in run.overrides.items() if grid.base_config.get(k, _MISSING) != v}

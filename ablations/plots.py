@@ -1,0 +1,185 @@
+"""The report's figures (matplotlib, Agg backend). Each returns the PNG path, or None without data."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from ablations.results import Row, RunData  # noqa: E402
+
+SPECTRA_GROUPS = ("v", "o", "ffn_out")
+SPECTRA_METRICS = ("svd_entropy", "effective_rank", "top10_energy", "q75_q25")
+
+
+def colors(rows: list[Row]) -> dict[str, tuple]:
+    """One color per row (setting), shared by every figure."""
+    cmap = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    return {row.group: cmap(i % cmap.N) for i, row in enumerate(rows)}
+
+
+def _save(fig: plt.Figure, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def loss_curves(runs: list[RunData], rows: list[Row], out: Path) -> Path | None:
+    """Eval loss over steps of every run; seeds of one setting share a color."""
+    runs = [r for r in runs if r.history.get("eval/loss")]
+    if not runs:
+        return None
+    color = colors(rows)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    labelled = set()
+    for run in runs:
+        steps, values = zip(*run.history["eval/loss"], strict=True)
+        label = None if run.group in labelled else run.group
+        labelled.add(run.group)
+        ax.plot(steps, values, color=color.get(run.group, "gray"), label=label, lw=1.3,
+                ls="-" if run.summary else ":")
+    ax.set(xlabel="step", ylabel="eval loss", title="Eval loss (dotted: run not finished)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    return _save(fig, out / "loss_curves.png")
+
+
+def final_loss_bars(rows: list[Row], out: Path) -> Path | None:
+    """Final eval loss per setting (mean ± std over seeds), best at the top."""
+    rows = sorted((r for r in rows if r.eval_loss), key=lambda r: r.eval_loss.mean, reverse=True)
+    if not rows:
+        return None
+    color = colors(rows)
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.5))
+    means = [r.eval_loss.mean for r in rows]
+    ax.barh([r.group for r in rows], means, xerr=[r.eval_loss.std or 0.0 for r in rows],
+            color=[color[r.group] for r in rows])
+    span = max(means) - min(means)
+    ax.set_xlim(min(means) - max(span, 1e-3) * 0.6, max(means) + max(span, 1e-3) * 0.3)
+    for y, m in enumerate(means):
+        ax.text(m, y, f" {m:.4f}", va="center", fontsize=7)
+    ax.set(xlabel="final eval loss (lower is better)", title="Final eval loss by routing")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, out / "final_loss.png")
+
+
+def _buckets(run: RunData) -> dict[int, float]:
+    summary = run.summary or {}
+    return {int(m.group(1)): float(v) for k, v in summary.items()
+            if (m := re.fullmatch(r"eval/tail/loss_b(\d+)", k)) and isinstance(v, (int, float))}
+
+
+def tail_buckets(rows: list[Row], out: Path) -> Path | None:
+    """Final loss per token-frequency bucket (0 = most frequent) and its difference from AdamW."""
+    per_row = {}
+    for row in rows:
+        buckets: dict[int, list[float]] = {}
+        for run in row.runs:
+            for b, v in _buckets(run).items():
+                buckets.setdefault(b, []).append(v)
+        if buckets:
+            per_row[row.group] = {b: sum(v) / len(v) for b, v in sorted(buckets.items())}
+    if not per_row:
+        return None
+    adamw = {r.ffn_type: per_row.get(r.group) for r in rows if r.routing == "adamw"}
+    color = colors(rows)
+    with_delta = any(adamw.values())
+    fig, axes = plt.subplots(1, 2 if with_delta else 1, figsize=(12 if with_delta else 7, 4.5), squeeze=False)
+    for row in rows:
+        curve = per_row.get(row.group)
+        if not curve:
+            continue
+        axes[0, 0].plot(list(curve), list(curve.values()), marker="o", ms=3, color=color[row.group],
+                        label=row.group)
+        ref = adamw.get(row.ffn_type)
+        if with_delta and ref:
+            common = [b for b in curve if b in ref]
+            axes[0, 1].plot(common, [curve[b] - ref[b] for b in common], marker="o", ms=3,
+                            color=color[row.group], label=row.group)
+    axes[0, 0].set(xlabel="frequency bucket (0 = most frequent tokens)", ylabel="final eval loss",
+                   title="Loss by token-frequency bucket")
+    axes[0, 0].legend(fontsize=7, ncol=2)
+    if with_delta:
+        axes[0, 1].axhline(0, color="black", lw=0.8)
+        axes[0, 1].set(xlabel="frequency bucket (0 = most frequent tokens)", ylabel="loss - AdamW loss",
+                       title="Difference from AdamW (same FFN type); below 0 = better")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _save(fig, out / "tail_buckets.png")
+
+
+def spectra(runs: list[RunData], rows: list[Row], out: Path) -> Path | None:
+    """Spectral metrics of W_V, W_O, W_out over steps: the AdamW and full-Muon runs (else all runs)."""
+    keys = [(g, m) for g in SPECTRA_GROUPS for m in SPECTRA_METRICS
+            if any(f"spectra/{g}/{m}" in r.history for r in runs)]
+    if not keys:
+        return None
+    contrast = {r.group for r in rows if r.routing in ("adamw", "muon-hidden")}
+    shown = [r for r in runs if r.group in contrast] or runs
+    groups = [g for g in SPECTRA_GROUPS if any(k[0] == g for k in keys)]
+    metrics = [m for m in SPECTRA_METRICS if any(k[1] == m for k in keys)]
+    color = colors(rows)
+    fig, axes = plt.subplots(len(groups), len(metrics), figsize=(3.2 * len(metrics), 2.6 * len(groups)),
+                             squeeze=False)
+    labelled = set()
+    for i, g in enumerate(groups):
+        for j, m in enumerate(metrics):
+            ax = axes[i, j]
+            if not any(f"spectra/{g}/{m}" in run.history for run in shown):
+                ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+            for run in shown:
+                series = run.history.get(f"spectra/{g}/{m}")
+                if series:
+                    steps, values = zip(*series, strict=True)
+                    label = None if run.group in labelled else run.group
+                    labelled.add(run.group)
+                    ax.plot(steps, values, color=color.get(run.group, "gray"), lw=1.2, label=label)
+            ax.set_title(f"{g}: {m}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if i == len(groups) - 1:
+                ax.set_xlabel("step")
+    fig.legend(loc="lower center", ncol=min(4, max(1, len(labelled))), fontsize=8)
+    return _save(fig, out / "spectra.png", rect=(0, 0.06, 1, 1))
+
+
+def qa_fta(runs: list[RunData], rows: list[Row], out: Path) -> Path | None:
+    """QA first-token accuracy by frequency group at the end, and on the rarest group over steps."""
+    def groups_of(run: RunData) -> dict[int, float]:
+        return {int(m.group(1)): float(v) for k, v in (run.summary or {}).items()
+                if (m := re.fullmatch(r"qa/fta/g(\d+)", k)) and isinstance(v, (int, float))}
+
+    finals = {row.group: [groups_of(r) for r in row.runs] for row in rows}
+    over_time = [r for r in runs if r.history.get("qa/fta/tail")]
+    if not any(any(f) for f in finals.values()) and not over_time:
+        return None
+    color = colors(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for row in rows:
+        per_seed = [f for f in finals[row.group] if f]
+        if per_seed:
+            js = sorted(per_seed[0])
+            axes[0].plot(js, [sum(f.get(j, 0.0) for f in per_seed) / len(per_seed) for j in js], marker="o",
+                         ms=3, color=color[row.group], label=row.group)
+    axes[0].set(xlabel="frequency group (0 = most frequent people)", ylabel="first-token accuracy",
+                title="QA first-token accuracy by frequency group (final)", ylim=(-0.02, 1.02))
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    labelled = set()
+    for run in over_time:
+        steps, values = zip(*run.history["qa/fta/tail"], strict=True)
+        label = None if run.group in labelled else run.group
+        labelled.add(run.group)
+        axes[1].plot(steps, values, color=color.get(run.group, "gray"), label=label)
+    axes[1].set(xlabel="step", ylabel="first-token accuracy", title="Rarest group over training",
+                ylim=(-0.02, 1.02))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return _save(fig, out / "qa_fta.png")

@@ -1,0 +1,164 @@
+"""`python -m ablations report RUNS_DIR`: table.md, table.csv, PNG plots and report.md from run directories.
+
+Only the files train.py writes are read (config.yaml, metrics.jsonl, summary.json) plus the runner's
+grid.json for paper references: wandb is never needed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from ablations import plots
+from ablations.results import ADAMW, FULL_MUON, Row, RunData, Stat, aggregate, load_runs
+
+# table.csv columns: (header, value of a row). Missing values are empty cells.
+CSV_COLUMNS: list[tuple[str, Callable[[Row], object]]] = [
+    ("run", lambda r: r.group),
+    ("routing", lambda r: r.routing),
+    ("ffn_type", lambda r: r.ffn_type),
+    ("seeds", lambda r: " ".join(map(str, r.seeds))),
+    ("eval_loss", lambda r: r.eval_loss and r.eval_loss.mean),
+    ("eval_loss_std", lambda r: r.eval_loss and r.eval_loss.std),
+    ("delta_vs_adamw", lambda r: r.delta_vs_adamw),
+    ("share_recovered", lambda r: r.share_recovered),
+    ("tail_loss", lambda r: r.tail_loss and r.tail_loss.mean),
+    ("tail_gap", lambda r: r.tail_gap and r.tail_gap.mean),
+    ("qa_tail_fta", lambda r: r.qa_tail_fta and r.qa_tail_fta.mean),
+    ("qa_tail_fta_std", lambda r: r.qa_tail_fta and r.qa_tail_fta.std),
+    ("paper_eval_loss", lambda r: r.paper_ref.get("eval_loss")),
+    ("paper_qa_tail_fta", lambda r: r.paper_ref.get("qa_tail_fta")),
+]
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+
+def write_csv(rows: list[Row], path: Path) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([name for name, _ in CSV_COLUMNS])
+        for row in rows:
+            writer.writerow([_cell(get(row)) for _, get in CSV_COLUMNS])
+    return path
+
+
+def _pm(stat: Stat | None, digits: int = 4) -> str:
+    if stat is None:
+        return ""
+    return f"{stat.mean:.{digits}f}" + ("" if stat.std is None else f" ± {stat.std:.{digits}f}")
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+# table.md columns: (header, cell); a column empty in every row is left out (e.g. QA outside bios grids).
+MD_COLUMNS: list[tuple[str, Callable[[Row], str]]] = [
+    ("run", lambda r: r.group),
+    ("routing", lambda r: r.routing),
+    ("FFN", lambda r: r.ffn_type),
+    ("seeds", lambda r: ",".join(map(str, r.seeds))),
+    ("eval loss", lambda r: _pm(r.eval_loss)),
+    ("Δ vs AdamW", lambda r: _num(r.delta_vs_adamw, "+.4f")),
+    ("share of Muon gain", lambda r: _num(r.share_recovered, ".0%")),
+    ("tail loss", lambda r: _pm(r.tail_loss)),
+    ("tail − head gap", lambda r: _pm(r.tail_gap)),
+    ("QA tail FTA", lambda r: _pm(r.qa_tail_fta, 3)),
+    ("paper loss", lambda r: _num(r.paper_ref.get("eval_loss"), ".4f")),
+    ("paper tail FTA", lambda r: _num(r.paper_ref.get("qa_tail_fta"), ".3f")),
+]
+
+
+def markdown_table(rows: list[Row]) -> str:
+    cells = [[get(row) for _, get in MD_COLUMNS] for row in rows]
+    keep = [i for i in range(len(MD_COLUMNS)) if any(c[i] for c in cells)]
+    lines = ["| " + " | ".join(MD_COLUMNS[i][0] for i in keep) + " |", "|" + "---|" * len(keep)]
+    lines += ["| " + " | ".join(c[i] for i in keep) + " |" for c in cells]
+    return "\n".join(lines) + "\n"
+
+
+FIGURES = [
+    ("loss_curves", "Eval loss curves",
+     "Every run's eval loss over steps; seeds of one setting share a color, unfinished runs are dotted. "
+     "Curves that separate early and stay apart are a real difference; crossing curves near the end "
+     "mean the final numbers depend on when training stops."),
+    ("final_loss", "Final eval loss by routing",
+     "Mean final eval loss per setting (error bar: std over seeds), best at the top. The paper's "
+     "ordering at 160M is Muon (all hidden) < VO+FFN < VO+W_out < VO+W_in < QK ≈ AdamW."),
+    ("tail_buckets", "Loss by token-frequency bucket",
+     "Left: final loss in each token-frequency bucket (0 = most frequent tokens; buckets hold equal "
+     "shares of the training tokens). Right: difference from AdamW with the same FFN type. If Muon's "
+     "advantage lives in tail (rare-token) learning, its curve drops further below 0 towards the tail."),
+    ("spectra", "Spectral isotropy of W_V, W_O, W_out",
+     "Singular-value statistics of the weights over training (mean over layers) for the AdamW and "
+     "all-hidden-Muon runs. Muon's weights are expected to be more isotropic: higher normalized SVD "
+     "entropy and effective rank, lower top-10 energy and Q75/Q25 ratio."),
+    ("qa_fta", "QA first-token accuracy by frequency group",
+     "Biography QA: first-token accuracy per person-frequency group at the end (left; 0 = most "
+     "frequent people) and on the rarest group over training (right). The paper's finding: all "
+     "optimizers learn the frequent people; Muon and VO+FFN also learn the rare ones, AdamW and QK do not."),
+]
+
+
+def report_markdown(runs_dir: Path, runs: list[RunData], rows: list[Row], images: dict[str, Path],
+                    out: Path, grid: dict) -> str:
+    """report.md: what was run, the table, the figures with how to read them, unfinished runs."""
+    title = grid.get("name") or runs_dir.name
+    done = sum(r.summary is not None for r in runs)
+    parts = [f"# Ablation report: {title}\n",
+             f"{grid['description'].strip()}\n" if grid.get("description") else "",
+             f"Runs directory `{runs_dir}`: {len(runs)} runs, {done} finished, {len(rows)} settings "
+             "(seeds pooled: mean ± std). Regenerate with `python -m ablations report "
+             f"{runs_dir}`.\n",
+             "## Results\n",
+             markdown_table(rows) if rows else "No run has finished yet.\n",
+             f"\n*Δ vs AdamW*: final eval loss minus that of the `{ADAMW}` run of the same FFN type and "
+             "settings (negative = better than AdamW). *Share of Muon gain*: (L_AdamW − L_run) / "
+             f"(L_AdamW − L_{FULL_MUON}), i.e. how much of the improvement of Muon on all hidden matrices "
+             "this routing recovers (100% = all of it). *Tail loss/gap*: loss on the rarest token bucket "
+             "and its difference from the most frequent bucket. *Paper*: the reference value from "
+             "arXiv 2509.26030 (160M model, 10k steps on FineWeb; tail FTA: rarest of 15 groups), to "
+             "compare orderings with, not absolute numbers.\n"]
+    for key, heading, how_to_read in FIGURES:
+        if key in images:
+            parts += [f"## {heading}\n", f"![{heading}]({images[key].relative_to(out).as_posix()})\n",
+                      f"{how_to_read}\n"]
+    unfinished = [r.name for r in runs if r.summary is None]
+    if unfinished:
+        parts += ["## Unfinished runs\n",
+                  "No summary.json yet (still running, failed or interrupted; rerunning the grid "
+                  "resumes them): " + ", ".join(f"`{n}`" for n in unfinished) + "\n"]
+    return "\n".join(p for p in parts if p)
+
+
+def build_report(runs_dir: Path, out: Path | None = None) -> Path:
+    """Write the table, plots and report.md for the runs under runs_dir; returns report.md's path."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"runs directory {runs_dir} does not exist; give the --out directory of "
+                                "`python -m ablations run`")
+    out = Path(out) if out else runs_dir / "report"
+    runs = load_runs(runs_dir)
+    rows = aggregate(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "table.csv")
+    (out / "table.md").write_text(markdown_table(rows))
+    figures = {
+        "loss_curves": plots.loss_curves(runs, rows, out),
+        "final_loss": plots.final_loss_bars(rows, out),
+        "tail_buckets": plots.tail_buckets(rows, out),
+        "spectra": plots.spectra(runs, rows, out),
+        "qa_fta": plots.qa_fta(runs, rows, out),
+    }
+    images = {k: p for k, p in figures.items() if p is not None}
+    grid_json = runs_dir / "grid.json"
+    grid = json.loads(grid_json.read_text()) if grid_json.is_file() else {}
+    report = out / "report.md"
+    report.write_text(report_markdown(runs_dir, runs, rows, images, out, grid))
+    return report

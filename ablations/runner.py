@@ -1,0 +1,215 @@
+"""Run every run of a grid with train.py: sequentially on CPU, one run per GPU, or several GPUs per run.
+
+Each run writes to <out>/<name>/ (train.py's run directory), its stdout/stderr go to
+<out>/logs/<name>.log, and <out>/grid.json records the grid (names, overrides, paper references)
+for the report. A run whose summary.json exists is skipped; any other is started with
+train.resume=auto, so an interrupted run continues from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from ablations.grid import REPO_ROOT, Grid, Run, config_diff
+
+DEFAULT_TRAIN_CMD = (sys.executable, "train.py")
+
+
+class LaunchError(ValueError):
+    """Launcher settings that do not fit this machine; the message says what to change."""
+
+
+@dataclass
+class Outcome:
+    """How one run of the grid ended: 'done', 'skipped' (already finished) or 'failed'."""
+
+    name: str
+    status: str
+    returncode: int | None
+    log: Path
+    seconds: float
+
+
+def format_value(value: Any) -> str:
+    """A value as train.py's dotted override syntax (OmegaConf dotlist) expects it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def wandb_tags(run: Run) -> list[str]:
+    """Tags shared with wandb so runs can be filtered by routing, FFN type and seed."""
+    tags = [run.labels["routing"], f"ffn-{run.labels['ffn_type']}"]
+    if "seed" in run.labels:
+        tags.append(f"seed-{run.labels['seed']}")
+    return tags
+
+
+def train_args(grid: Grid, run: Run, out: Path) -> list[str]:
+    """train.py's arguments for one run (after the train command itself)."""
+    args = ["--config", grid.base] if grid.base else []
+    args += [f"{k}={format_value(v)}" for k, v in run.overrides.items()]
+    args += [
+        f"run.dir={out / run.name}",
+        f"run.name={run.name}",
+        "train.resume=auto",
+        f"logging.wandb_group={grid.name}",
+        f"logging.wandb_tags={format_value(wandb_tags(run))}",
+    ]
+    return args
+
+
+def plan_lines(grid: Grid, out: Path) -> list[str]:
+    """The plan: one line per run with its routing, FFN type, status and config diff from the base."""
+    lines = [f"grid {grid.name}: {len(grid.runs)} runs -> {out}  (base: {grid.base or 'train.py defaults'})"]
+    width = max(len(r.name) for r in grid.runs)
+    for run in grid.runs:
+        state = "finished" if (out / run.name / "summary.json").is_file() else "to run"
+        diff = " ".join(f"{k}={format_value(v)}" for k, v in config_diff(grid, run).items())
+        lines.append(f"  {run.name:<{width}}  routing={run.labels['routing']:<16} "
+                     f"ffn={run.labels['ffn_type']:<7} [{state}]  {diff}")
+    return lines
+
+
+def write_manifest(grid: Grid, out: Path) -> Path:
+    """<out>/grid.json: what the report needs to know about the grid beyond the run directories."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "name": grid.name,
+        "path": str(grid.path),
+        "base": grid.base,
+        "description": grid.description,
+        "runs": [{**asdict(r), "group": r.group} for r in grid.runs],
+    }
+    path = out / "grid.json"
+    path.write_text(json.dumps(manifest, indent=2))
+    return path
+
+
+def accelerate_cmd(num_processes: int, port: int) -> list[str]:
+    """`accelerate launch` over several GPUs of this machine for one run (each slot on its own port)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", str(num_processes), "--main_process_port", str(port), "train.py"]
+
+
+def gpu_slots(num_gpus: int, gpus_per_run: int) -> list[list[int]]:
+    """Split the machine's GPUs into slots of gpus_per_run; no GPU -> one CPU slot."""
+    if gpus_per_run < 1:
+        raise LaunchError(f"--gpus-per-run must be >= 1, got {gpus_per_run}")
+    if num_gpus == 0:
+        return [[]]
+    if gpus_per_run > num_gpus:
+        raise LaunchError(f"--gpus-per-run {gpus_per_run} exceeds the {num_gpus} GPUs of this machine")
+    return [list(range(i, i + gpus_per_run)) for i in range(0, num_gpus - gpus_per_run + 1, gpus_per_run)]
+
+
+def detect_gpus() -> int:
+    """Number of CUDA devices visible here (torch imported only when a grid actually runs)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _run_one(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, float]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with log.open("a") as f:
+        f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+        f.flush()
+        rc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    return rc, time.time() - start
+
+
+def run_grid(grid: Grid, out: Path, *, num_gpus: int | None = None, gpus_per_run: int = 1,
+             train_cmd: Sequence[str] | None = None) -> list[Outcome]:
+    """Run the grid's unfinished runs, up to one per GPU slot at a time; never stops on a failure."""
+    out = out.resolve()
+    write_manifest(grid, out)
+    slots = gpu_slots(detect_gpus() if num_gpus is None else num_gpus, gpus_per_run)
+    free: queue.Queue[int] = queue.Queue()
+    for i in range(len(slots)):
+        free.put(i)
+    outcomes: dict[str, Outcome] = {}
+    todo = []
+    for run in grid.runs:
+        log = out / "logs" / f"{run.name}.log"
+        if (out / run.name / "summary.json").is_file():
+            outcomes[run.name] = Outcome(run.name, "skipped", None, log, 0.0)
+        else:
+            todo.append(run)
+    running: set[str] = set()
+    bar = tqdm(total=len(grid.runs), initial=len(outcomes), desc=f"grid {grid.name}", unit="run")
+
+    def postfix() -> None:
+        counts = {s: sum(o.status == s for o in outcomes.values()) for s in ("done", "failed", "skipped")}
+        bar.set_postfix(**counts, running=",".join(sorted(running)) or "-")
+
+    def work(run: Run) -> None:
+        slot = free.get()
+        gpus = slots[slot]
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+        if train_cmd is not None:
+            cmd = list(train_cmd)
+        elif len(gpus) > 1:
+            cmd = accelerate_cmd(len(gpus), 29500 + slot)
+        else:
+            cmd = list(DEFAULT_TRAIN_CMD)
+        log = out / "logs" / f"{run.name}.log"
+        running.add(run.name)
+        postfix()
+        try:
+            rc, seconds = _run_one(cmd + train_args(grid, run, out), env, log)
+        finally:
+            running.discard(run.name)
+            free.put(slot)
+        status = "done" if rc == 0 and (out / run.name / "summary.json").is_file() else "failed"
+        outcomes[run.name] = Outcome(run.name, status, rc, log, seconds)
+        if status == "failed":
+            bar.write(f"run {run.name} failed (exit code {rc}); log: {log}")
+        bar.update(1)
+        postfix()
+
+    postfix()
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        for future in [pool.submit(work, run) for run in todo]:
+            future.result()
+    bar.close()
+    return [outcomes[r.name] for r in grid.runs]
+
+
+def print_outcomes(outcomes: list[Outcome], out: Path, console: Console | None = None) -> None:
+    """The closing summary: one row per run (status, time, final eval loss, log) and the totals."""
+    console = console or Console()
+    table = Table(title=f"grid results ({out})")
+    for col in ("run", "status", "time", "final eval loss", "log"):
+        table.add_column(col)
+    for o in outcomes:
+        summary = out / o.name / "summary.json"
+        loss = json.loads(summary.read_text()).get("final/eval_loss") if summary.is_file() else None
+        status = o.status if o.returncode in (0, None) else f"{o.status} (exit {o.returncode})"
+        table.add_row(o.name, status, f"{o.seconds:.0f} s" if o.seconds else "-",
+                      "-" if loss is None else f"{loss:.4f}", str(o.log) if o.status == "failed" else "")
+    console.print(table)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    console.print(f"{counts['done']} done, {counts['skipped']} skipped (already finished), "
+                  f"{counts['failed']} failed; report: python -m ablations report {out}")

@@ -1,0 +1,382 @@
+"""Ablation grids: expansion and naming, the runner (skip/resume/failures), SLURM script, reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ablations.__main__ import main
+from ablations.grid import GridError, load_grid
+from ablations.report import build_report
+from ablations.runner import LaunchError, gpu_slots, run_grid
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    return write(tmp_path / "base.yaml", "model: {preset: tiny, ffn_type: swiglu}\noptim: {muon: hidden}\n")
+
+
+def grid_file(tmp_path: Path, base: Path, body: str) -> Path:
+    return write(tmp_path / "g.yaml", f"name: g\nbase: {base}\n" + textwrap.dedent(body))
+
+
+# ---------------------------------------------------------------- grid expansion and naming
+
+
+def test_runs_times_axes_times_seeds(tmp_path, base):
+    grid = load_grid(grid_file(tmp_path, base, """
+        overrides: {train.steps: 50}
+        runs:
+          - optim.muon: none
+          - optim.muon: vo,ffn
+        axes:
+          model.ffn_type: [gelu, swiglu]
+        seeds: [0, 1]
+    """))
+    assert [r.name for r in grid.runs] == [
+        "adamw_gelu_s0", "adamw_gelu_s1", "adamw_swiglu_s0", "adamw_swiglu_s1",
+        "muon-vo+ffn_gelu_s0", "muon-vo+ffn_gelu_s1", "muon-vo+ffn_swiglu_s0", "muon-vo+ffn_swiglu_s1",
+    ]
+    run = grid.runs[5]
+    assert run.overrides == {"train.steps": 50, "optim.muon": "vo,ffn", "model.ffn_type": "gelu",
+                             "train.seed": 1}
+    assert run.seed == 1 and run.group == "muon-vo+ffn_gelu"
+    assert run.labels == {"routing": "muon-vo+ffn", "ffn_type": "gelu", "seed": "1"}
+
+
+def test_bundle_axis_exclude_labels_and_paper_refs(tmp_path, base):
+    grid = load_grid(grid_file(tmp_path, base, """
+        axes:
+          ffn:
+            - {label: plain, model.ffn_type: gelu}
+            - {label: gated, model.ffn_type: swiglu, model.ffn_hidden: 96}
+          optim.adamw_lr: [0.01, 3.0e-3]
+        runs:
+          - {optim.muon: none, paper_ref: {plain: {eval_loss: 3.9242}, gated: {eval_loss: 3.8}}}
+          - {optim.muon: ffn_gate, paper_ref: {eval_loss: 3.7}}
+          - {label: sgd-baseline, optim.muon: none, optim.base: sgd}
+        exclude:
+          - {optim.muon: ffn_gate, model.ffn_type: gelu}
+    """))
+    assert [r.name for r in grid.runs] == [
+        "adamw_adamw_lr-0.01_plain", "adamw_adamw_lr-0.003_plain",
+        "adamw_adamw_lr-0.01_gated", "adamw_adamw_lr-0.003_gated",
+        "muon-ffn_gate_adamw_lr-0.01_gated", "muon-ffn_gate_adamw_lr-0.003_gated",
+        "sgd-baseline_adamw_lr-0.01_plain", "sgd-baseline_adamw_lr-0.003_plain",
+        "sgd-baseline_adamw_lr-0.01_gated", "sgd-baseline_adamw_lr-0.003_gated",
+    ]
+    by_name = {r.name: r for r in grid.runs}
+    assert by_name["adamw_adamw_lr-0.01_plain"].paper_ref == {"eval_loss": 3.9242}
+    assert by_name["adamw_adamw_lr-0.003_gated"].paper_ref == {"eval_loss": 3.8}
+    assert by_name["muon-ffn_gate_adamw_lr-0.01_gated"].paper_ref == {"eval_loss": 3.7}
+    assert by_name["sgd-baseline_adamw_lr-0.01_plain"].paper_ref == {}
+    gated = by_name["muon-ffn_gate_adamw_lr-0.003_gated"]
+    assert gated.overrides == {"optim.muon": "ffn_gate", "model.ffn_type": "swiglu", "model.ffn_hidden": 96,
+                               "optim.adamw_lr": 0.003}
+    assert by_name["sgd-baseline_adamw_lr-0.01_gated"].labels["routing"] == "sgd"
+
+
+def test_shipped_grids_expand():
+    smoke = load_grid("smoke")
+    assert [r.name for r in smoke.runs] == ["adamw", "muon-hidden", "muon-vo+ffn", "muon-qk"]
+    assert smoke.base == "configs/smoke.yaml"
+    stage1 = load_grid("ablations/grids/paper_stage1.yaml")
+    names = [r.name for r in stage1.runs]
+    assert len(names) == 17 and "muon-ffn_gate_swiglu" in names and "muon-ffn_gate_gelu" not in names
+    stage2 = {r.name: r for r in load_grid("paper_stage2").runs}
+    assert len(stage2) == 16
+    assert stage2["muon-vo+ffn_gelu"].paper_ref == {"eval_loss": 3.5858}
+    assert stage2["muon-vo+ffn_swiglu"].paper_ref == {"eval_loss": 3.531}
+    assert stage2["muon-qk_swiglu"].overrides["model.ffn_hidden"] == 2048
+
+
+@pytest.mark.parametrize("body, message", [
+    ("runs: [{optim.muon: none}]\nseed: [1]\n", "unknown top-level key(s) seed"),
+    ("description: nothing\n", "the grid has no runs"),
+    ("axes: {model.ffn_type: []}\n", "axes.model.ffn_type must be a non-empty list"),
+    ("runs: [{optim.muon: none}, {optim.muon: none}]\n", "several runs would be named adamw"),
+    ("runs: [{optim.muon: qk, run.dir: x}]\n", "run.dir is set by the runner"),
+    ("runs: [{muon: qk}]\n", "'muon' is not a dotted config key"),
+    ("runs: [{optim.muon: qk}]\nexclude: [{optim.muon: vo}]\n", "matches no run"),
+    ("runs: [{optim.muon: qk, paper_ref: {loss: 3.0}}]\n", "paper_ref must map eval_loss / qa_tail_fta"),
+    ("runs: [{optim.muon: qk}]\naxes: {optim.muon: [vo]}\n", "set both in a run entry and by an axis"),
+    ("axes: {ffn: [{model.ffn_type: gelu}]}\n", "each of its values must be a mapping with a `label`"),
+    ("seeds: [0, x]\n", "`seeds` must be a non-empty list of integers"),
+])
+def test_grid_errors(tmp_path, base, body, message):
+    with pytest.raises(GridError) as err:
+        load_grid(grid_file(tmp_path, base, body))
+    assert message in str(err.value)
+
+
+def test_missing_base_and_grid(tmp_path):
+    with pytest.raises(GridError, match="base config configs/nope.yaml not found"):
+        load_grid(write(tmp_path / "g.yaml", "base: configs/nope.yaml\nruns: [{optim.muon: qk}]\n"))
+    with pytest.raises(GridError, match="one of the shipped grids: .*smoke"):
+        load_grid(tmp_path / "absent.yaml")
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "absent.yaml"), "--dry-run"]) == 2
+    assert main(["report", str(tmp_path / "no_such_dir")]) == 2
+    assert main(["report", str(tmp_path)]) == 2  # exists but holds no run directory
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: ") for line in lines)
+    assert "no run directories" in lines[2]
+
+
+# ---------------------------------------------------------------- plan, SLURM
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path, base, capsys):
+    runs = "runs: [{optim.muon: none}, {optim.muon: hidden}, {optim.muon: 'vo,ffn'}]\n"
+    path = grid_file(tmp_path, base, runs)
+    (tmp_path / "out" / "muon-hidden").mkdir(parents=True)
+    (tmp_path / "out" / "muon-hidden" / "summary.json").write_text("{}")
+    assert main(["run", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("grid g: 3 runs -> ")
+    assert lines[1].split() == ["adamw", "routing=adamw", "ffn=swiglu", "[to", "run]", "optim.muon=none"]
+    # optim.muon=hidden is the base's value: no diff to show; the run has finished already.
+    assert lines[2].split() == ["muon-hidden", "routing=muon-hidden", "ffn=swiglu", "[finished]"]
+    assert lines[3].split()[-1] == "optim.muon=vo,ffn"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["muon-hidden"]
+
+
+def fake_slurm_bin(tmp_path: Path) -> Path:
+    """scontrol/srun/torchrun stand-ins: the script's launch line is recorded instead of run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {
+        "scontrol": 'printf "gpu-node-07\\ngpu-node-08\\n"',
+        "srun": 'while [[ $1 == --* ]]; do shift; done; exec "$@"',
+        "torchrun": 'printf "%s\\n" "$@" > "$TORCHRUN_ARGS"',
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    return bin_dir
+
+
+def test_slurm_array_script_for_two_nodes_of_eight_gpus(tmp_path, base, capsys):
+    path = grid_file(tmp_path, base, "runs: [{optim.muon: none}, {optim.muon: 'vo,ffn'}]\nseeds: [0, 1]\n")
+    out = tmp_path / "runs" / "g"
+    assert main(["run", str(path), "--launcher", "slurm", "--dry-run", "--out", str(out),
+                 "--partition", "gpu", "--time", "12:00:00"]) == 0
+    printed = capsys.readouterr().out
+    for line in ["#SBATCH --array=0-3", "#SBATCH --nodes=2", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --ntasks-per-node=1", "#SBATCH --partition=gpu", "#SBATCH --time=12:00:00",
+                 "torchrun --nnodes 2 --nproc_per_node 8", "--rdzv_backend c10d",
+                 'scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1']:
+        assert line in printed
+    assert not out.exists()
+
+    assert main(["run", str(path), "--launcher", "slurm", "--out", str(out)]) == 0
+    script, manifest = out / "slurm" / "g.sbatch", out / "slurm" / "g.runs"
+    assert f"sbatch {script}" in capsys.readouterr().out
+    rows = [shlex.split(line) for line in manifest.read_text().splitlines()]
+    assert [r[0] for r in rows] == ["adamw_s0", "adamw_s1", "muon-vo+ffn_s0", "muon-vo+ffn_s1"]
+    # Execute array task 2 with stand-in SLURM tools: it must launch muon-vo+ffn_s0 on the first node.
+    env = {**os.environ, "PATH": f"{fake_slurm_bin(tmp_path)}:{os.environ['PATH']}",
+           "SLURM_ARRAY_TASK_ID": "2", "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "gpu-node-[07-08]",
+           "SLURM_SUBMIT_DIR": str(tmp_path), "TORCHRUN_ARGS": str(tmp_path / "torchrun.txt")}
+    subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True)
+    args = (tmp_path / "torchrun.txt").read_text().splitlines()
+    assert args[:4] == ["--nnodes", "2", "--nproc_per_node", "8"]
+    assert args[args.index("--rdzv_endpoint") + 1] == "gpu-node-07:29502"
+    train = args[args.index("train.py") + 1:]
+    assert train[:2] == ["--config", str(base)]
+    assert "optim.muon=vo,ffn" in train and "train.seed=0" in train and "train.resume=auto" in train
+    assert f"run.dir={out}/muon-vo+ffn_s0" in train
+    assert "logging.wandb_tags=[muon-vo+ffn,ffn-swiglu,seed-0]" in train
+    # A finished run's task exits without launching anything.
+    (tmp_path / "torchrun.txt").unlink()
+    (out / "muon-vo+ffn_s0").mkdir(parents=True)
+    (out / "muon-vo+ffn_s0" / "summary.json").write_text("{}")
+    done = subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True, text=True)
+    assert "already finished" in done.stdout and not (tmp_path / "torchrun.txt").exists()
+
+
+# ---------------------------------------------------------------- local runner
+
+FAKE_TRAIN = """
+import json, os, sys
+from pathlib import Path
+args = sys.argv[1:]
+kv = dict(a.split("=", 1) for a in args if "=" in a)
+run_dir = Path(kv["run.dir"])
+resumed = (run_dir / "checkpoints").is_dir()
+run_dir.mkdir(parents=True, exist_ok=True)
+with open(run_dir / "calls.jsonl", "a") as f:
+    call = {"argv": args, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "resumed": resumed}
+    f.write(json.dumps(call) + "\\n")
+print("training", kv["run.name"])
+if kv.get("optim.muon") == "ffn_gate":
+    print("error: no ffn_gate parameters in a gelu FFN", file=sys.stderr)
+    sys.exit(3)
+(run_dir / "summary.json").write_text(json.dumps({"final/eval_loss": 2.5}))
+"""
+
+
+def test_runner_skips_finished_resumes_interrupted_and_survives_failures(tmp_path, base):
+    grid = load_grid(grid_file(tmp_path, base, """
+        runs: [{optim.muon: none}, {optim.muon: hidden}, {optim.muon: ffn_gate}, {optim.muon: qk}]
+    """))
+    out = tmp_path / "out"
+    (out / "muon-hidden").mkdir(parents=True)
+    (out / "muon-hidden" / "summary.json").write_text("{}")
+    (out / "muon-qk" / "checkpoints" / "step_10").mkdir(parents=True)  # interrupted at step 10
+    fake = write(tmp_path / "fake_train.py", FAKE_TRAIN)
+    outcomes = run_grid(grid, out, num_gpus=0, train_cmd=[sys.executable, str(fake)])
+
+    assert [(o.name, o.status, o.returncode) for o in outcomes] == [
+        ("adamw", "done", 0), ("muon-hidden", "skipped", None), ("muon-ffn_gate", "failed", 3),
+        ("muon-qk", "done", 0)]
+    assert not (out / "muon-hidden" / "calls.jsonl").exists()
+    failed = outcomes[2]
+    assert failed.log == out / "logs" / "muon-ffn_gate.log"
+    assert "error: no ffn_gate parameters" in failed.log.read_text()
+    qk = json.loads((out / "muon-qk" / "calls.jsonl").read_text())
+    assert qk["resumed"] and "train.resume=auto" in qk["argv"] and qk["cuda"] is None
+    assert qk["argv"][:2] == ["--config", str(base)]
+    assert {"optim.muon=qk", f"run.dir={out}/muon-qk", "run.name=muon-qk", "logging.wandb_group=g",
+            "logging.wandb_tags=[muon-qk,ffn-swiglu]"} <= set(qk["argv"])
+    manifest = json.loads((out / "grid.json").read_text())
+    assert [r["name"] for r in manifest["runs"]] == ["adamw", "muon-hidden", "muon-ffn_gate", "muon-qk"]
+
+    # A second pass reruns only the failed run.
+    again = run_grid(grid, out, num_gpus=0, train_cmd=[sys.executable, str(fake)])
+    assert [o.status for o in again] == ["skipped", "skipped", "failed", "skipped"]
+
+
+def test_one_run_per_gpu(tmp_path, base):
+    runs = "runs: [{optim.muon: none}, {optim.muon: qk}, {optim.muon: vo}]\n"
+    grid = load_grid(grid_file(tmp_path, base, runs))
+    fake = write(tmp_path / "fake_train.py", FAKE_TRAIN)
+    outcomes = run_grid(grid, tmp_path / "out", num_gpus=2, train_cmd=[sys.executable, str(fake)])
+    assert all(o.status == "done" for o in outcomes)
+    used = [json.loads((tmp_path / "out" / r.name / "calls.jsonl").read_text())["cuda"] for r in grid.runs]
+    assert set(used) <= {"0", "1"}
+
+
+def test_gpu_slots():
+    assert gpu_slots(0, 1) == [[]]
+    assert gpu_slots(8, 1) == [[i] for i in range(8)]
+    assert gpu_slots(8, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert gpu_slots(3, 2) == [[0, 1]]
+    with pytest.raises(LaunchError, match="exceeds the 2 GPUs"):
+        gpu_slots(2, 4)
+
+
+# ---------------------------------------------------------------- report
+
+
+def synthetic_run(root: Path, name: str, muon: str, ffn: str, seed: int, final: float | None,
+                  base_opt: str = "adamw", qa: bool = False) -> None:
+    """A run directory as train.py writes it; eval loss falls linearly to `final` at step 100."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(
+        f"model: {{preset: tiny, ffn_type: {ffn}}}\n"
+        f"optim: {{muon: '{muon}', base: {base_opt}, adamw_lr: 0.01}}\n"
+        f"train: {{steps: 100, seed: {seed}, resume: auto}}\nrun: {{name: {name}, dir: {d}}}\n"
+        f"logging: {{wandb_group: g, wandb_tags: [{name}]}}\n")
+    end = 3.0 if final is None else final
+    events = [{"step": s, "train/loss": 5.0, "eval/loss": 5.0 + (end - 5.0) * s / 100,
+               "spectra/v/svd_entropy": 0.5 + s / 400, "spectra/o/effective_rank": 10.0 + s / 10}
+              for s in (0, 50, 100)]
+    if qa:
+        for e in events:
+            e["qa/fta/tail"] = e["step"] / 200
+    (d / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    if final is None:
+        return
+    summary = {"final/eval_loss": final, "eval/tail/tail_loss": final + 2.0, "eval/tail/gap": 2.5 - seed,
+               **{f"eval/tail/loss_b{b}": final + b / 2 for b in range(4)}}
+    if qa:
+        summary.update({"qa/fta/tail": 0.25 + 0.5 * seed, **{f"qa/fta/g{j}": 1 - j / 10 for j in range(3)}})
+    (d / "summary.json").write_text(json.dumps(summary))
+
+
+def read_table(path: Path) -> dict[str, dict[str, str]]:
+    with path.open() as f:
+        return {row["run"]: row for row in csv.DictReader(f)}
+
+
+def test_report_from_synthetic_runs(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (a, h, v) in enumerate([(4.0, 3.5, 3.6), (4.2, 3.7, 3.8)]):
+        synthetic_run(runs, f"adamw_s{seed}", "none", "gelu", seed, a, qa=True)
+        synthetic_run(runs, f"muon-hidden_s{seed}", "hidden", "gelu", seed, h, qa=True)
+        synthetic_run(runs, f"muon-vo+ffn_s{seed}", "vo,ffn", "gelu", seed, v)
+    synthetic_run(runs, "muon-qk_s0", "qk", "gelu", 0, 4.05)
+    synthetic_run(runs, "sgd_s0", "none", "gelu", 0, 4.6, base_opt="sgd")
+    synthetic_run(runs, "adamw-swiglu_s0", "none", "swiglu", 0, 3.9)   # no full-Muon run for swiglu
+    synthetic_run(runs, "muon-qk-swiglu_s0", "qk", "swiglu", 0, 3.8)
+    synthetic_run(runs, "muon-o_s0", "o", "gelu", 0, None)  # interrupted: no summary.json
+    # grid.json as the runner writes it (the swiglu runs are not in it: they sort after, by name).
+    refs = {"adamw_s0": {"eval_loss": 3.9242, "qa_tail_fta": 0.264}, "muon-vo+ffn_s1": {"eval_loss": 3.5858}}
+    names = ["adamw_s0", "adamw_s1", "muon-hidden_s0", "muon-hidden_s1", "muon-vo+ffn_s0", "muon-vo+ffn_s1",
+             "muon-qk_s0", "sgd_s0", "muon-o_s0"]
+    (runs / "grid.json").write_text(json.dumps({"name": "synthetic", "description": "a test grid", "runs": [
+        {"name": n, "group": n.rsplit("_", 1)[0], "paper_ref": refs.get(n, {})} for n in names]}))
+
+    report = build_report(runs, tmp_path / "report")
+    table = read_table(tmp_path / "report" / "table.csv")
+    assert list(table) == ["adamw", "muon-hidden", "muon-vo+ffn", "muon-qk", "sgd", "adamw-swiglu",
+                           "muon-qk-swiglu"]
+    adamw, vo_ffn, qk = table["adamw"], table["muon-vo+ffn"], table["muon-qk"]
+    assert (adamw["routing"], adamw["ffn_type"], adamw["seeds"]) == ("adamw", "gelu", "0 1")
+    assert (adamw["eval_loss"], adamw["eval_loss_std"]) == ("4.100000", "0.141421")
+    assert (adamw["delta_vs_adamw"], adamw["share_recovered"]) == ("0.000000", "0.000000")
+    assert table["muon-hidden"]["share_recovered"] == "1.000000"
+    assert (vo_ffn["eval_loss"], vo_ffn["delta_vs_adamw"], vo_ffn["share_recovered"]) == (
+        "3.700000", "-0.400000", "0.800000")
+    assert (qk["eval_loss"], qk["eval_loss_std"], qk["delta_vs_adamw"], qk["share_recovered"]) == (
+        "4.050000", "", "-0.050000", "0.100000")
+    assert (table["sgd"]["routing"], table["sgd"]["delta_vs_adamw"]) == ("sgd", "0.500000")
+    swiglu_qk = table["muon-qk-swiglu"]
+    assert (swiglu_qk["delta_vs_adamw"], swiglu_qk["share_recovered"]) == ("-0.100000", "")
+    assert (vo_ffn["tail_loss"], vo_ffn["tail_gap"]) == ("5.700000", "2.000000")
+    assert (adamw["qa_tail_fta"], adamw["qa_tail_fta_std"]) == ("0.500000", "0.353553")
+    assert vo_ffn["qa_tail_fta"] == ""
+    assert (adamw["paper_eval_loss"], adamw["paper_qa_tail_fta"]) == ("3.924200", "0.264000")
+    assert vo_ffn["paper_eval_loss"] == "3.585800" and qk["paper_eval_loss"] == ""
+
+    md = (tmp_path / "report" / "table.md").read_text()
+    assert "| muon-vo+ffn | muon-vo+ffn | gelu | 0,1 | 3.7000 ± 0.1414 | -0.4000 | 80% |" in md
+    text = report.read_text()
+    for png in ("loss_curves", "final_loss", "tail_buckets", "spectra", "qa_fta"):
+        assert (tmp_path / "report" / f"{png}.png").stat().st_size > 1000
+        assert f"({png}.png)" in text
+    assert "# Ablation report: synthetic" in text and "`muon-o_s0`" in text
+
+
+def test_report_skips_missing_metrics(tmp_path):
+    runs = tmp_path / "runs"
+    synthetic_run(runs, "adamw_s0", "none", "gelu", 0, 4.0)
+    synthetic_run(runs, "muon-hidden_s0", "hidden", "gelu", 0, 3.5)
+    for d in runs.iterdir():  # drop the spectra and tail metrics: the report must still work
+        (d / "metrics.jsonl").write_text(json.dumps({"step": 100, "eval/loss": 4.0}) + "\n")
+        summary = json.loads((d / "summary.json").read_text())
+        (d / "summary.json").write_text(json.dumps({"final/eval_loss": summary["final/eval_loss"]}))
+    assert main(["report", str(runs)]) == 0
+    out = runs / "report"
+    assert sorted(p.name for p in out.glob("*.png")) == ["final_loss.png", "loss_curves.png"]
+    header = (out / "table.md").read_text().splitlines()[0]
+    assert "QA tail FTA" not in header and "tail loss" not in header and "share of Muon gain" in header
