@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -139,3 +140,9 @@ def update_spectra(
             raise ValueError(f"no snapshot of {name!r}; take snapshot_weights(model) with the same groups")
         deltas.append((name, W.detach() - previous[name]))
     return spectra_of(deltas, groups, prefix="spectra_update")
+
+
+if __name__ == "__main__":
+    from metrics.spectra_report import main
+
+    sys.exit(main())

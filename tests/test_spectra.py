@@ -1,5 +1,6 @@
 """Spectral isotropy metrics on matrices with known spectra, and the per-group/per-layer report."""
 
+import json
 import math
 
 import pytest
@@ -87,3 +88,40 @@ def test_update_spectra_sees_only_changed_matrices():
     assert set(out) == {f"spectra_update/v/{s}" for s in [*METRICS, *(f"layer0/{m}" for m in METRICS)]}
     with pytest.raises(ValueError, match="snapshot"):
         update_spectra({}, model)
+
+
+def _fake_run(tmp_path, model):
+    from safetensors.torch import save_file
+
+    run = tmp_path / "runs" / "demo"
+    ckpt = run / "checkpoints" / "step_20"
+    ckpt.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors"))
+    (ckpt / "loop_state.json").write_text("{}")
+    rows = [{"step": s, "spectra/v/svd_entropy": 0.9 + s / 1000, "train/loss": 3.0} for s in (10, 20)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return run
+
+
+def test_cli_on_a_run_directory(tmp_path):
+    from metrics.spectra_report import main
+
+    model = _tiny()
+    run = _fake_run(tmp_path, model)
+    out = tmp_path / "report"
+    assert main([str(run), "--out", str(out)]) == 0
+    (entry,) = json.loads((out / "spectra.json").read_text())
+    assert entry["label"] == "demo" and entry["step"] == 20
+    assert entry["metrics"] == pytest.approx(model_spectra(model), rel=1e-6)
+    assert len(entry["singular_values"]["model.layers.0.mlp.up_proj.weight"]) == 32
+    for name in ("groups.png", "layers_demo.png", "singular_values_demo.png", "over_steps_demo.png"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_cli_rejects_bad_input(tmp_path):
+    from metrics.spectra_report import main
+
+    with pytest.raises(FileNotFoundError, match="neither"):
+        main([str(tmp_path), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--out", str(tmp_path / "o"), "--groups", "q,bogus"])
