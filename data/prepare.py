@@ -334,7 +334,11 @@ class _Run:
             sample = _bpe_sample(iter_documents(self.parts, self.s.seed), self.s)
             tok = train_bpe(sample, self.s.vocab_size, bos=self.s.bos)
             if tok.get_vocab_size() <= 256 + 1:
-                raise ValueError(f"no training text to fit the tokenizer on in {self.s.source!r}")
+                raise ValueError(
+                    f"no training text to fit the tokenizer on in {self.s.source!r} after skipping the head "
+                    f"of the stream reserved for {self.s.val_tokens:,} validation tokens; pass a smaller "
+                    "--val-tokens (or check the source)"
+                )
         save_tokenizer(tok, self.out)
 
     def _save_state(self) -> None:

@@ -1,0 +1,172 @@
+"""data.prepare on local FineWeb-shaped fixtures: content, determinism, resume, budgets, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_data_corpus import make_docs, write_jsonl, write_parquet
+
+import data.prepare as prep
+from data.bios import BiosConfig, documents
+from data.manifest import load_meta
+from data.prepare import STATE_FILE, dataset_dir_for, ensure_prepared, main, prepare
+from data.shards import read_shard
+from data.tokenizer import load_tokenizer
+
+DOCS = make_docs(120)
+SETTINGS = {"vocab_size": 320, "val_tokens": 600, "shard_tokens": 1500}
+
+
+def split_tokens(data_dir, split: str) -> np.ndarray:
+    meta = load_meta(data_dir)
+    shards = meta["shards" if split == "train" else "val_shards"]
+    return np.concatenate([read_shard(data_dir / s["file"]) for s in shards])
+
+
+def split_docs(tokens: np.ndarray, eos: int) -> list[np.ndarray]:
+    ends = np.flatnonzero(tokens == eos)
+    return np.split(tokens[: ends[-1] + 1], ends[:-1] + 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_batches():
+    """~3 documents per worker task, so runs have many batches in flight and resume points."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(prep, "BATCH_CHARS", 2000)
+        yield
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    return {"jsonl": write_jsonl(root / "d.jsonl", DOCS), "parquet": write_parquet(root / "d.parquet", DOCS)}
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+    return prepare(str(corpus["jsonl"]), tmp_path_factory.mktemp("prepared"), workers=1, **SETTINGS)
+
+
+def test_shards_decode_back_to_documents(prepared):
+    meta = load_meta(prepared)
+    tok, eos = load_tokenizer(prepared), meta["eos_id"]
+    encoded = [tok.encode(d).ids + [eos] for d in DOCS]
+    stream = np.concatenate(encoded)
+    ends = np.cumsum([len(e) for e in encoded])
+    n_val_docs = int(np.searchsorted(ends, SETTINGS["val_tokens"])) + 1  # the last one is cut at the budget
+
+    val, train = split_tokens(prepared, "val"), split_tokens(prepared, "train")
+    assert len(meta["shards"]) > 10 and all(s["tokens"] == 1500 for s in meta["shards"][:-1])
+    np.testing.assert_array_equal(val, stream[: SETTINGS["val_tokens"]])
+    np.testing.assert_array_equal(train, stream[ends[n_val_docs - 1] :])
+    train_texts = [tok.decode(d[:-1].tolist()) for d in split_docs(train, eos)]
+    assert train_texts == DOCS[n_val_docs:]
+    assert not set(train_texts) & set(DOCS[:n_val_docs])  # validation documents are never trained on
+    assert (meta["val_documents"], meta["train_documents"]) == (n_val_docs, len(DOCS) - n_val_docs)
+    assert (meta["val_tokens"], meta["train_tokens"]) == (val.size, train.size)
+
+
+def test_counts_equal_a_direct_count(prepared):
+    counts = np.load(prepared / "token_counts.npy")
+    train = split_tokens(prepared, "train")
+    assert counts.dtype == np.int64 and counts.shape == (load_meta(prepared)["vocab_size"],)
+    np.testing.assert_array_equal(counts, np.bincount(train, minlength=counts.size))
+
+
+def test_workers_and_file_format_do_not_change_the_shards(corpus, prepared, tmp_path):
+    out = prepare(str(corpus["parquet"]), tmp_path / "p2", workers=2, **SETTINGS)
+    a, b = load_meta(prepared), load_meta(out)
+    assert a["shards"] == b["shards"] and a["val_shards"] == b["val_shards"]  # names, counts, sha256
+    np.testing.assert_array_equal(np.load(prepared / "token_counts.npy"), np.load(out / "token_counts.npy"))
+
+
+def test_interrupted_prepare_resumes_to_the_same_shards(corpus, prepared, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    prepare(str(corpus["jsonl"]), out, workers=1, stop_after_shards=3, **SETTINGS)
+    assert not (out / "meta.json").exists() and (out / STATE_FILE).exists()
+
+    calls = []
+
+    def crash_on_third_shard(*args, **kwargs):  # a crash in the middle of the second run
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return write_shard(*args, **kwargs)
+
+    write_shard = prep.write_shard
+    monkeypatch.setattr(prep, "write_shard", crash_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(str(corpus["jsonl"]), out, workers=2, **SETTINGS)
+    monkeypatch.setattr(prep, "write_shard", write_shard)
+
+    prepare(str(corpus["jsonl"]), out, workers=1, **SETTINGS)
+    a, b = load_meta(prepared), load_meta(out)
+    assert a["shards"] == b["shards"] and a["val_shards"] == b["val_shards"]
+    np.testing.assert_array_equal(np.load(prepared / "token_counts.npy"), np.load(out / "token_counts.npy"))
+    assert not (out / STATE_FILE).exists()
+
+
+def test_rerun_on_finished_output_is_a_noop(corpus, prepared, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in prepared.iterdir()}
+    prepare(str(corpus["jsonl"]), prepared, workers=1, **SETTINGS)
+    assert "nothing to do" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in prepared.iterdir()} == before
+
+
+def test_rerun_with_other_settings_is_an_error(corpus, prepared):
+    with pytest.raises(ValueError, match="other settings"):
+        prepare(str(corpus["jsonl"]), prepared, workers=1, **{**SETTINGS, "vocab_size": 300})
+
+
+def test_token_budget_and_pretrained_tokenizer(corpus, prepared, tmp_path):
+    out = prepare(
+        str(corpus["jsonl"]), tmp_path / "budget", workers=2, tokenizer=str(prepared / "tokenizer.json"),
+        tokens=5000, val_tokens=600, shard_tokens=1500,
+    )
+    meta = load_meta(out)
+    assert [s["tokens"] for s in meta["shards"]] == [1500, 1500, 1500, 500]
+    assert meta["settings"]["vocab_size"] is None and meta["vocab_size"] == load_meta(prepared)["vocab_size"]
+    np.testing.assert_array_equal(split_tokens(out, "train"), split_tokens(prepared, "train")[:5000])
+
+
+def test_val_budget_larger_than_the_source_is_a_clear_error(corpus, tmp_path):
+    with pytest.raises(ValueError, match="smaller --val-tokens"):
+        prepare(str(corpus["jsonl"]), tmp_path / "big", workers=1, **{**SETTINGS, "val_tokens": 10**8})
+
+
+def test_bad_settings_are_errors(corpus, tmp_path):
+    with pytest.raises(ValueError, match="shard_tokens"):
+        prepare(str(corpus["jsonl"]), tmp_path / "x", shard_tokens=0)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        prepare(str(tmp_path / "missing.jsonl"), tmp_path / "y")
+    with pytest.raises(KeyError, match="'body'.*set --text-field"):
+        prepare(str(corpus["parquet"]), tmp_path / "z", text_field="body", **SETTINGS)
+
+
+def test_ensure_prepared_uses_the_cache_dir_keyed_by_settings(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("MUONLAB_CACHE", str(tmp_path / "cache"))
+    src = str(corpus["jsonl"])
+    path = dataset_dir_for(src, **SETTINGS)
+    assert path.parent == tmp_path / "cache" / "datasets"
+    assert dataset_dir_for(src, **{**SETTINGS, "vocab_size": 300}) != path
+    assert ensure_prepared(src, workers=1, **SETTINGS) == path and (path / "meta.json").exists()
+    assert ensure_prepared(src, data_dir=path) == path  # an existing dataset is used as it is
+
+
+def test_bios_source_is_training_only(tmp_path):
+    bios = {"n_people": 8, "n_groups": 2, "max_exposures": 2, "seed": 3}
+    out = prepare("bios", tmp_path / "bios", workers=1, vocab_size=300, bios=bios)
+    meta = load_meta(out)
+    assert meta["bios"] == bios and meta["val_tokens"] == 0 and meta["val_shards"] == []
+    tok = load_tokenizer(out)
+    texts = [tok.decode(d[:-1].tolist()) for d in split_docs(split_tokens(out, "train"), meta["eos_id"])]
+    assert texts == list(documents(BiosConfig(**bios)))
+
+
+def test_cli(corpus, tmp_path, capsys):
+    args = ["--source", str(corpus["jsonl"]), "--vocab-size", "320", "--val-tokens", "6e2", "--workers", "1"]
+    main([*args, "--shard-tokens", "1.5e3", "--out", str(tmp_path / "cli")])
+    assert "prepared" in capsys.readouterr().out
+    assert len(load_meta(tmp_path / "cli")["shards"]) > 10
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["--source", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "cli2")])
