@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     except (GridError, LaunchError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

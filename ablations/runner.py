@@ -185,15 +185,23 @@ def run_grid(grid: Grid, out: Path, *, num_gpus: int | None = None, gpus_per_run
         status = "done" if rc == 0 and (out / run.name / "summary.json").is_file() else "failed"
         outcomes[run.name] = Outcome(run.name, status, rc, log, seconds)
         if status == "failed":
-            bar.write(f"run {run.name} failed (exit code {rc}); log: {log}")
+            why = f"exit code {rc}" if rc else "exit code 0 but no summary.json"
+            bar.write(f"run {run.name} failed ({why}); log: {log}")
         bar.update(1)
         postfix()
 
     postfix()
-    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+    pool = ThreadPoolExecutor(max_workers=len(slots))
+    try:
         for future in [pool.submit(work, run) for run in todo]:
             future.result()
-    bar.close()
+    except KeyboardInterrupt:
+        # Ctrl-C also reached the running train.py processes; start no further runs.
+        bar.write("interrupted: rerun the same command to resume the unfinished runs")
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     return [outcomes[r.name] for r in grid.runs]
 
 
