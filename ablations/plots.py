@@ -52,18 +52,18 @@ def loss_curves(runs: list[RunData], rows: list[Row], out: Path) -> Path | None:
 
 def final_loss_bars(rows: list[Row], out: Path) -> Path | None:
     """Final eval loss per setting (mean ± std over seeds), best at the top."""
+    color = colors(rows)
     rows = sorted((r for r in rows if r.eval_loss), key=lambda r: r.eval_loss.mean, reverse=True)
     if not rows:
         return None
-    color = colors(rows)
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.5))
     means = [r.eval_loss.mean for r in rows]
-    ax.barh([r.group for r in rows], means, xerr=[r.eval_loss.std or 0.0 for r in rows],
-            color=[color[r.group] for r in rows])
+    stds = [r.eval_loss.std or 0.0 for r in rows]
+    ax.barh([r.group for r in rows], means, xerr=stds, color=[color[r.group] for r in rows])
     span = max(means) - min(means)
-    ax.set_xlim(min(means) - max(span, 1e-3) * 0.6, max(means) + max(span, 1e-3) * 0.3)
-    for y, m in enumerate(means):
-        ax.text(m, y, f" {m:.4f}", va="center", fontsize=7)
+    ax.set_xlim(min(means) - max(span, 1e-3) * 0.6, max(means) + max(stds) + max(span, 1e-3) * 0.3)
+    for y, (m, sd) in enumerate(zip(means, stds, strict=True)):
+        ax.text(m + sd, y, f" {m:.4f}", va="center", fontsize=7)
     ax.set(xlabel="final eval loss (lower is better)", title="Final eval loss by routing")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out / "final_loss.png")
