@@ -2,65 +2,27 @@
 
 `Muon` takes the same constructor keywords as `torch.optim.Muon` (torch 2.13) and applies the same
 update, so it is a drop-in replacement, but it is much faster: same-shape matrices are orthogonalized
-in one batched call and the iteration runs in fp32 on CPU (bf16 on CUDA).
+in one batched call, the iteration runs in fp32 on CPU (bf16 on CUDA), and under DDP each rank
+orthogonalizes only its share of the matrices (`optim.dist_muon`). `orthogonalize` (the
+Newton–Schulz step, `optim.newton_schulz`) is re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-DEFAULT_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+from optim.dist_muon import distributed_bucket_fn, gather_full, shard_like
+from optim.newton_schulz import DEFAULT_COEFFICIENTS, orthogonalize, orthogonalize_buckets
+
+__all__ = ["DEFAULT_COEFFICIENTS", "Muon", "adjusted_lr", "orthogonalize"]
+
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
-
-
-def default_ns_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on CUDA (tensor cores); fp32 elsewhere, because bf16 matmul on CPU is ~10x slower."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def orthogonalize(
-    G: Tensor,
-    steps: int = 5,
-    coefficients: Sequence[float] = DEFAULT_COEFFICIENTS,
-    eps: float = 1e-7,
-    dtype: torch.dtype | None = None,
-) -> Tensor:
-    """Quintic Newton–Schulz iteration on the last two dims of `G` ([..., m, n], batched over the rest).
-
-    It returns approximately U S' V^T where G = U S V^T, with the singular values S' roughly in
-    [0.5, 1.5] — NOT exactly the polar factor U V^T. The coefficients maximize the slope at zero so
-    that 5 steps suffice; the iteration deliberately does not converge to 1 (Keller Jordan's Muon),
-    which does not hurt training. G is first scaled by its Frobenius norm (floored at `eps`) so that
-    its spectral norm is at most 1. The result has dtype `dtype` (default: bf16 on CUDA, fp32
-    otherwise); `G` itself is never modified.
-    """
-    if G.ndim < 2:
-        raise ValueError(f"orthogonalize needs a [..., m, n] tensor, got shape {tuple(G.shape)}")
-    if len(coefficients) != 3:
-        raise ValueError(f"coefficients must be 3 numbers (a, b, c), got {coefficients!r}")
-    if not 0 <= steps < 100:
-        raise ValueError(f"steps must be in [0, 100), got {steps}")
-    a, b, c = coefficients
-    X = G.to(dtype or default_ns_dtype(G.device))
-    # Iterate on the wide orientation so that the Gram matrix X X^T is the smaller one.
-    transposed = X.size(-2) > X.size(-1)
-    if transposed:
-        X = X.mT
-    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
-    batch_shape, (m, n) = X.shape[:-2], X.shape[-2:]
-    X = X.reshape(-1, m, n)
-    for _ in range(steps):
-        A = X @ X.mT
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
-        X = torch.baddbmm(X, B, X, beta=a)
-    X = X.reshape(*batch_shape, m, n)
-    return X.mT if transposed else X
 
 
 def adjusted_lr(lr: float, adjust_lr_fn: str | None, rows: int, cols: int) -> float:
@@ -94,17 +56,6 @@ class _Work:
         return (m, n, self.update.device, self.ns["steps"], self.ns["coefficients"], self.ns["eps"])
 
 
-# Orthogonalizes buckets of stacked matrices: {key: [N, m, n]} -> {key: result}. Replaced under DDP.
-BucketFn = Callable[[dict[Hashable, Tensor], dict[Hashable, dict[str, Any]]], dict[Hashable, Tensor]]
-
-
-def orthogonalize_buckets(
-    buckets: dict[Hashable, Tensor], settings: dict[Hashable, dict[str, Any]]
-) -> dict[Hashable, Tensor]:
-    """Orthogonalize every bucket locally, one batched call each."""
-    return {key: orthogonalize(stack, **settings[key]) for key, stack in buckets.items()}
-
-
 class Muon(torch.optim.Optimizer):
     """Muon with the constructor keywords and update rule of `torch.optim.Muon`.
 
@@ -116,6 +67,8 @@ class Muon(torch.optim.Optimizer):
     - `split_heads` (also a per-param-group key): orthogonalize a [n_heads * head_dim, d] matrix
       per attention head, i.e. each [head_dim, d] row block separately; the lr adjustment then uses
       the block's shape.
+    - `distributed`: share the Newton–Schulz work across DDP ranks (None: automatically when
+      torch.distributed is initialized with world_size > 1; False: every rank does all of it).
     """
 
     def __init__(
@@ -132,6 +85,7 @@ class Muon(torch.optim.Optimizer):
         *,
         ns_dtype: torch.dtype | None = None,
         split_heads: int | None = None,
+        distributed: bool | None = None,
     ) -> None:
         if not lr >= 0.0:
             raise ValueError(f"Muon: lr must be >= 0, got {lr}")
@@ -157,6 +111,7 @@ class Muon(torch.optim.Optimizer):
             split_heads=split_heads,
         )
         self.ns_dtype = ns_dtype
+        self.distributed = distributed
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -176,8 +131,12 @@ class Muon(torch.optim.Optimizer):
                     f"shape {tuple(p.shape)}; set split_heads to the number of heads of that projection"
                 )
 
-    def _bucket_fn(self) -> BucketFn:
-        return orthogonalize_buckets
+    def _orthogonalize(
+        self, buckets: dict[Hashable, Tensor], settings: dict[Hashable, dict[str, Any]]
+    ) -> dict[Hashable, Tensor]:
+        """Orthogonalize the buckets here, or shared across the DDP ranks when distributed."""
+        fn = distributed_bucket_fn(self.distributed) or orthogonalize_buckets
+        return fn(buckets, settings)
 
     def _collect(self) -> list[_Work]:
         """Update the momentum of every parameter with a gradient; return the matrices to orthogonalize."""
@@ -207,7 +166,7 @@ class Muon(torch.optim.Optimizer):
                 work.append(
                     _Work(
                         param=p,
-                        update=u.view(heads, p.shape[0] // heads, p.shape[1]),
+                        update=gather_full(u).view(heads, p.shape[0] // heads, p.shape[1]),
                         lr=float(group["lr"]),
                         weight_decay=group["weight_decay"],
                         adjust_lr_fn=group["adjust_lr_fn"],
@@ -231,13 +190,14 @@ class Muon(torch.optim.Optimizer):
             by_key.setdefault(w.key, []).append(w)
         buckets = {key: torch.cat([w.update for w in ws]) for key, ws in by_key.items()}
         settings = {key: ws[0].ns for key, ws in by_key.items()}
-        results = self._bucket_fn()(buckets, settings)
+        results = self._orthogonalize(buckets, settings)
         for key, ws in by_key.items():
             outs = results[key].split([w.update.shape[0] for w in ws])
             for w, out in zip(ws, outs, strict=True):
                 _, m, n = w.update.shape
                 w.param.mul_(1 - w.lr * w.weight_decay)
-                w.param.add_(out.reshape(w.param.shape), alpha=-adjusted_lr(w.lr, w.adjust_lr_fn, m, n))
+                update = shard_like(out.reshape(w.param.shape), w.param)
+                w.param.add_(update, alpha=-adjusted_lr(w.lr, w.adjust_lr_fn, m, n))
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -1,0 +1,66 @@
+"""The quintic Newton–Schulz iteration that Muon uses to orthogonalize its updates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+DEFAULT_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def default_ns_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (tensor cores); fp32 elsewhere, because bf16 matmul on CPU is ~10x slower."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def orthogonalize(
+    G: Tensor,
+    steps: int = 5,
+    coefficients: Sequence[float] = DEFAULT_COEFFICIENTS,
+    eps: float = 1e-7,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Quintic Newton–Schulz iteration on the last two dims of `G` ([..., m, n], batched over the rest).
+
+    It returns approximately U S' V^T where G = U S V^T, with the singular values S' roughly in
+    [0.5, 1.5] — NOT exactly the polar factor U V^T. The coefficients maximize the slope at zero so
+    that 5 steps suffice; the iteration deliberately does not converge to 1 (Keller Jordan's Muon),
+    which does not hurt training. G is first scaled by its Frobenius norm (floored at `eps`) so that
+    its spectral norm is at most 1. The result has dtype `dtype` (default: bf16 on CUDA, fp32
+    otherwise); `G` itself is never modified.
+    """
+    if G.ndim < 2:
+        raise ValueError(f"orthogonalize needs a [..., m, n] tensor, got shape {tuple(G.shape)}")
+    if len(coefficients) != 3:
+        raise ValueError(f"coefficients must be 3 numbers (a, b, c), got {coefficients!r}")
+    if not 0 <= steps < 100:
+        raise ValueError(f"steps must be in [0, 100), got {steps}")
+    a, b, c = coefficients
+    X = G.to(dtype or default_ns_dtype(G.device))
+    # Iterate on the wide orientation so that the Gram matrix X X^T is the smaller one.
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:
+        X = X.mT
+    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    batch_shape, (m, n) = X.shape[:-2], X.shape[-2:]
+    X = X.reshape(-1, m, n)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        X = torch.baddbmm(X, B, X, beta=a)
+    X = X.reshape(*batch_shape, m, n)
+    return X.mT if transposed else X
+
+
+# Orthogonalizes buckets of stacked matrices: {key: [N, m, n]} -> {key: result} (local or across ranks).
+BucketFn = Callable[[dict[Hashable, Tensor], dict[Hashable, dict[str, Any]]], dict[Hashable, Tensor]]
+
+
+def orthogonalize_buckets(
+    buckets: dict[Hashable, Tensor], settings: dict[Hashable, dict[str, Any]]
+) -> dict[Hashable, Tensor]:
+    """Orthogonalize every bucket locally, one batched call each."""
+    return {key: orthogonalize(stack, **settings[key]) for key, stack in buckets.items()}

@@ -1,0 +1,199 @@
+"""optim.dist_muon: Newton–Schulz shared across 2 CPU processes (gloo) == 1 process."""
+
+import copy
+import os
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.distributed.fsdp import fully_shard
+
+import optim.dist_muon
+from optim.dist_muon import gather_full, plan_chunks
+from optim.muon import Muon
+
+SHAPES = [(24, 40), (24, 40), (24, 40), (40, 24), (16, 16), (32, 16)]  # 3 same-shape: uneven split
+STEPS_BEFORE_SAVE, STEPS_AFTER_SAVE = 3, 2
+
+
+def _params() -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(s, generator=gen).requires_grad_() for s in SHAPES]
+
+
+def _muon(params: list[torch.Tensor]) -> Muon:
+    # the last matrix is split into 4 heads of [8, 16]: per-head matrices are shared out too
+    return Muon([{"params": params[:-1]}, {"params": params[-1:], "split_heads": 4}], lr=0.02,
+                weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+
+
+def _steps(params: list[torch.Tensor], opt: Muon, start: int, count: int) -> None:
+    """Steps start..start+count-1 with gradients that depend only on the step (same on every rank)."""
+    for step in range(start, start + count):
+        gen = torch.Generator().manual_seed(100 + step)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+
+
+def _tiny_cfg() -> tuple:
+    from model import ModelConfig
+
+    model_cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=48,
+                            max_seq_len=16)
+    optim_cfg = SimpleNamespace(muon="hidden", base="adamw", adamw_lr=1e-2, muon_lr=None, embed_lr=None,
+                                head_lr=None, betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1, momentum=0.95,
+                                nesterov=True, ns_steps=5, adjust_lr_fn="match_rms_adamw", per_head=True,
+                                sgd_momentum=0.9)
+    return model_cfg, optim_cfg
+
+
+def _train_transformer(wrap) -> dict[str, torch.Tensor]:
+    """3 steps of the tiny Transformer, wrapped by `wrap` (DDP, FSDP2 or nothing) then given to
+    build_optimizer; the same batch on every rank."""
+    from model import Transformer
+    from optim.build import build_optimizer
+
+    model_cfg, optim_cfg = _tiny_cfg()
+    torch.manual_seed(0)
+    model = Transformer(model_cfg)
+    net = wrap(model)
+    opt = build_optimizer(model, optim_cfg)
+    for step in range(3):
+        idx = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(step))
+        loss = torch.nn.functional.cross_entropy(net(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    full = {k: gather_full(v.detach()) for k, v in model.state_dict().items()}
+    momentum = {n: gather_full(opt.state[p]["momentum_buffer"]) for n, p in model.named_parameters()
+                if "momentum_buffer" in opt.state[p]}
+    return {"params": full, "momentum": momentum}
+
+
+def _fully_shard(model: torch.nn.Module) -> torch.nn.Module:
+    for layer in model.model.layers:
+        fully_shard(layer)
+    return fully_shard(model)
+
+
+def _worker(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    orthogonalized = []
+    real = optim.dist_muon.orthogonalize
+
+    def counting(G: torch.Tensor, **kw) -> torch.Tensor:
+        orthogonalized.append(G.shape[0])
+        return real(G, **kw)
+
+    optim.dist_muon.orthogonalize = counting  # to check each rank did only its share
+    params = _params()
+    opt = _muon(params)
+    _steps(params, opt, 0, STEPS_BEFORE_SAVE)
+    saved = copy.deepcopy(opt.state_dict())  # state_dict() holds references to the live buffers
+    _steps(params, opt, STEPS_BEFORE_SAVE, STEPS_AFTER_SAVE)
+    muon_share = list(orthogonalized)  # the Muon steps' share (the DDP run below adds more)
+    ddp = _train_transformer(lambda m: torch.nn.parallel.DistributedDataParallel(m))
+    fsdp = _train_transformer(_fully_shard)
+    torch.save({"params": [p.detach() for p in params], "saved": saved, "state": opt.state_dict(),
+                "orthogonalized": muon_share, "ddp": ddp, "fsdp": fsdp}, Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("dist_muon")
+    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def one_process() -> tuple[list[torch.Tensor], Muon]:
+    params = _params()
+    opt = _muon(params)
+    _steps(params, opt, 0, STEPS_BEFORE_SAVE + STEPS_AFTER_SAVE)
+    return params, opt
+
+
+def test_plan_chunks_covers_every_matrix_and_balances():
+    sizes = {"a": (5, 64, 64), "b": (1, 128, 512), "c": (4, 8, 8)}
+    chunks = plan_chunks(sizes, 2)
+    for key, (count, _, _) in sizes.items():
+        mine = [c for c in chunks if c.key == key]
+        assert [c.rank for c in mine] == [0, 1]
+        assert mine[0].start == 0 and mine[0].stop == mine[1].start and mine[1].stop == count
+        assert abs((mine[0].stop - mine[0].start) - (mine[1].stop - mine[1].start)) <= 1
+    # "a": rank 0 takes the extra matrix; "b" (single): goes to rank 1, the less loaded one
+    assert [(c.start, c.stop) for c in chunks if c.key == "b"] == [(0, 0), (0, 1)]
+    assert plan_chunks(sizes, 2) == chunks  # deterministic
+    assert all(c.stop - c.start in (2, 3) for c in plan_chunks({"x": (11, 4, 4)}, 4))
+
+
+def test_two_ranks_match_one_process(two_ranks, one_process):
+    params, opt = one_process
+    for rank_result in two_ranks:
+        for got, want in zip(rank_result["params"], params, strict=True):
+            torch.testing.assert_close(got, want.detach(), rtol=0, atol=0)
+    # the parameters are identical on the two ranks, bit for bit
+    for a, b in zip(two_ranks[0]["params"], two_ranks[1]["params"], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_each_rank_orthogonalized_only_its_share(two_ranks):
+    per_step = 3 + 1 + 1 + 4  # (24,40)x3, (40,24), (16,16), 4 heads of (8,16)
+    total = (STEPS_BEFORE_SAVE + STEPS_AFTER_SAVE) * per_step
+    counts = [sum(r["orthogonalized"]) for r in two_ranks]
+    assert sum(counts) == total and min(counts) > 0, counts
+
+
+def test_state_is_complete_and_identical_on_every_rank(two_ranks, one_process):
+    _, opt = one_process
+    want = opt.state_dict()["state"]
+    for rank_result in two_ranks:
+        state = rank_result["state"]["state"]
+        assert set(state) == set(want) == set(range(len(SHAPES)))
+        for i, s in want.items():
+            torch.testing.assert_close(state[i]["momentum_buffer"], s["momentum_buffer"], rtol=0, atol=0)
+
+
+def test_state_saved_by_two_ranks_resumes_in_one_process(two_ranks):
+    for rank_result in two_ranks:
+        params = _params()
+        opt = _muon(params)
+        _steps(params, opt, 0, STEPS_BEFORE_SAVE)  # reach the saved parameters
+        for p, saved in zip(params, rank_result["params"], strict=True):
+            assert not torch.equal(p.detach(), saved)  # (saved params are after all steps)
+        opt.load_state_dict(rank_result["saved"])
+        _steps(params, opt, STEPS_BEFORE_SAVE, STEPS_AFTER_SAVE)
+        for got, want in zip(params, rank_result["params"], strict=True):
+            torch.testing.assert_close(got.detach(), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp"])
+def test_training_with_build_optimizer_matches_one_process(two_ranks, wrapper):
+    want = _train_transformer(lambda m: m)
+    assert len(want["momentum"]) == 14  # every Muon matrix (7 per layer) has its momentum
+    # DDP: bit-exact; FSDP2: the reduce-scatter may sum in another order than one process
+    tol = dict(rtol=0, atol=0) if wrapper == "ddp" else dict(rtol=1e-5, atol=1e-6)
+    for rank_result in two_ranks:
+        got = rank_result[wrapper]
+        for kind in ("params", "momentum"):
+            assert set(got[kind]) == set(want[kind])
+            for name, value in want[kind].items():
+                torch.testing.assert_close(got[kind][name], value, **tol, msg=f"{kind} {name}")
+
+
+def test_distributed_can_be_disabled_and_is_off_without_process_group():
+    assert optim.dist_muon.distributed_bucket_fn(None) is None  # no process group here
+    assert optim.dist_muon.distributed_bucket_fn(False) is None
