@@ -27,6 +27,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,7 +39,7 @@ from tqdm import tqdm
 from data.cache import cache_dir
 from data.manifest import FORMAT, read_meta, write_meta
 from data.shards import dtype_for_vocab, write_shard
-from data.sources import AUTO, TRAIN, VAL, Document, Part, has_bios, iter_documents, parse_source
+from data.sources import AUTO, TRAIN, VAL, Document, has_bios, iter_documents, parse_source
 from data.tokenizer import FILE_NAME, load_pretrained, load_tokenizer, save_tokenizer, special_ids, train_bpe
 
 DEFAULT_VOCAB_SIZE = 4096
@@ -229,9 +230,15 @@ class _Run:
             dynamic_ncols=True,
         )
         stream = itertools.islice(iter_documents(self.parts, self.s.seed), self.docs_consumed, None)
-        ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch/tokenizers threads exist
-        init = (str(self.out / FILE_NAME), self.eos_id, self.bos_id, self.dtype.str)
-        with bar, ctx.Pool(self.workers, initializer=_init_worker, initargs=init) as pool:
+        # spawn: fork is unsafe once torch/tokenizers threads exist. An executor, unlike
+        # multiprocessing.Pool, raises BrokenProcessPool when a worker dies instead of hanging.
+        pool = ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(str(self.out / FILE_NAME), self.eos_id, self.bos_id, self.dtype.str),
+        )
+        with bar, _shutdown_on_exit(pool):
             for kinds, (flat, lengths) in _ordered_map(pool, _batches(stream), depth=2 * self.workers):
                 before = self.train.tokens + self.val.tokens
                 written = self._route(kinds, flat, lengths)
@@ -325,7 +332,7 @@ class _Run:
         return self.train, self.val
 
     def _val_total(self) -> int:
-        return self.s.val_tokens if any(_has_auto(p) for p in self.parts) else 0
+        return self.s.val_tokens if any(p.auto for p in self.parts) else 0
 
     def _build_tokenizer(self) -> None:
         if self.s.tokenizer is not None:
@@ -422,18 +429,29 @@ def _batches(stream: Iterator[Document]) -> Iterator[tuple[list[str], list[str]]
         yield kinds, texts
 
 
-def _ordered_map(pool: Any, batches: Iterator[tuple[list[str], list[str]]], depth: int) -> Iterator[Any]:
-    """Encode batches on the pool, at most ``depth`` in flight (Pool.imap would read the whole
+def _ordered_map(
+    pool: ProcessPoolExecutor, batches: Iterator[tuple[list[str], list[str]]], depth: int
+) -> Iterator[tuple[list[str], tuple[np.ndarray, np.ndarray]]]:
+    """Encode batches on the pool, at most ``depth`` in flight (Executor.map would read the whole
     source ahead into memory), yielding (kinds, result) in input order."""
     in_flight: deque = deque()
     for kinds, texts in batches:
-        in_flight.append((kinds, pool.apply_async(_encode, (texts,))))
+        in_flight.append((kinds, pool.submit(_encode, texts)))
         if len(in_flight) >= depth:
-            kinds_done, result = in_flight.popleft()
-            yield kinds_done, result.get()
+            kinds_done, future = in_flight.popleft()
+            yield kinds_done, future.result()
     while in_flight:
-        kinds_done, result = in_flight.popleft()
-        yield kinds_done, result.get()
+        kinds_done, future = in_flight.popleft()
+        yield kinds_done, future.result()
+
+
+@contextlib.contextmanager
+def _shutdown_on_exit(pool: ProcessPoolExecutor) -> Iterator[None]:
+    """Stop the workers on leaving, dropping queued work (an early stop or an error)."""
+    try:
+        yield
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _bpe_sample(stream: Iterator[Document], s: Settings) -> Iterator[str]:
@@ -451,10 +469,6 @@ def _bpe_sample(stream: Iterator[Document], s: Settings) -> Iterator[str]:
         taken += len(text)
         if taken >= s.tokenizer_sample_chars:
             return
-
-
-def _has_auto(part: Part) -> bool:
-    return not (part.spec.startswith("builtin:") or part.spec == "bios")
 
 
 def _concat(chunks: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
@@ -527,8 +541,8 @@ def main(argv: list[str] | None = None) -> None:
             tokens=a.tokens, val_tokens=a.val_tokens, shard_tokens=a.shard_tokens, seed=a.seed,
             text_field=a.text_field, bios=dict(a.bios) or None, bos=a.bos,
         )
-    except (ValueError, KeyError, FileNotFoundError, ImportError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    except (ValueError, KeyError, TypeError, FileNotFoundError, ImportError, RuntimeError) as e:
+        sys.exit(f"error: {e.args[0] if e.args else e}")  # args[0]: KeyError's str() adds quotes
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class Part:
 
     spec: str
     documents: Callable[[], Iterator[Document]]
+    auto: bool = True  # its documents are AUTO (no validation split of its own)
 
 
 def parse_source(
@@ -73,9 +74,9 @@ def _part(spec: str, text_field: str, bios: dict[str, Any]) -> Part:
         name = spec.removeprefix("builtin:")
         if name != "shakespeare":
             raise ValueError(f"unknown builtin corpus {name!r}; the only one is 'builtin:shakespeare'")
-        return Part(spec, _shakespeare)
+        return Part(spec, _shakespeare, auto=False)
     if spec == "bios":
-        return Part(spec, lambda: _bios(bios))
+        return Part(spec, lambda: _bios(bios), auto=False)
     if spec.startswith("hf:"):
         name, _, config = spec.removeprefix("hf:").partition(":")
         if not name:
@@ -135,7 +136,7 @@ def _files(files: list[Path], text_field: str) -> Iterator[Document]:
         if path.name.endswith(".txt"):
             yield AUTO, path.read_text(encoding="utf-8")
         elif path.name.endswith(".parquet"):
-            yield from ((AUTO, t) for t in _parquet(path, text_field))
+            yield from ((AUTO, _text(t, f"{path}")) for t in _parquet(path, text_field))
         else:
             opener = gzip.open if path.name.endswith(".gz") else open
             with opener(path, "rt", encoding="utf-8") as f:
@@ -159,4 +160,10 @@ def _parquet(path: Path, text_field: str) -> Iterator[str]:
 def _field(row: dict[str, Any], text_field: str, where: str) -> str:
     if text_field not in row:
         raise KeyError(f"{where} has no field {text_field!r} (fields: {sorted(row)}); set --text-field")
-    return row[text_field]
+    return _text(row[text_field], where)
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: the text field holds {type(value).__name__}, not str; check --text-field")
+    return value

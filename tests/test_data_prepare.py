@@ -163,6 +163,15 @@ def test_bios_source_is_training_only(tmp_path):
     assert texts == list(documents(BiosConfig(**bios)))
 
 
+def test_bos_starts_every_document(corpus, tmp_path):
+    out = prepare(str(corpus["jsonl"]), tmp_path / "b", workers=1, bos=True, **{**SETTINGS, "val_tokens": 0})
+    meta = load_meta(out)
+    docs = split_docs(split_tokens(out, "train"), meta["eos_id"])
+    assert meta["bos_id"] is not None and meta["bos_id"] != meta["eos_id"] and len(docs) == len(DOCS)
+    assert all(d[0] == meta["bos_id"] and (d[1:] != meta["bos_id"]).all() for d in docs)
+    assert load_tokenizer(out).decode(docs[0][1:-1].tolist()) == DOCS[0]
+
+
 def test_cli(corpus, tmp_path, capsys):
     args = ["--source", str(corpus["jsonl"]), "--vocab-size", "320", "--val-tokens", "6e2", "--workers", "1"]
     main([*args, "--shard-tokens", "1.5e3", "--out", str(tmp_path / "cli")])

@@ -36,6 +36,8 @@ def test_text_field(tmp_path):
     assert texts(str(tmp_path / "a.jsonl"), text_field="url")[3] == "https://example.org/3"
     with pytest.raises(KeyError, match="no field 'body'.*url"):
         texts(str(tmp_path / "a.jsonl"), text_field="body")
+    with pytest.raises(TypeError, match="holds float, not str"):
+        texts(str(tmp_path / "a.jsonl"), text_field="score")
 
 
 def test_hf_source_streams_through_datasets(tmp_path):
