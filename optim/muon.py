@@ -2,7 +2,8 @@
 
 `Muon` takes the same constructor keywords as `torch.optim.Muon` (torch 2.13) and applies the same
 update, so it is a drop-in replacement, but it is much faster: same-shape matrices are orthogonalized
-in one batched call, the iteration runs in fp32 on CPU (bf16 on CUDA), and under DDP each rank
+in one batched call, the iteration runs in bf16 where matmul is native in bf16 (CUDA, CPUs with
+AVX512-BF16/AMX) and in fp32 on other CPUs (where bf16 is emulated, slow), and under DDP each rank
 orthogonalizes only its share of the matrices (`optim.dist_muon`). `orthogonalize` (the
 Newton–Schulz step, `optim.newton_schulz`) is re-exported here.
 """
@@ -63,7 +64,8 @@ class Muon(torch.optim.Optimizer):
     momentum) with Nesterov, else buf; O = orthogonalize(update); p <- p * (1 - lr * weight_decay)
     - adjusted_lr(lr) * O. Extra keywords beyond torch's:
 
-    - `ns_dtype`: dtype of the Newton–Schulz iteration (default bf16 on CUDA, fp32 on CPU).
+    - `ns_dtype`: dtype of the Newton–Schulz iteration (default `optim.newton_schulz.default_ns_dtype`:
+      bf16 on CUDA and on CPUs with native bf16 matmul, fp32 on other CPUs).
     - `split_heads` (also a per-param-group key): orthogonalize a [n_heads * head_dim, d] matrix
       per attention head, i.e. each [head_dim, d] row block separately; the lr adjustment then uses
       the block's shape.

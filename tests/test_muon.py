@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from optim import newton_schulz
 from optim.muon import Muon, adjusted_lr, orthogonalize
 
 
@@ -19,11 +20,12 @@ def _well_conditioned(m: int, n: int, seed: int) -> torch.Tensor:
     return U @ torch.diag(torch.linspace(0.1, 1.0, min(m, n))) @ V.T
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(48, 96), (96, 48), (64, 64)])
-def test_orthogonalize_is_close_to_polar_factor(shape):
+def test_orthogonalize_is_close_to_polar_factor(shape, dtype):
     G = _well_conditioned(*shape, seed=0)
-    X = orthogonalize(G)
-    assert X.shape == G.shape and X.dtype == torch.float32
+    X = orthogonalize(G, dtype=dtype).float()
+    assert X.shape == G.shape
     s = torch.linalg.svdvals(X)
     assert s.min() > 0.3 and s.max() < 1.6, (s.min(), s.max())
     P = _polar(G)
@@ -31,15 +33,39 @@ def test_orthogonalize_is_close_to_polar_factor(shape):
     assert cosine > 0.9
 
 
-def test_orthogonalize_batched_equals_per_matrix_and_keeps_input():
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_orthogonalize_batched_equals_per_matrix_and_keeps_input(dtype, atol):
     G = torch.randn(2, 3, 40, 24, generator=torch.Generator().manual_seed(1))
     before = G.clone()
-    X = orthogonalize(G)
-    assert X.shape == G.shape
+    X = orthogonalize(G, dtype=dtype)
+    assert X.shape == G.shape and X.dtype == dtype
     torch.testing.assert_close(G, before, rtol=0, atol=0)
     for i in range(2):
         for j in range(3):
-            torch.testing.assert_close(X[i, j], orthogonalize(G[i, j]), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(X[i, j], orthogonalize(G[i, j], dtype=dtype), rtol=0, atol=atol)
+
+
+def test_default_dtype_follows_the_hardware(monkeypatch):
+    def default_with(capabilities: dict, isa: str | None = None) -> torch.dtype:
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+        if isa is None:
+            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        else:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+        newton_schulz.cpu_has_fast_bf16.cache_clear()
+        return newton_schulz.default_ns_dtype(torch.device("cpu"))
+
+    try:
+        assert default_with({"avx512_bf16": True}) == torch.bfloat16
+        assert default_with({"amx_bf16": True}) == torch.bfloat16
+        assert default_with({"avx2": True}) == torch.float32  # bf16 emulated: fp32 is faster
+        assert default_with({"avx512_bf16": True}, isa="AVX2") == torch.float32
+        assert default_with({"avx512_bf16": True}, isa="avx512_core_bf16") == torch.bfloat16
+    finally:
+        newton_schulz.cpu_has_fast_bf16.cache_clear()
+    assert newton_schulz.default_ns_dtype(torch.device("cuda")) == torch.bfloat16
+    G = torch.randn(8, 16)
+    assert orthogonalize(G).dtype == newton_schulz.default_ns_dtype(G.device)
 
 
 def test_orthogonalize_dtype_and_bad_input():
@@ -86,8 +112,8 @@ def test_muon_matches_torch_muon(adjust_lr_fn, nesterov, weight_decay):
     ref, ours, start = _run_pair({"ns_dtype": torch.bfloat16}, **kw)
     for a, b in zip(ref, ours, strict=True):
         torch.testing.assert_close(b.detach(), a.detach(), rtol=0, atol=1e-4)
-    # fp32 default (the CPU path): differs from torch's bf16 result by a few % of the total movement.
-    ref, ours, start = _run_pair({}, **kw)
+    # fp32 (the path of CPUs without native bf16): a few % of the total movement from torch's bf16.
+    ref, ours, start = _run_pair({"ns_dtype": torch.float32}, **kw)
     for a, b, s in zip(ref, ours, start, strict=True):
         moved = (a - s).abs().max()
         assert (a - b).abs().max() < 0.05 * moved
@@ -98,8 +124,8 @@ def test_same_shape_batching_equals_one_optimizer_per_matrix():
     start = [torch.randn(24, 40, generator=gen) for _ in range(3)] + [torch.randn(40, 24, generator=gen)]
     joint = [p.clone().requires_grad_() for p in start]
     alone = [p.clone().requires_grad_() for p in start]
-    opt_joint = Muon(joint, lr=0.05)
-    opts_alone = [Muon([p], lr=0.05) for p in alone]
+    opt_joint = Muon(joint, lr=0.05, ns_dtype=torch.float32)
+    opts_alone = [Muon([p], lr=0.05, ns_dtype=torch.float32) for p in alone]
     for _ in range(3):
         for a, b in zip(joint, alone, strict=True):
             g = torch.randn(a.shape, generator=gen)
@@ -117,8 +143,9 @@ def test_split_heads_equals_each_head_slice_separately(adjust_lr_fn):
     gen = torch.Generator().manual_seed(4)
     W = torch.randn(n_heads * head_dim, d, generator=gen).requires_grad_()
     slices = [s.clone().requires_grad_() for s in W.detach().split(head_dim)]
-    opt_split = Muon([W], lr=0.02, adjust_lr_fn=adjust_lr_fn, split_heads=n_heads)
-    opt_slices = Muon(slices, lr=0.02, adjust_lr_fn=adjust_lr_fn)
+    kw = dict(lr=0.02, adjust_lr_fn=adjust_lr_fn, ns_dtype=torch.float32)
+    opt_split = Muon([W], split_heads=n_heads, **kw)
+    opt_slices = Muon(slices, **kw)
     for _ in range(3):
         g = torch.randn(W.shape, generator=gen)
         W.grad = g.clone()
@@ -128,8 +155,8 @@ def test_split_heads_equals_each_head_slice_separately(adjust_lr_fn):
         opt_slices.step()
     torch.testing.assert_close(W.detach(), torch.cat([s.detach() for s in slices]), rtol=1e-5, atol=1e-6)
     # and it is not the same as orthogonalizing the whole matrix
-    per_head = torch.cat([orthogonalize(x) for x in g.split(head_dim)])
-    assert not torch.allclose(orthogonalize(g), per_head, atol=1e-2)
+    per_head = torch.cat([orthogonalize(x, dtype=torch.float32) for x in g.split(head_dim)])
+    assert not torch.allclose(orthogonalize(g, dtype=torch.float32), per_head, atol=1e-2)
 
 
 def test_split_heads_as_param_group_key_and_validation():
