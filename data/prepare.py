@@ -39,7 +39,7 @@ from tqdm import tqdm
 from data.cache import cache_dir
 from data.manifest import FORMAT, read_meta, write_meta
 from data.shards import dtype_for_vocab, write_shard
-from data.sources import AUTO, TRAIN, VAL, Document, has_bios, iter_documents, parse_source
+from data.sources import AUTO, TRAIN, VAL, Document, bios_settings, has_bios, iter_documents, parse_source
 from data.tokenizer import FILE_NAME, load_pretrained, load_tokenizer, save_tokenizer, special_ids, train_bpe
 
 DEFAULT_VOCAB_SIZE = 4096
@@ -110,7 +110,7 @@ def make_settings(
         seed=int(seed),
         bos=bool(bos),
         tokenizer_sample_chars=None if tokenizer else int(tokenizer_sample_chars),
-        bios=(bios or {}) if has_bios(source) else None,
+        bios=bios_settings(bios) if has_bios(source) else None,
     )
 
 

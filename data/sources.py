@@ -19,7 +19,7 @@ import gzip
 import json
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,8 @@ def _part(spec: str, text_field: str, bios: dict[str, Any]) -> Part:
             raise ValueError(f"unknown builtin corpus {name!r}; the only one is 'builtin:shakespeare'")
         return Part(spec, _shakespeare, auto=False)
     if spec == "bios":
-        return Part(spec, lambda: _bios(bios), auto=False)
+        config = _bios_config(bios)
+        return Part(spec, lambda: _bios(config), auto=False)
     if spec.startswith("hf:"):
         name, _, config = spec.removeprefix("hf:").partition(":")
         if not name:
@@ -114,10 +115,25 @@ def _shakespeare() -> Iterator[Document]:
             yield split, text
 
 
-def _bios(settings: dict[str, Any]) -> Iterator[Document]:
-    from data.bios import BiosConfig, documents
+def bios_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """Every BiosConfig field, defaults filled in: what the manifest records for the QA eval."""
+    return asdict(_bios_config(settings or {}))
 
-    for text in documents(BiosConfig(**settings)):
+
+def _bios_config(settings: dict[str, Any]) -> Any:
+    from data.bios import BiosConfig
+
+    valid = BiosConfig.field_names()
+    unknown = set(settings) - set(valid)
+    if unknown:
+        raise ValueError(f"unknown bios settings {sorted(unknown)}; valid: {', '.join(valid)}")
+    return BiosConfig(**settings)
+
+
+def _bios(config: Any) -> Iterator[Document]:
+    from data.bios import documents
+
+    for text in documents(config):
         yield TRAIN, text
 
 

@@ -63,6 +63,8 @@ def test_bios_documents_are_training_only():
     bios = {"n_people": 8, "n_groups": 2, "max_exposures": 2}
     kinds = {kind for kind, _ in iter_documents(parse_source("bios", bios=bios))}
     assert kinds == {TRAIN}
+    with pytest.raises(ValueError, match="unknown bios settings.*n_people"):
+        parse_source("bios", bios={"people": 8})
 
 
 def test_bad_specs_are_clear_errors(tmp_path):
