@@ -47,8 +47,13 @@ class _Windows:
             starts.append(s.astype(np.int64))
         self.shard_ids = np.concatenate(shard_ids) if shard_ids else np.zeros(0, np.int32)
         self.starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+        total = sum(t.size for t in self.shards)
+        if total == 0:
+            raise ValueError(
+                f"{data_dir} has no {split} tokens (source {self.meta['source']!r}; `bios` alone is "
+                "training-only); add a source with text to validate on, e.g. builtin:shakespeare+bios"
+            )
         if self.starts.size == 0:
-            total = sum(t.size for t in self.shards)
             raise ValueError(
                 f"{data_dir}: the {split} split ({total:,} tokens, {len(self.shards)} shards) has no "
                 f"window of seq_len + 1 = {seq_len + 1} tokens{' starting after an EOS' if aligned else ''}; "

@@ -106,6 +106,9 @@ def test_bad_arguments_are_clear_errors(data_dir, tmp_path):
         TokenLoader(tmp_path, "train", SEQ, batch_size=8)
     with pytest.raises(ValueError, match="split"):
         TokenLoader(data_dir, "test", SEQ, batch_size=8)
+    empty_val = make_dataset(tmp_path / "no_val", val_size=0)
+    with pytest.raises(ValueError, match="no val tokens"):
+        list(val_batches(empty_val, SEQ, eval_tokens=100, batch_size=4))
 
 
 def test_val_batches_are_the_first_eval_tokens_for_any_world_size(data_dir):
