@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from theory import assoc_memory as am
+from theory import scaling as sc
+from theory.threads import single_threaded
 from theory.updates import UpdateRule, polar
 
 DT = torch.float64
@@ -161,3 +163,102 @@ def test_cli_writes_summary_and_plot(tmp_path) -> None:
     assert (out / "assoc_memory.png").stat().st_size > 10_000
     with pytest.raises(SystemExit, match="unknown"):
         am.main(["--out", str(out), "--optimizers", "sgd"])
+
+
+# --- the scaling model (arXiv 2602.05725) -------------------------------------------------------
+
+
+def test_key_frequencies_and_targets() -> None:
+    p, group = sc.key_frequencies(12, 3, beta=2.0)
+    assert group.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    torch.testing.assert_close(p.sum(), torch.tensor(1.0, dtype=DT))
+    torch.testing.assert_close(p[0] / p[-1], torch.tensor(9.0, dtype=DT))
+    with pytest.raises(ValueError, match="multiple of M"):
+        sc.key_frequencies(10, 3, beta=1.0)
+    Y = sc.noisy_targets(5, 0.2)
+    torch.testing.assert_close(Y.sum(0), torch.ones(5, dtype=DT))
+    torch.testing.assert_close(Y.diagonal(), torch.full((5,), 0.84, dtype=DT))
+    with pytest.raises(ValueError, match="alpha"):
+        sc.noisy_targets(5, 1.0)
+
+
+def test_excess_loss_is_exact_for_tiny_and_noisy_losses() -> None:
+    Z = torch.randn(6, 6, dtype=DT, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(sc.excess_per_key(Z, 0.0), -torch.log_softmax(Z, 0).diagonal())
+    big = 50.0 * torch.eye(6, dtype=DT)  # -log_softmax rounds this loss to 0; log1p keeps it
+    torch.testing.assert_close(sc.excess_per_key(big, 0.0), torch.full((6,), 5 * math.exp(-50), dtype=DT))
+    Y = sc.noisy_targets(6, 0.3)
+    kl = torch.nn.functional.kl_div(torch.log_softmax(Z, 0), Y, reduction="none").sum(0)
+    torch.testing.assert_close(sc.excess_per_key(Z, 0.3), kl)
+    torch.testing.assert_close(sc.excess_per_key(Y.log(), 0.3), torch.zeros(6, dtype=DT))  # optimum
+
+
+def test_noisy_gradient_matches_autograd() -> None:
+    p, _ = sc.key_frequencies(6, 2, beta=1.0)
+    Y = sc.noisy_targets(6, 0.1)
+    Z = torch.randn(6, 6, dtype=DT, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    loss, dZ, _ = am.softmax_ce(Z.detach(), p, Y)
+    ref = -(p * (Y * torch.log_softmax(Z, 0)).sum(0)).sum()
+    ref.backward()
+    torch.testing.assert_close(loss, ref.detach())
+    torch.testing.assert_close(dZ, Z.grad)
+
+
+@pytest.fixture(scope="module")
+def clean() -> sc.ScalingResult:
+    return sc.run_dynamics(K=16, M=4, beta=2.0, alpha=0.0, steps=800, lr_muon=0.02)
+
+
+def test_gd_per_group_loss_decays_as_one_over_p_t(clean: sc.ScalingResult) -> None:
+    fit = sc.fit_noiseless(clean)
+    final = clean.curves["gd"][-1]
+    assert torch.all(final[1:] > final[:-1])  # rarer group, higher loss
+    for exponent in fit["gd_exponent"]:
+        assert -1.2 < exponent < -0.95
+    for level in fit["gd_level"]:  # loss * lr * p_j * t -> (K - 1) / K
+        assert level == pytest.approx(15 / 16, rel=0.2)
+    assert fit["gd_final_vs_freq_slope"] == pytest.approx(-1.0, abs=0.1)
+
+
+def test_muon_decays_exponentially_and_uniformly(clean: sc.ScalingResult) -> None:
+    fit = sc.fit_noiseless(clean)
+    # frequencies span 16x: GD's final losses span about that much, Muon's a small factor
+    assert fit["final_spread"]["gd"] > 12.0 and fit["final_spread"]["muon"] < fit["final_spread"]["gd"] / 4
+    for rate in fit["muon_rate"]:  # every margin grows by ~lr per step
+        assert rate == pytest.approx(0.02, rel=0.05)
+    ref = sc.noiseless_reference(clean, 16)["muon"]
+    # log(1 + (K - 1) e^{-lr t}) tracks the measured loss within a factor e over 6 orders of magnitude
+    assert float(ref[-1].max()) < 1e-5
+    assert float((clean.curves["muon"].log() - ref.log()).abs().max()) < 1.0
+    assert float(clean.curves["muon"][-1].max()) < 1e-2 * float(clean.curves["gd"][-1].min())
+
+
+def test_muon_beats_gd_at_every_horizon_under_label_noise() -> None:
+    h = sc.horizon_scaling(K=16, beta=2.0, alpha=0.1, horizons=[50, 100, 200])
+    for gd, muon in zip(h["gd_excess"], h["muon_excess"], strict=True):
+        assert muon < 0.1 * gd
+    assert h["gd_exponent"] < 0 and h["muon_exponent"] < 0
+    assert h["gd_theory_exponent"] == pytest.approx(-0.5)
+
+
+def test_scaling_cli_writes_summary_and_plots(tmp_path) -> None:
+    out = tmp_path / "sc"
+    summary = sc.main(["--out", str(out), "--K", "16", "--groups", "4", "--steps", "200", "--Ks", "8,16",
+                       "--horizons", "50,100", "--horizon-K", "16"])
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    assert set(saved) == {"settings", "noiseless", "noisy", "by_K", "horizon_scaling"}
+    assert [g["group"] for g in saved["noiseless"]["final"]] == [1, 2, 3, 4]
+    assert set(saved["by_K"]) == {"8", "16"}
+    for name in ("scaling_noiseless", "scaling_noisy", "scaling_by_K", "scaling_horizon"):
+        assert (out / f"{name}.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="integers"):
+        sc.main(["--out", str(out), "--Ks", "8,x"])
+
+
+def test_single_threaded_restores_the_thread_count() -> None:
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="boom"), single_threaded():
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before

@@ -55,8 +55,10 @@ def plot_assoc_memory(
     plt.close(fig)
 
 
-def plot_group_losses(result: ScalingResult, path: Path, title: str) -> None:
-    """Per-group loss vs step, GD and Muon side by side (log-log)."""
+def plot_group_losses(
+    result: ScalingResult, path: Path, title: str, reference: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Per-group loss vs step, GD and Muon side by side (log-log); optional dotted theory curves."""
     colors = _frequency_colors(result.group_freq)
     fig, axes = plt.subplots(1, len(result.curves), figsize=(5 * len(result.curves), 3.8),
                              sharey=True, squeeze=False)
@@ -64,8 +66,11 @@ def plot_group_losses(result: ScalingResult, path: Path, title: str) -> None:
         steps = torch.arange(1, curve.shape[0] + 1)
         for j in range(curve.shape[1]):
             ax.plot(steps, curve[:, j].clamp_min(1e-16), color=colors[j], lw=1.0, label=f"group {j + 1}")
+            if reference is not None:
+                ax.plot(steps, reference[opt][:, j], color=colors[j], lw=0.8, ls=":")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_ylim(bottom=1e-14)  # below this the curves are fp64 rounding noise
         ax.set_xlabel("step + 1")
         ax.set_title(opt)
     axes[0][0].set_ylabel(result.loss_label)
@@ -91,6 +96,28 @@ def plot_total_losses(curves: dict[str, dict[int, torch.Tensor]], path: Path, yl
         ax.set_title(opt)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel(ylabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_horizon_scaling(h: dict, path: Path) -> None:
+    """Final total excess loss vs horizon T (log-log) for GD and Muon, with the theory reference lines."""
+    T = torch.tensor(h["T"], dtype=torch.float64)
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    ax.plot(T, h["gd_excess"], "o-", label=f"GD (fit T^{h['gd_exponent']:.2f})")
+    ax.plot(T, h["muon_excess"], "s-", label=f"Muon, lr = c log K / T (fit T^{h['muon_exponent']:.2f})")
+    bound = (torch.log(torch.tensor(float(h["K"]))) / T) ** 2
+    ax.plot(T, bound, "k:", lw=1, label="(log K / T)^2")
+    if h["gd_theory_exponent"] is not None:
+        ref = h["gd_excess"][0] * (T / T[0]) ** h["gd_theory_exponent"]
+        ax.plot(T, ref, "C0:", lw=1, label=f"T^{h['gd_theory_exponent']:.2f} (GD lower bound rate)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("horizon T (steps)")
+    ax.set_ylabel("final excess loss")
+    ax.set_title(f"Label noise {h['alpha']}, K={h['K']} keys, p_k ~ k^-{h['beta']}", fontsize=10)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
