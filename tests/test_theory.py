@@ -262,3 +262,11 @@ def test_single_threaded_restores_the_thread_count() -> None:
         assert torch.get_num_threads() == 1
         raise RuntimeError("boom")
     assert torch.get_num_threads() == before
+
+
+def test_newton_schulz_muon_is_balanced_too() -> None:
+    # The training optimizer's quintic Newton-Schulz (not the exact polar factor) on the same problem.
+    p = am.class_frequencies(16, ratio=100.0)
+    E_in, E_out = am.make_embeddings("overlap", 16)
+    r = am.train(E_in, E_out, p, UpdateRule("muon_ns", 0.04), steps=300, eps=0.02)
+    assert r.hit_step is not None and r.worst_class_prob / r.best_class_prob > 0.95

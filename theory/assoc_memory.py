@@ -23,7 +23,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from theory.threads import single_threaded
-from theory.updates import OPTIMIZERS, UpdateRule
+from theory.updates import OPTIMIZERS, RULES, UpdateRule
 
 DTYPE = torch.float64
 EMBEDDINGS = ("identity", "rotated", "overlap")
@@ -125,9 +125,9 @@ def default_lr(name: str, p: torch.Tensor) -> float:
     GD: 1 / p_max, a quarter of the stability limit 4 / p_max (the loss' curvature in the logits of
     class k is at most p_k / 2). SignGD and Adam: 0.02 per coordinate. Muon: 0.04, because on the
     identity problem a sign step moves the logit margin by 2 lr and a polar step by lr, so this makes
-    SignGD and Muon equally fast on the balanced problem.
+    SignGD and Muon equally fast on the balanced problem (muon_ns uses Muon's rate).
     """
-    return {"gd": 1.0 / float(p.max()), "signgd": 0.02, "adam": 0.02, "muon": 0.04}[name]
+    return {"gd": 1.0 / float(p.max()), "signgd": 0.02, "adam": 0.02, "muon": 0.04, "muon_ns": 0.04}[name]
 
 
 @dataclass
@@ -230,16 +230,18 @@ def main(argv: list[str] | None = None) -> dict:
     freq.add_argument("--power", type=float, default=None, help="power-law exponent instead of two groups")
     ap.add_argument("--eps", type=float, default=0.02, help="stop criterion: best class prob >= 1 - eps")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random rotation")
-    ap.add_argument("--optimizers", default=",".join(OPTIMIZERS), help="comma list (default: all)")
+    ap.add_argument("--optimizers", default=",".join(OPTIMIZERS),
+                    help=f"comma list from {','.join(RULES)} (default: {','.join(OPTIMIZERS)})")
     ap.add_argument("--embeddings", default=",".join(EMBEDDINGS), help="comma list (default: all)")
-    for name in OPTIMIZERS:
-        ap.add_argument(f"--lr-{name}", type=float, default=None, help=f"learning rate of {name}")
+    for name in RULES:
+        flag = f"--lr-{name.replace('_', '-')}"
+        ap.add_argument(flag, type=float, default=None, help=f"learning rate of {name}")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = ap.parse_args(argv)
 
     ratio = args.ratio if args.ratio is not None or args.power is not None else 100.0
     p = class_frequencies(args.K, ratio=ratio, power=args.power)
-    optimizers = _parse_list(args.optimizers, OPTIMIZERS, "--optimizers")
+    optimizers = _parse_list(args.optimizers, RULES, "--optimizers")
     embeddings = _parse_list(args.embeddings, EMBEDDINGS, "--embeddings")
     lrs = {n: getattr(args, f"lr_{n}") for n in optimizers if getattr(args, f"lr_{n}") is not None}
     results = run_grid(p, args.steps, args.eps, args.seed, optimizers, embeddings, lrs, progress=True)

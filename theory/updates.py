@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-OPTIMIZERS = ("gd", "signgd", "adam", "muon")
+OPTIMIZERS = ("gd", "signgd", "adam", "muon")  # the comparison of the papers (default grid)
+RULES = (*OPTIMIZERS, "muon_ns")  # muon_ns: the project's Newton-Schulz Muon, to compare with exact polar
 
 
 def polar(G: torch.Tensor, rtol: float | None = None) -> torch.Tensor:
@@ -36,7 +37,8 @@ class UpdateRule:
     """One optimizer of the comparison, with its (tiny) state.
 
     name: "gd" (lr * G), "signgd" (lr * sign(G): Adam with beta1 = beta2 = 0 and eps -> 0),
-    "adam" (bias-corrected Adam with ``betas`` and ``eps``), "muon" (lr * polar(G), no momentum).
+    "adam" (bias-corrected Adam with ``betas`` and ``eps``), "muon" (lr * polar(G), no momentum),
+    "muon_ns" (lr * optim.muon.orthogonalize(G) in fp64: the 5-step quintic Newton-Schulz of training).
     """
 
     name: str
@@ -48,8 +50,8 @@ class UpdateRule:
     _v: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.name not in RULES:
+            raise ValueError(f"unknown optimizer {self.name!r}; choose one of {', '.join(RULES)}")
         if not self.lr > 0:
             raise ValueError(f"learning rate must be positive, got {self.lr} for {self.name}")
 
@@ -61,6 +63,10 @@ class UpdateRule:
             return self.lr * torch.sign(G)
         if self.name == "muon":
             return self.lr * polar(G)
+        if self.name == "muon_ns":
+            from optim.muon import orthogonalize  # only this rule needs the training optimizer
+
+            return self.lr * orthogonalize(G, dtype=G.dtype)
         return self.lr * self._adam_direction(G)
 
     def _adam_direction(self, G: torch.Tensor) -> torch.Tensor:
