@@ -108,10 +108,6 @@ class TokenLoader:
     def windows_per_epoch(self) -> int:
         return len(self.windows)
 
-    def epoch(self, step: int) -> float:
-        """Passes over the split completed before ``step`` (fractional)."""
-        return step * self.batch_size / len(self.windows)
-
     def batch(self, step: int) -> torch.Tensor:
         """LongTensor [batch_size // world_size, seq_len + 1]: inputs ``[:, :-1]``, targets ``[:, 1:]``."""
         if step < 0:

@@ -10,6 +10,7 @@ from test_data_corpus import make_docs, write_jsonl, write_parquet
 
 import data.prepare as prep
 from data.bios import BiosConfig, documents
+from data.loader import TokenLoader
 from data.manifest import load_meta
 from data.prepare import STATE_FILE, dataset_dir_for, ensure_prepared, main, prepare
 from data.shards import read_shard
@@ -80,6 +81,22 @@ def test_workers_and_file_format_do_not_change_the_shards(corpus, prepared, tmp_
     a, b = load_meta(prepared), load_meta(out)
     assert a["shards"] == b["shards"] and a["val_shards"] == b["val_shards"]  # names, counts, sha256
     np.testing.assert_array_equal(np.load(prepared / "token_counts.npy"), np.load(out / "token_counts.npy"))
+
+
+def test_fineweb_shaped_parquet_glob_and_hf_path_end_to_end(prepared, tmp_path):
+    """The FineWeb path on local files: a glob of parquet shards, and the same through datasets."""
+    repo = tmp_path / "sample" / "10BT"
+    repo.mkdir(parents=True)
+    for i in range(3):
+        write_parquet(repo / f"{i:03d}_00000.parquet", DOCS[i * 40 : (i + 1) * 40])
+    tok = str(prepared / "tokenizer.json")
+    via_glob = prepare(str(repo / "*.parquet"), tmp_path / "glob", workers=2, tokenizer=tok, **SETTINGS)
+    via_hf = prepare(f"hf:{tmp_path / 'sample'}", tmp_path / "hf", workers=2, tokenizer=tok, **SETTINGS)
+    for out in (via_glob, via_hf):
+        assert load_meta(out)["shards"] == load_meta(prepared)["shards"]
+    rows = TokenLoader(via_hf, "train", seq_len=64, batch_size=4, seed=0).batch(3)
+    train_text = load_tokenizer(prepared).decode(split_tokens(prepared, "train").tolist())
+    assert all(load_tokenizer(prepared).decode(r.tolist()) in train_text for r in rows)
 
 
 def test_interrupted_prepare_resumes_to_the_same_shards(corpus, prepared, tmp_path, monkeypatch):
