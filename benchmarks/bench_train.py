@@ -46,7 +46,7 @@ OPTIMS = {"adamw": "none", "muon": "hidden"}
 DTYPES = ("fp32", "bf16")
 TARGET_RATIO = 1.3  # issue 5: muonlab's train step >= 1.3x Llama's tokens/s
 DEFAULTS = {  # per device type: presets, batch, seq, steps, dtype
-    "cpu": dict(presets="tiny,small", batch=16, seq=128, steps=10, dtype="fp32"),
+    "cpu": dict(presets="tiny,small", batch=8, seq=128, steps=8, dtype="fp32"),
     "cuda": dict(presets="tiny,small,gpt2-160m", batch=16, seq=1024, steps=20, dtype="bf16"),
 }
 
@@ -210,9 +210,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks.bench_train", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--presets", help="comma list of model presets (CPU: tiny,small; CUDA: + gpt2-160m)")
-    parser.add_argument("--batch", type=int, help="sequences per step (CPU 16, CUDA 16)")
+    parser.add_argument("--batch", type=int, help="sequences per step (CPU 8, CUDA 16)")
     parser.add_argument("--seq", type=int, help="sequence length (CPU 128, CUDA 1024)")
-    parser.add_argument("--steps", type=int, help="timed steps per variant (CPU 10, CUDA 20)")
+    parser.add_argument("--steps", type=int, help="timed steps per variant (CPU 8, CUDA 20)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     parser.add_argument("--dtype", choices=DTYPES, help="fp32, or bf16 autocast (CPU fp32, CUDA bf16)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")

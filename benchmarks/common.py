@@ -43,6 +43,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU features that decide matmul speed per dtype (bf16 is native with avx512_bf16 / amx_bf16).
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_isa() -> list[str]:
+    """The matmul-relevant instruction-set flags of this CPU (from /proc/cpuinfo; empty if unknown)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    lines = text.splitlines()
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return [flag for flag in _ISA_FLAGS if flag in flags]
+
+
 def device_name(device: torch.device) -> str:
     """GPU name for CUDA devices, CPU model otherwise."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
@@ -67,6 +82,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": device.type,
         "device_name": device_name(device),
         "cpu": cpu_name(),
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
