@@ -18,7 +18,7 @@ import glob
 import gzip
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,10 @@ def _hf(name: str, config: str | None, text_field: str) -> Iterator[Document]:
     except ImportError as e:
         raise ImportError("hf: sources need the `datasets` package: pip install datasets") from e
     rows = datasets.load_dataset(name, config, split="train", streaming=True)
+    if rows.column_names is not None:  # known up front: fail fast, and read only the text column
+        if text_field not in rows.column_names:
+            raise _no_field(f"hf:{name}", text_field, rows.column_names)
+        rows = rows.select_columns([text_field])
     for i, row in enumerate(rows):
         yield AUTO, _field(row, text_field, f"hf:{name} row {i}")
 
@@ -166,17 +170,19 @@ def _parquet(path: Path, text_field: str) -> Iterator[str]:
 
     pf = pq.ParquetFile(path)
     if text_field not in pf.schema_arrow.names:
-        raise KeyError(
-            f"{path} has no column {text_field!r} (columns: {pf.schema_arrow.names}); set --text-field"
-        )
+        raise _no_field(str(path), text_field, pf.schema_arrow.names)
     for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
         yield from batch.column(0).to_pylist()
 
 
 def _field(row: dict[str, Any], text_field: str, where: str) -> str:
     if text_field not in row:
-        raise KeyError(f"{where} has no field {text_field!r} (fields: {sorted(row)}); set --text-field")
+        raise _no_field(where, text_field, row)
     return _text(row[text_field], where)
+
+
+def _no_field(where: str, text_field: str, available: Iterable[str]) -> KeyError:
+    return KeyError(f"{where} has no field {text_field!r} (fields: {sorted(available)}); set --text-field")
 
 
 def _text(value: Any, where: str) -> str:

@@ -45,6 +45,8 @@ def test_hf_source_streams_through_datasets(tmp_path):
     (tmp_path / "hub").mkdir()
     write_parquet(tmp_path / "hub" / "train-00000.parquet", DOCS)  # a local repo shaped like the hub's
     assert texts(f"hf:{tmp_path / 'hub'}") == DOCS
+    with pytest.raises(KeyError, match="no field 'body'.*'url'"):
+        texts(f"hf:{tmp_path / 'hub'}", text_field="body")
 
 
 def test_mixture_is_a_deterministic_interleaving(tmp_path):
