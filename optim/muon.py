@@ -41,10 +41,16 @@ def adjusted_lr(lr: float, adjust_lr_fn: str | None, rows: int, cols: int) -> fl
 
 @dataclass
 class _Work:
-    """One parameter's pending update: `update` is [k, m, n] (k > 1 when split per head)."""
+    """One parameter's pending update as k (heads, else 1) [rows, cols] blocks.
+
+    `update` holds them in the wide orientation, [k, min, max] (transposed when rows > cols, which
+    orthogonalize would do anyway), so that e.g. up_proj and down_proj share one batched call.
+    """
 
     param: Tensor
     update: Tensor
+    rows: int
+    cols: int
     lr: float
     weight_decay: float
     adjust_lr_fn: str | None
@@ -165,10 +171,14 @@ class Muon(torch.optim.Optimizer):
                 dtype=self.ns_dtype,
             )
             for p, u in zip(params, updates, strict=True):
+                rows, cols = p.shape[0] // heads, p.shape[1]
+                blocks = gather_full(u).view(heads, rows, cols)
                 work.append(
                     _Work(
                         param=p,
-                        update=gather_full(u).view(heads, p.shape[0] // heads, p.shape[1]),
+                        update=blocks.mT if rows > cols else blocks,
+                        rows=rows,
+                        cols=cols,
                         lr=float(group["lr"]),
                         weight_decay=group["weight_decay"],
                         adjust_lr_fn=group["adjust_lr_fn"],
@@ -196,10 +206,10 @@ class Muon(torch.optim.Optimizer):
         for key, ws in by_key.items():
             outs = results[key].split([w.update.shape[0] for w in ws])
             for w, out in zip(ws, outs, strict=True):
-                _, m, n = w.update.shape
                 w.param.mul_(1 - w.lr * w.weight_decay)
+                out = out.mT if w.rows > w.cols else out
                 update = shard_like(out.reshape(w.param.shape), w.param)
-                w.param.add_(update, alpha=-adjusted_lr(w.lr, w.adjust_lr_fn, m, n))
+                w.param.add_(update, alpha=-adjusted_lr(w.lr, w.adjust_lr_fn, w.rows, w.cols))
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
