@@ -12,6 +12,8 @@ from optim.groups import route
 from optim.muon import Muon
 
 BASES = ("adamw", "sgd")
+# optim.ns_dtype -> Muon's ns_dtype (None: bf16 on CUDA and on CPUs with native bf16 matmul, else fp32)
+NS_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _lr_for(group: str, optimizer: str, cfg: Any) -> float:
@@ -89,6 +91,7 @@ def build_optimizer(model: nn.Module, cfg: Any) -> CombinedOptimizer:
             nesterov=bool(cfg.nesterov),
             ns_steps=int(cfg.ns_steps),
             adjust_lr_fn=cfg.adjust_lr_fn,
+            ns_dtype=NS_DTYPES[getattr(cfg, "ns_dtype", "auto")],
         )
     base = _base_optimizer(base_groups, cfg, device) if base_groups else None
     return CombinedOptimizer(muon, base, entries)

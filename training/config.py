@@ -48,6 +48,7 @@ class OptimSection:
     momentum: float = 0.95
     nesterov: bool = True
     ns_steps: int = 5
+    ns_dtype: str = "auto"  # Newton–Schulz: auto (bf16 on GPU and bf16-capable CPUs, else fp32) | fp32 | bf16
     adjust_lr_fn: str = "match_rms_adamw"  # or "original": sqrt(max(1, rows/cols)), lr ~ 0.02
     per_head: bool = False
     sgd_momentum: float = 0.9
@@ -83,6 +84,7 @@ class DataSection:
     dir: str | None = None  # a prepared dataset directory; None: cached, derived from the settings
     text_field: str = "text"
     tokens: int | None = None  # cap on training tokens prepared (large hf sources)
+    val_tokens: int | None = None  # validation budget taken first (None: 10M; builtin corpora split by work)
     bos_aligned: bool = False
     bios: dict[str, Any] = field(default_factory=dict)  # data.bios.BiosConfig overrides
 
@@ -163,6 +165,7 @@ def _validate(cfg: DictConfig) -> None:
         "optim.base": ("adamw", "sgd"),
         "optim.schedule": ("cosine", "wsd", "constant"),
         "optim.adjust_lr_fn": ("match_rms_adamw", "original"),
+        "optim.ns_dtype": ("auto", "fp32", "bf16"),
         "train.precision": ("auto", "bf16", "fp32"),
         "metrics.tail_mode": ("share", "log"),
     }

@@ -18,15 +18,14 @@ class Evaluator:
         self.accelerator = accelerator
         self.val_rows = val_rows
         self.n_buckets = n_buckets
-        buckets = make_buckets(token_counts, k=n_buckets, mode=bucket_mode)
-        self.bucket_of = torch.as_tensor(buckets, dtype=torch.long, device=accelerator.device)
+        self.bucket_of = make_buckets(token_counts, k=n_buckets, mode=bucket_mode)
 
     @torch.no_grad()
     def loss_and_tail(self, model: torch.nn.Module) -> dict[str, float]:
         """`eval/loss` (mean over every validation token of every process) and `eval/tail/*`."""
         was_training = model.training
         model.eval()
-        tail = TailAccumulator(self.bucket_of, self.n_buckets)
+        tail = TailAccumulator(self.bucket_of, self.n_buckets, device=self.accelerator.device)
         total = torch.zeros(2, dtype=torch.float64, device=self.accelerator.device)  # loss sum, tokens
         for rows in self.val_rows:
             rows = rows.to(self.accelerator.device, non_blocking=True)

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from data.loader import TokenLoader, check_vocab, val_batches
-from data.prepare import ensure_prepared
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from data.loader import TokenLoader, check_vocab, val_batches
+from data.prepare import ensure_prepared
 from metrics.spectra import model_spectra
 from metrics.throughput import flops_per_token, mfu, peak_flops
 from model import Transformer
@@ -50,6 +50,8 @@ def make_accelerator(cfg: DictConfig) -> Accelerator:
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "fp32"
     return Accelerator(
+        # Without a GPU, cpu=True is what makes accelerate see a torchrun launch as MULTI_CPU (gloo).
+        cpu=not torch.cuda.is_available(),
         mixed_precision="bf16" if precision == "bf16" else "no",
         log_with="wandb" if cfg.logging.wandb else None,
     )
@@ -63,9 +65,14 @@ def train(cfg: DictConfig, dry_run: bool = False) -> dict | None:
     plan = BatchPlan.of(cfg.train.batch_size, cfg.train.micro_batch_size, accelerator.num_processes)
 
     with accelerator.main_process_first():
-        data_dir = ensure_prepared(cfg.data, quiet=not is_main)
+        data_dir = ensure_prepared(
+            cfg.data.source, cfg.data.dir, vocab_size=cfg.data.vocab_size, tokenizer=cfg.data.tokenizer,
+            tokens=cfg.data.tokens, val_tokens=cfg.data.val_tokens, text_field=cfg.data.text_field,
+            bios=OmegaConf.to_container(cfg.data.bios))
     meta = json.loads((data_dir / "meta.json").read_text())
-    model_cfg = resolve_model_config(OmegaConf.to_container(cfg.model), vocab_size=meta["vocab_size"])
+    # The embedding table is padded to a multiple of 64 (GPT-2's 50257 -> 50304) for fast matmuls.
+    vocab = -(-meta["vocab_size"] // 64) * 64
+    model_cfg = resolve_model_config(OmegaConf.to_container(cfg.model), vocab_size=vocab)
     check_vocab(meta, model_cfg.vocab_size)
     if cfg.train.seq_len > model_cfg.max_seq_len:
         raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds model.max_seq_len="
@@ -107,8 +114,9 @@ def train(cfg: DictConfig, dry_run: bool = False) -> dict | None:
 
     rank, world = accelerator.process_index, accelerator.num_processes
     loader = TokenLoader(data_dir, "train", cfg.train.seq_len, cfg.train.batch_size, cfg.train.seed,
-                         rank=rank, world_size=world, bos_aligned=cfg.data.bos_aligned)
-    val_rows = list(val_batches(data_dir, cfg.train.seq_len, cfg.train.eval_tokens, plan.micro, rank, world))
+                         rank=rank, world_size=world, aligned=cfg.data.bos_aligned)
+    val_rows = list(val_batches(data_dir, cfg.train.seq_len, cfg.train.eval_tokens, cfg.train.batch_size,
+                                rank, world, micro_batch_size=plan.micro))
     evaluator = Evaluator(accelerator, val_rows, np.load(data_dir / "token_counts.npy"),
                           cfg.metrics.tail_buckets, cfg.metrics.tail_mode)
     qa = QAEval.for_dataset(meta, data_dir, cfg.metrics, accelerator.device)
@@ -196,10 +204,11 @@ def train(cfg: DictConfig, dry_run: bool = False) -> dict | None:
     bar.close()
 
     wall = time.perf_counter() - run_start
+    run_tokens = (cfg.train.steps - start_step) * tokens_per_step
     summary = {
-        "run": run_name(cfg), "steps": cfg.train.steps, "tokens": cfg.train.steps * tokens_per_step,
-        "wall_time_s": wall, "tokens_per_s": (cfg.train.steps - start_step) * tokens_per_step
-        / max(wall - loop_state["wall_time_s"], 1e-9),
+        "run": run_name(cfg), "processes": world, "steps": cfg.train.steps,
+        "tokens": cfg.train.steps * tokens_per_step, "wall_time_s": wall,
+        "tokens_per_s": run_tokens / max(wall - loop_state["wall_time_s"], 1e-9),
         "final/train_loss": train_loss, "final/eval_loss": last_eval.get("eval/loss"),
         **{k: v for k, v in last_eval.items() if "/layer" not in k},
     }

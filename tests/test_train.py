@@ -1,0 +1,193 @@
+"""End-to-end runs of train.py on CPU: loss goes down, exact resume, 1 vs 2 processes, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = [
+    "the", "king", "queen", "lord", "lady", "sword", "crown", "night", "day", "love", "death", "honour",
+    "speak", "hear", "see", "come", "go", "good", "noble", "false", "true", "sweet", "bitter", "heaven",
+    "earth", "fire", "water", "blood", "heart"
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A small deterministic text corpus with structure a tiny model learns within 20 steps."""
+    rng = random.Random(0)
+    root = tmp_path_factory.mktemp("corpus")
+    for d in range(40):
+        lines = []
+        for _ in range(60):
+            a, b, c = rng.sample(WORDS, 3)
+            lines.append(f"The {a} shall {b} the {c}, and the {c} shall {b} the {a}.")
+        (root / f"doc{d:02d}.txt").write_text("\n".join(lines))
+    return root
+
+
+@pytest.fixture(scope="module")
+def base_args(corpus: Path, tmp_path_factory) -> list[str]:
+    data_dir = tmp_path_factory.mktemp("prepared") / "ds"
+    return [
+        "model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=2",
+        "model.ffn_hidden=128", f"data.source={corpus}/*.txt", f"data.dir={data_dir}",
+        "data.vocab_size=512", "data.val_tokens=8192", "train.seq_len=32", "train.batch_size=8",
+        "train.steps=20",
+        "train.eval_every=10", "train.eval_tokens=4096", "train.log_every=5", "train.checkpoint_every=10",
+        "optim.adamw_lr=1e-2", "optim.warmup_steps=2", "metrics.tail_buckets=4",
+        # fp32 Newton–Schulz: bf16 rounding would differ with how matrices are batched across ranks.
+        "optim.ns_dtype=fp32",
+    ]
+
+
+def run_train(args: list[str], nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MUONLAB_CACHE": os.environ.get("MUONLAB_CACHE", str(ROOT / ".cache")),
+           "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    if nproc == 1:
+        cmd = [sys.executable, "train.py", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "train.py", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-5000:]}")
+    return proc
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(run: Path, step: int = 20) -> dict[str, torch.Tensor]:
+    return load_file(run / "checkpoints" / f"step_{step}" / "model.safetensors")
+
+
+def without_perf(events: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if not k.startswith("perf/")} for e in events]
+
+
+@pytest.fixture(scope="module")
+def reference_run(base_args, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "ref"
+    run_train([*base_args, f"run.dir={run}"])
+    return run
+
+
+def test_dry_run_prints_routing(base_args, tmp_path):
+    run = tmp_path / "dry"
+    proc = run_train(["--dry-run", "optim.muon=vo,ffn", *base_args, f"run.dir={run}"])
+    routing = json.loads((run / "routing.json").read_text())
+    by_group = {}
+    for row in routing:
+        by_group.setdefault(row["group"], set()).add(row["optimizer"])
+    assert by_group["v"] == by_group["o"] == {"muon"}
+    assert by_group["ffn_in"] == by_group["ffn_gate"] == by_group["ffn_out"] == {"muon"}
+    for group in ("q", "k", "embed", "head", "scalar"):
+        assert by_group[group] == {"adamw"}, group
+    assert "v_proj" in proc.stdout and "muon" in proc.stdout
+    assert sorted(p.name for p in run.iterdir()) == ["routing.json"]
+
+
+def test_training_lowers_loss_and_writes_the_run_directory(reference_run):
+    names = {p.name for p in reference_run.iterdir()}
+    assert {"config.yaml", "routing.json", "metrics.jsonl", "summary.json", "checkpoints"} <= names
+    events = read_metrics(reference_run)
+    evals = {e["step"]: e for e in events if "eval/loss" in e}
+    assert sorted(evals) == [0, 10, 20]
+    assert evals[20]["eval/loss"] < evals[0]["eval/loss"] - 1.0
+    train = [e for e in events if "train/loss" in e]
+    assert [e["step"] for e in train] == [5, 10, 15, 20]
+    assert all({"train/lr", "train/grad_norm", "perf/tokens_per_s"} <= e.keys() for e in train)
+    assert "eval/tail/loss_b0" in evals[20] and "eval/tail/gap" in evals[20]
+    assert any(k.startswith("spectra/v/") for k in evals[20])
+    summary = json.loads((reference_run / "summary.json").read_text())
+    assert summary["processes"] == 1
+    assert summary["final/eval_loss"] == pytest.approx(evals[20]["eval/loss"])
+    assert summary["tokens"] == 20 * 8 * 32
+    ckpts = sorted(p.name for p in (reference_run / "checkpoints").iterdir())
+    assert ckpts == ["step_10", "step_20"]
+
+
+def test_resume_continues_exactly(reference_run, base_args, tmp_path):
+    """Interrupted after step 10 and resumed == never interrupted, bit for bit."""
+    run = tmp_path / "resumed"
+    shutil.copytree(reference_run, run)
+    shutil.rmtree(run / "checkpoints" / "step_20")
+    (run / "summary.json").unlink()
+    proc = run_train([*base_args, f"run.dir={run}"])
+    assert "resuming" in proc.stdout
+    assert without_perf(read_metrics(run)) == without_perf(read_metrics(reference_run))
+    ref, got = final_weights(reference_run), final_weights(run)
+    assert ref.keys() == got.keys()
+    for name in ref:
+        assert torch.equal(ref[name], got[name]), name
+
+
+def test_accumulation_matches_one_big_batch(reference_run, base_args, tmp_path):
+    run = tmp_path / "accum"
+    run_train([*base_args, "train.micro_batch_size=2", f"run.dir={run}"])
+    ref, got = final_weights(reference_run), final_weights(run)
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_match_one(reference_run, base_args, tmp_path):
+    """2 CPU processes (torchrun, gloo) see the same global batches and reach the same weights."""
+    run = tmp_path / "ddp"
+    run_train([*base_args, "train.micro_batch_size=2", f"run.dir={run}"], nproc=2)
+    assert json.loads((run / "summary.json").read_text())["processes"] == 2
+    ref = {(e["step"], k): v for e in read_metrics(reference_run) for k, v in e.items()}
+    got = {(e["step"], k): v for e in read_metrics(run) for k, v in e.items()}
+    compared = [key for key in got if key[1] in ("train/loss", "eval/loss")]
+    assert len(compared) == 7  # train/loss at 5, 10, 15, 20; eval/loss at 0, 10, 20
+    for key in compared:
+        assert got[key] == pytest.approx(ref[key], rel=1e-4), key
+    ref_w, got_w = final_weights(reference_run), final_weights(run)
+    for name in ref_w:
+        torch.testing.assert_close(got_w[name], ref_w[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.muon=vo,fnn", "valid"),
+    ("optim.muon=scalar", "scalar"),
+    ("optim.lr=0.1", "valid keys"),
+    ("model.preset=huge", "tiny"),
+])
+def test_bad_input_is_one_error_line_and_no_run_directory(base_args, tmp_path, override, message):
+    run = tmp_path / "bad"
+    proc = run_train([*base_args, override, f"run.dir={run}"], check=False)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error:") and message in lines[-1]
+    assert "Traceback" not in proc.stderr
+    assert not run.exists()
+
+
+def test_missing_data_file_is_an_error(base_args, tmp_path):
+    run = tmp_path / "nodata"
+    args = [a for a in base_args if not a.startswith("data.")]
+    proc = run_train([*args, f"data.source={tmp_path}/nothing/*.txt", f"data.dir={tmp_path}/ds",
+                      f"run.dir={run}"], check=False)
+    assert proc.returncode == 1 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert not run.exists()
+
+
+def test_nan_loss_stops_with_a_clear_error(base_args, tmp_path):
+    run = tmp_path / "nan"
+    proc = run_train([*base_args, "optim.adamw_lr=1e30", "optim.muon_lr=1e30", "optim.grad_clip=0",
+                      "optim.warmup_steps=0", f"run.dir={run}"], check=False)
+    assert proc.returncode == 1
+    assert "loss is" in proc.stderr and "step" in proc.stderr
+    assert not (run / "summary.json").exists()
