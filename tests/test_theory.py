@@ -113,6 +113,8 @@ def test_train_is_deterministic_and_validates_arguments() -> None:
     b = am.train(E_in, E_out, p, UpdateRule("adam", 0.02), steps=20, eps=0.02)
     assert torch.equal(a.correct, b.correct)
     torch.testing.assert_close(a.correct[0], torch.full((8,), 1 / 8, dtype=DT))  # W0 = 0: uniform
+    torch.testing.assert_close(a.loss[0], torch.tensor(math.log(8), dtype=DT))
+    assert a.loss[-1] < a.loss[0]
     with pytest.raises(ValueError, match="eps"):
         am.train(E_in, E_out, p, UpdateRule("gd", 1.0), steps=5, eps=1.5)
 

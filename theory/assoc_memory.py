@@ -108,7 +108,8 @@ def softmax_ce(
         Y, nll = torch.eye(Z.shape[0], dtype=Z.dtype), -log_s.diagonal()
     else:
         Y, nll = targets, -(targets * log_s).sum(0)
-    return (p * nll).sum(), (log_s.exp() - Y) * p, log_s.exp()
+    S = log_s.exp()
+    return (p * nll).sum(), (S - Y) * p, S
 
 
 def loss_and_grad(
@@ -132,7 +133,8 @@ def default_lr(name: str, p: torch.Tensor) -> float:
 
 @dataclass
 class RunResult:
-    """Correct-class probabilities per step (rows: step 0..steps, columns: classes) and the verdict."""
+    """One training run: per-step correct-class probabilities (rows: step 0..steps, columns: classes)
+    and weighted loss, plus the verdict at the first step where the best class reaches 1 - eps."""
 
     correct: torch.Tensor
     loss: torch.Tensor
@@ -268,4 +270,7 @@ def _parse_list(spec: str, valid: tuple[str, ...], flag: str) -> tuple[str, ...]
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as err:  # bad settings: one line, no traceback
+        raise SystemExit(f"theory.assoc_memory: {err}") from None

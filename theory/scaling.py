@@ -114,7 +114,7 @@ def muon_horizon_lr(K: int, horizon: int, c: float = 3.0) -> float:
 
 
 def run_dynamics(
-    K: int, M: int, beta: float, alpha: float, steps: int, lr_gd: float | None = None, lr_muon: float = 0.01
+    K: int, M: int, beta: float, alpha: float, steps: int, lr_gd: float | None = None, lr_muon: float = 0.02
 ) -> ScalingResult:
     """GD (lr 1/p_max unless given) and Muon (lr_muon) on one problem; per-group curves for both."""
     p, group = key_frequencies(K, M, beta)
@@ -219,6 +219,11 @@ def run_all(
     horizon_K: int = 64, c: float = 3.0, progress: bool = False,
 ) -> tuple[dict, dict]:
     """All four experiments; returns (summary for summary.json, raw results for the plots)."""
+    # check every setting before the first (slow) run: these raise with the fix in the message
+    key_frequencies(K, M, beta)
+    noisy_targets(K, alpha)
+    if steps < 1 or min(horizons) < 1:
+        raise ValueError(f"steps ({steps}) and horizons ({horizons}) must be >= 1")
     jobs = tqdm(total=3 + len(Ks), desc="scaling", disable=not progress)
     clean = run_dynamics(K, M, beta, 0.0, steps, lr_muon=lr_muon)
     jobs.update()
@@ -321,4 +326,7 @@ def _int_list(spec: str, flag: str) -> tuple[int, ...]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as err:  # bad settings: one line, no traceback
+        raise SystemExit(f"theory.scaling: {err}") from None
