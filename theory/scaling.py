@@ -65,6 +65,7 @@ def excess_per_key(Z: torch.Tensor, alpha: float) -> torch.Tensor:
 class ScalingResult:
     """Per-group excess-loss curves (rows: step 0..steps) and the frequency-weighted total per optimizer."""
 
+    K: int
     group_freq: torch.Tensor
     curves: dict[str, torch.Tensor]
     totals: dict[str, torch.Tensor]
@@ -123,17 +124,17 @@ def run_dynamics(
     for opt in SCALING_OPTIMIZERS:
         curves[opt], totals[opt] = train(p, group, alpha, UpdateRule(opt, lrs[opt]), steps)
     group_freq = p[torch.arange(M) * (K // M)]
-    return ScalingResult(group_freq, curves, totals, lrs, alpha)
+    return ScalingResult(K, group_freq, curves, totals, lrs, alpha)
 
 
-def noiseless_reference(result: ScalingResult, K: int) -> dict[str, torch.Tensor]:
+def noiseless_reference(result: ScalingResult) -> dict[str, torch.Tensor]:
     """Theory curves [steps+1, M] for the noiseless run.
 
     GD: the asymptote (K - 1) / (K lr p_j t), capped at the initial loss log K.
     Muon: a polar step on this problem is about lr (I - J/K), so every margin grows by lr per step and
     loss = log(1 + (K - 1) exp(-lr t)) for every group.
     """
-    T = result.curves["gd"].shape[0] - 1
+    T, K = result.curves["gd"].shape[0] - 1, result.K
     t = torch.arange(T + 1, dtype=DTYPE)[:, None]
     gd = ((K - 1) / (K * result.lrs["gd"] * result.group_freq * t)).clamp_max(math.log(K))
     muon = torch.log1p((K - 1) * torch.exp(-result.lrs["muon"] * t)).expand(-1, result.group_freq.numel())
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
         setting = f"K={args.K}, M={args.groups}, beta={args.beta}"
         plots.plot_group_losses(raw["noiseless"], args.out / "scaling_noiseless.png",
                                 f"Noiseless, {setting} (dotted: theory)",
-                                noiseless_reference(raw["noiseless"], args.K))
+                                noiseless_reference(raw["noiseless"]))
         plots.plot_group_losses(raw["noisy"], args.out / "scaling_noisy.png",
                                 f"Label noise alpha={args.alpha}, {setting}")
         plots.plot_total_losses({opt: {k: r.totals[opt] for k, r in raw["by_K"].items()}
