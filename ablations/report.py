@@ -36,7 +36,7 @@ CSV_COLUMNS: list[tuple[str, Callable[[Row], object]]] = [
 def _cell(value: object) -> str:
     if value is None:
         return ""
-    return f"{value:.6f}" if isinstance(value, float) else str(value)
+    return f"{value + 0.0:.6f}" if isinstance(value, float) else str(value)  # + 0.0: no "-0.000000"
 
 
 def write_csv(rows: list[Row], path: Path) -> Path:
@@ -55,7 +55,7 @@ def _pm(stat: Stat | None, digits: int = 4) -> str:
 
 
 def _num(value: float | None, fmt: str) -> str:
-    return "" if value is None else format(value, fmt)
+    return "" if value is None else format(value + 0.0, fmt)
 
 
 # table.md columns: (header, cell); a column empty in every row is left out (e.g. QA outside bios grids).

@@ -128,6 +128,13 @@ def detect_gpus() -> int:
     return torch.cuda.device_count()
 
 
+def exit_reason(returncode: int | None) -> str:
+    """Why a run counts as failed, from its exit status (negative: killed by that signal)."""
+    if returncode is not None and returncode < 0:
+        return f"killed by signal {-returncode}"
+    return f"exit code {returncode}" if returncode else "exit code 0 but no summary.json"
+
+
 def _run_one(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, float]:
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -185,7 +192,7 @@ def run_grid(grid: Grid, out: Path, *, num_gpus: int | None = None, gpus_per_run
         status = "done" if rc == 0 and (out / run.name / "summary.json").is_file() else "failed"
         outcomes[run.name] = Outcome(run.name, status, rc, log, seconds)
         if status == "failed":
-            why = f"exit code {rc}" if rc else "exit code 0 but no summary.json"
+            why = exit_reason(rc)
             bar.write(f"run {run.name} failed ({why}); log: {log}")
         bar.update(1)
         postfix()
@@ -209,12 +216,13 @@ def print_outcomes(outcomes: list[Outcome], out: Path, console: Console | None =
     """The closing summary: one row per run (status, time, final eval loss, log) and the totals."""
     console = console or Console()
     table = Table(title=f"grid results ({out})")
-    for col in ("run", "status", "time", "final eval loss", "log"):
+    for col in ("run", "status", "time", "final eval loss"):
         table.add_column(col)
+    table.add_column("log", overflow="fold")
     for o in outcomes:
         summary = out / o.name / "summary.json"
         loss = json.loads(summary.read_text()).get("final/eval_loss") if summary.is_file() else None
-        status = o.status if o.returncode in (0, None) else f"{o.status} (exit {o.returncode})"
+        status = o.status if o.status != "failed" else f"failed ({exit_reason(o.returncode)})"
         table.add_row(o.name, status, f"{o.seconds:.0f} s" if o.seconds else "-",
                       "-" if loss is None else f"{loss:.4f}", str(o.log) if o.status == "failed" else "")
     console.print(table)
