@@ -31,6 +31,7 @@ documents (in the same order) and QA items.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
@@ -297,3 +298,46 @@ def qa_items(cfg: BiosConfig) -> list[QAItem]:
         for p in people(cfg)
         for attr in ATTRIBUTES
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m data.bios [key=value ...]``: the group table of a config and a sample document."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    overrides = {}
+    for arg in sys.argv[1:] if argv is None else argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in BiosConfig.field_names():
+            raise SystemExit(f"bad argument {arg!r}: use key=value with key one of "
+                             f"{', '.join(BiosConfig.field_names())}")
+        default = getattr(BiosConfig, key)
+        try:
+            overrides[key] = value.lower() == "true" if isinstance(default, bool) else type(default)(value)
+        except ValueError:
+            raise SystemExit(f"bad value in {arg!r}: expected a {type(default).__name__}") from None
+    try:
+        cfg = BiosConfig(**overrides)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    exposures = group_exposures(cfg)
+    counts = Counter(group_of_index(i, cfg) for i in range(cfg.n_people))
+    sizes = [counts[j] for j in range(cfg.n_groups)]
+    table = Table(title=f"bios: {cfg}")
+    for column in ("group", "people", "biographies per person", "documents"):
+        table.add_column(column, justify="right")
+    per_doc = 2 if cfg.qa_in_train else 1
+    for j, (n, e) in enumerate(zip(sizes, exposures, strict=True)):
+        table.add_row(str(j), str(n), str(e), str(n * e * per_doc))
+    console = Console()
+    console.print(table)
+    total = sum(n * e * per_doc for n, e in zip(sizes, exposures, strict=True))
+    console.print(f"{total} documents (~{total * 73 / 1e6:.1f}M tokens at ~73 BPE tokens per document)")
+    console.print(next(documents(cfg)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -129,3 +129,15 @@ def test_attribute_values_are_distinct():
 def test_bad_config_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         BiosConfig(**kwargs)
+
+
+def test_cli_prints_the_group_table(capsys):
+    from data.bios import main
+
+    assert main(["n_people=16", "n_groups=2", "alpha=1.0", "max_exposures=8", "qa_in_train=false"]) == 0
+    out = capsys.readouterr().out
+    assert "96 documents" in out  # 8 people x 8 biographies + 8 people x 4 (no QA documents)
+    with pytest.raises(SystemExit, match="bad argument"):
+        main(["people=3"])
+    with pytest.raises(SystemExit, match="n_groups"):
+        main(["n_groups=0"])
