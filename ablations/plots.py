@@ -31,22 +31,29 @@ def _save(fig: plt.Figure, path: Path, rect: tuple[float, float, float, float] =
 
 
 def loss_curves(runs: list[RunData], rows: list[Row], out: Path) -> Path | None:
-    """Eval loss over steps of every run; seeds of one setting share a color."""
+    """Eval loss over steps of every run (left) and over the second half of training (right, zoomed:
+    the early loss drop would otherwise hide the differences); seeds of one setting share a color."""
     runs = [r for r in runs if r.history.get("eval/loss")]
     if not runs:
         return None
     color = colors(rows)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    last = max(step for r in runs for step, _ in r.history["eval/loss"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     labelled = set()
     for run in runs:
-        steps, values = zip(*run.history["eval/loss"], strict=True)
+        series = run.history["eval/loss"]
         label = None if run.group in labelled else run.group
         labelled.add(run.group)
-        ax.plot(steps, values, color=color.get(run.group, "gray"), label=label, lw=1.3,
-                ls="-" if run.summary else ":")
-    ax.set(xlabel="step", ylabel="eval loss", title="Eval loss (dotted: run not finished)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
+        style = {"color": color.get(run.group, "gray"), "lw": 1.3, "ls": "-" if run.summary else ":"}
+        axes[0].plot(*zip(*series, strict=True), label=label, **style)
+        tail = [(s, v) for s, v in series if s >= last / 2]
+        if tail:
+            axes[1].plot(*zip(*tail, strict=True), marker="o", ms=2, **style)
+    axes[0].set(xlabel="step", ylabel="eval loss", title="Eval loss (dotted: run not finished)")
+    axes[1].set(xlabel="step", ylabel="eval loss", title="Second half of training")
+    axes[0].legend(fontsize=7, ncol=2)
+    for ax in axes:
+        ax.grid(alpha=0.3)
     return _save(fig, out / "loss_curves.png")
 
 

@@ -85,15 +85,17 @@ def markdown_table(rows: list[Row]) -> str:
 
 FIGURES = [
     ("loss_curves", "Eval loss curves",
-     "Every run's eval loss over steps; seeds of one setting share a color, unfinished runs are dotted. "
+     "Every run's eval loss over steps (right: the second half of training, zoomed); seeds of one "
+     "setting share a color, unfinished runs are dotted. "
      "Curves that separate early and stay apart are a real difference; crossing curves near the end "
      "mean the final numbers depend on when training stops."),
     ("final_loss", "Final eval loss by routing",
      "Mean final eval loss per setting (error bar: std over seeds), best at the top. The paper's "
      "ordering at 160M is Muon (all hidden) < VO+FFN < VO+W_out < VO+W_in < QK ≈ AdamW."),
     ("tail_buckets", "Loss by token-frequency bucket",
-     "Left: final loss in each token-frequency bucket (0 = most frequent tokens; buckets hold equal "
-     "shares of the training tokens). Right: difference from AdamW with the same FFN type. If Muon's "
+     "Left: final loss in each token-frequency bucket (0 = most frequent tokens; with the default "
+     "metrics.tail_mode=share each bucket holds about the same share of the training tokens). Right: "
+     "difference from AdamW with the same FFN type. If Muon's "
      "advantage lives in tail (rare-token) learning, its curve drops further below 0 towards the tail."),
     ("spectra", "Spectral isotropy of W_V, W_O, W_out",
      "Singular-value statistics of the weights over training (mean over layers) for the AdamW and "
