@@ -9,9 +9,10 @@ A grid YAML has these top-level keys (all dotted config keys, as on the train.py
     runs:                            # optional explicit list; each entry is a dict of overrides
       - {optim.muon: none, label: adamw, paper_ref: {eval_loss: 3.9242}}
     axes:                            # optional; product with `runs`
-      model.ffn_type: [gelu, swiglu] # a dotted key: its values
+      optim.adamw_lr: [0.01, 0.003]  # a dotted key: its values
       ffn:                           # no dot: a bundle; each value sets several keys, named by its label
-        - {label: gated, model.ffn_type: swiglu, model.ffn_hidden: 2048}
+        - {label: gelu, model.ffn_type: gelu}
+        - {label: swiglu, model.ffn_type: swiglu, model.ffn_hidden: 2048}
     seeds: [0, 1, 2]                 # optional; an axis on train.seed
     exclude:                         # optional; drop runs matching every key of an entry
       - {optim.muon: ffn_gate, model.ffn_type: gelu}
