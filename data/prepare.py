@@ -526,7 +526,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokenizer", help="tokenizer.json path or hub name (default: train a byte-level BPE)")
     p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="vocab of the trained BPE")
     p.add_argument("--tokens", type=_count, help="training-token budget (default: the whole source)")
-    p.add_argument("--val-tokens", type=_count, help=f"validation budget (default {DEFAULT_VAL_TOKENS:.0e})")
+    val_help = (f"validation budget of path/hf sources (default {DEFAULT_VAL_TOKENS:.0e}); builtin:shakespeare "
+                "has its own validation works, bios is training-only")
+    p.add_argument("--val-tokens", type=_count, help=val_help)
     p.add_argument("--workers", type=int, help="tokenizer processes (default: all cores)")
     p.add_argument("--shard-tokens", type=_count, default=DEFAULT_SHARD_TOKENS, help="tokens per shard")
     p.add_argument("--text-field", default="text", help="text column of jsonl/parquet/hf sources")
@@ -543,6 +545,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (ValueError, KeyError, TypeError, FileNotFoundError, ImportError, RuntimeError) as e:
         sys.exit(f"error: {e.args[0] if e.args else e}")  # args[0]: KeyError's str() adds quotes
+    except KeyboardInterrupt:
+        sys.exit(f"interrupted: re-run the same command to resume {a.out} after its last complete shard")
 
 
 if __name__ == "__main__":
