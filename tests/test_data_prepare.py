@@ -26,6 +26,13 @@ def split_tokens(data_dir, split: str) -> np.ndarray:
     return np.concatenate([read_shard(data_dir / s["file"]) for s in shards])
 
 
+def assert_same_dataset(a, b) -> None:
+    """Same shards (names, token counts, sha256) and the same token counts."""
+    meta_a, meta_b = load_meta(a), load_meta(b)
+    assert meta_a["shards"] == meta_b["shards"] and meta_a["val_shards"] == meta_b["val_shards"]
+    np.testing.assert_array_equal(np.load(a / "token_counts.npy"), np.load(b / "token_counts.npy"))
+
+
 def split_docs(tokens: np.ndarray, eos: int) -> list[np.ndarray]:
     ends = np.flatnonzero(tokens == eos)
     return np.split(tokens[: ends[-1] + 1], ends[:-1] + 1)
@@ -76,11 +83,12 @@ def test_counts_equal_a_direct_count(prepared):
     np.testing.assert_array_equal(counts, np.bincount(train, minlength=counts.size))
 
 
-def test_workers_and_file_format_do_not_change_the_shards(corpus, prepared, tmp_path):
+def test_workers_batching_and_file_format_do_not_change_the_shards(corpus, prepared, tmp_path, monkeypatch):
     out = prepare(str(corpus["parquet"]), tmp_path / "p2", workers=2, **SETTINGS)
-    a, b = load_meta(prepared), load_meta(out)
-    assert a["shards"] == b["shards"] and a["val_shards"] == b["val_shards"]  # names, counts, sha256
-    np.testing.assert_array_equal(np.load(prepared / "token_counts.npy"), np.load(out / "token_counts.npy"))
+    monkeypatch.setattr(prep, "BATCH_CHARS", 10**6)  # the whole corpus in one worker task
+    one_batch = prepare(str(corpus["jsonl"]), tmp_path / "p3", workers=2, **SETTINGS)
+    assert_same_dataset(out, prepared)
+    assert_same_dataset(one_batch, prepared)
 
 
 def test_fineweb_shaped_parquet_glob_and_hf_path_end_to_end(prepared, tmp_path):
@@ -92,8 +100,8 @@ def test_fineweb_shaped_parquet_glob_and_hf_path_end_to_end(prepared, tmp_path):
     tok = str(prepared / "tokenizer.json")
     via_glob = prepare(str(repo / "*.parquet"), tmp_path / "glob", workers=2, tokenizer=tok, **SETTINGS)
     via_hf = prepare(f"hf:{tmp_path / 'sample'}", tmp_path / "hf", workers=2, tokenizer=tok, **SETTINGS)
-    for out in (via_glob, via_hf):
-        assert load_meta(out)["shards"] == load_meta(prepared)["shards"]
+    assert_same_dataset(via_glob, prepared)
+    assert_same_dataset(via_hf, prepared)
     rows = TokenLoader(via_hf, "train", seq_len=64, batch_size=4, seed=0).batch(3)
     train_text = load_tokenizer(prepared).decode(split_tokens(prepared, "train").tolist())
     assert all(load_tokenizer(prepared).decode(r.tolist()) in train_text for r in rows)
@@ -119,9 +127,7 @@ def test_interrupted_prepare_resumes_to_the_same_shards(corpus, prepared, tmp_pa
     monkeypatch.setattr(prep, "write_shard", write_shard)
 
     prepare(str(corpus["jsonl"]), out, workers=1, **SETTINGS)
-    a, b = load_meta(prepared), load_meta(out)
-    assert a["shards"] == b["shards"] and a["val_shards"] == b["val_shards"]
-    np.testing.assert_array_equal(np.load(prepared / "token_counts.npy"), np.load(out / "token_counts.npy"))
+    assert_same_dataset(out, prepared)
     assert not (out / STATE_FILE).exists()
 
 
