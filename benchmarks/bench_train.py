@@ -28,14 +28,17 @@ from benchmarks.common import (
     PeakMemory,
     default_device,
     describe_environment,
+    device_name,
     environment,
     format_bytes,
+    load_warning,
     median,
     print_table,
     run_in_fresh_process,
     time_interleaved,
     write_results,
 )
+from metrics.throughput import flops_per_token, mfu, peak_flops
 from model import PRESETS, ModelConfig, Transformer, get_preset
 from optim.build import build_optimizer
 from training.config import OptimSection
@@ -113,17 +116,32 @@ class TrainStep:
             torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
         )
 
-    def __call__(self) -> None:
+    def loss(self) -> torch.Tensor:
+        """Forward and the same cross-entropy as training/trainer.py (fp32 whatever the autocast dtype)."""
         with self.autocast:
             if self.is_llama:
                 logits = self.forward(input_ids=self.inputs, use_cache=False).logits
             else:
                 logits = self.forward(self.inputs)
-        # The same loss as training/trainer.py, in fp32 whatever the autocast dtype.
-        loss = F.cross_entropy(logits.float().flatten(0, 1), self.targets.flatten())
-        loss.backward()
+        return F.cross_entropy(logits.float().flatten(0, 1), self.targets.flatten())
+
+    def __call__(self) -> None:
+        self.loss().backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+
+def check_same_loss(steps: dict[str, TrainStep], dtype: str) -> float:
+    """The contenders start from identical weights, so their first losses must agree; returns the loss.
+
+    Guards the comparison: a Llama twin that computed something else would make the timing meaningless.
+    """
+    losses = {name: step.loss().item() for name, step in steps.items()}
+    ref = next(iter(losses.values()))
+    tol = (2e-2 if dtype == "bf16" else 1e-4) * abs(ref)
+    if max(abs(loss - ref) for loss in losses.values()) > tol:
+        raise RuntimeError(f"the contenders' initial losses differ beyond {tol:.2g}: {losses}")
+    return ref
 
 
 def make_batch(cfg: ModelConfig, batch_size: int, seq_len: int, device: torch.device) -> torch.Tensor:
@@ -159,10 +177,13 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device) ->
     cfg, note = bench_config(preset, args.seq)
     batch = make_batch(cfg, args.batch, args.seq, device)
     tokens = args.batch * args.seq
+    flops = flops_per_token(cfg, args.seq)  # PaLM accounting, as train.py's perf/mfu
+    peak = peak_flops(device_name(device)) if device.type == "cuda" else None  # the table is bf16 GPUs
     rows = []
     for compiled in (False, True) if args.compile else (False,):
         variants = [Variant(m, o, compiled) for o in OPTIMS for m in MODELS]
         steps = {v.name: TrainStep(v, cfg, batch, args.dtype) for v in variants}
+        initial_loss = check_same_loss(steps, args.dtype)
         params = {v.name: sum(p.numel() for p in steps[v.name].model.parameters()) for v in variants}
         warmup = 3 if compiled else 2  # first steps allocate optimizer state (and compile)
         times = time_interleaved(steps, args.steps, warmup, device, desc=f"{preset} {variants[0].mode}")
@@ -179,7 +200,9 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device) ->
                 "preset": preset, **asdict(v), "mode": v.mode, "params": params[v.name],
                 "batch": args.batch, "seq": args.seq, "dtype": args.dtype,
                 "ms_per_step": seconds * 1e3, "ms_min": min(times[v.name]) * 1e3,
-                "tokens_per_s": tokens / seconds, "peak_memory_bytes": memory, "note": note,
+                "tokens_per_s": tokens / seconds, "model_flops_per_s": tokens / seconds * flops,
+                "mfu": mfu(tokens / seconds, flops, 1, peak), "peak_memory_bytes": memory,
+                "initial_loss": initial_loss, "note": note,
             })
     for row in rows:
         peer = next(r for r in rows if r["model"] == "llama" and r["optim"] == row["optim"]
@@ -250,15 +273,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print_table(
         f"train step, batch {args.batch} x seq {args.seq}, {args.dtype} — {describe_environment(env)}",
-        ["preset", "mode", "optim", "model", "params", "ms/step", "tokens/s", "peak mem", "vs Llama"],
+        ["preset", "mode", "optim", "model", "params", "ms/step", "tokens/s", "GFLOP/s", "MFU", "peak mem",
+         "vs Llama"],
         [[r["preset"], r["mode"], r["optim"], r["model"], f"{r['params'] / 1e6:.1f}M",
-          f"{r['ms_per_step']:.1f}", f"{r['tokens_per_s']:,.0f}", format_bytes(r["peak_memory_bytes"]),
+          f"{r['ms_per_step']:.1f}", f"{r['tokens_per_s']:,.0f}", f"{r['model_flops_per_s'] / 1e9:,.1f}",
+          "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}", format_bytes(r["peak_memory_bytes"]),
           f"{r['ratio_vs_llama']:.2f}x"] for r in rows],
     )
     for note in sorted({r["note"] for r in rows if r["note"]}):
         print(f"note: {note}")
     for line in summary_lines(rows):
         print(line)
+    warning = load_warning(env)
+    if warning:
+        print(warning)
     print(f"results written to {path}")
     return 0
 

@@ -215,12 +215,26 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
+    if not console.is_terminal:  # piped to a file: do not squeeze the table into 80 columns
+        console = Console(width=200)
     table = Table(title=title)
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*(str(cell) for cell in row))
-    Console().print(table)
+    console.print(table)
+
+
+def load_warning(env: Mapping[str, Any]) -> str | None:
+    """A warning when other processes kept the CPUs busy (load above the core count), else None."""
+    load, cores = os.getloadavg()[0], env["cpu_count"] or 1
+    if max(load, env["load_avg_1m"]) <= cores:
+        return None
+    return (
+        f"warning: load average {max(load, env['load_avg_1m']):.1f} on {cores} cores during the run: "
+        "other processes competed for the CPUs, absolute times are inflated (ratios less so)"
+    )
 
 
 def describe_environment(env: Mapping[str, Any]) -> str:
