@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from optim.dist_muon import distributed_bucket_fn, gather_full, shard_like
-from optim.newton_schulz import DEFAULT_COEFFICIENTS, orthogonalize, orthogonalize_buckets
+from optim.newton_schulz import DEFAULT_COEFFICIENTS, default_ns_dtype, orthogonalize, orthogonalize_buckets
 
 __all__ = ["DEFAULT_COEFFICIENTS", "Muon", "adjusted_lr", "orthogonalize"]
 
@@ -41,26 +42,51 @@ def adjusted_lr(lr: float, adjust_lr_fn: str | None, rows: int, cols: int) -> fl
 
 @dataclass
 class _Work:
-    """One parameter's pending update as k (heads, else 1) [rows, cols] blocks.
+    """One parameter's pending update: `heads` (1 unless split per head) [rows, cols] blocks.
 
-    `update` holds them in the wide orientation, [k, min, max] (transposed when rows > cols, which
-    orthogonalize would do anyway), so that e.g. up_proj and down_proj share one batched call.
+    The Muon input is lerp(source, buf, weight) (Nesterov) or `source` (buf None), the whole matrix
+    (an FSDP2 shard is gathered first). It is written straight into its bucket's slot, cast to the
+    Newton–Schulz dtype and in the wide orientation [heads, min, max] (transposed when rows > cols,
+    as orthogonalize would do anyway, so e.g. up_proj and down_proj share one batched call).
     """
 
     param: Tensor
-    update: Tensor
-    rows: int
-    cols: int
+    source: Tensor
+    buf: Tensor | None
+    weight: float
+    heads: int
     lr: float
     weight_decay: float
     adjust_lr_fn: str | None
-    ns: dict[str, Any]  # orthogonalize() keywords
+    ns: dict[str, Any]  # orthogonalize() keywords, dtype resolved
+
+    @property
+    def rows(self) -> int:
+        return self.param.shape[0] // self.heads
+
+    @property
+    def cols(self) -> int:
+        return self.param.shape[1]
 
     @property
     def key(self) -> Hashable:
         """Matrices with equal keys are orthogonalized in one batched call."""
-        _, m, n = self.update.shape
-        return (m, n, self.update.device, self.ns["steps"], self.ns["coefficients"], self.ns["eps"])
+        small, large = sorted((self.rows, self.cols))
+        ns = self.ns
+        return (small, large, self.param.device, ns["dtype"], ns["steps"], ns["coefficients"], ns["eps"])
+
+    def blocks(self, t: Tensor) -> Tensor:
+        """`t` ([heads * rows, cols] or a [heads, min, max] slot) as [heads, rows, cols]."""
+        if t.ndim == 3:
+            return t.mT if self.rows > self.cols else t
+        return t.view(self.heads, self.rows, self.cols)
+
+    def write_input(self, slot: Tensor) -> None:
+        """Write the Muon input into `slot` ([heads, min, max] of the bucket, NS dtype)."""
+        if self.buf is None:
+            self.blocks(slot).copy_(self.blocks(self.source))
+        else:
+            torch.lerp(self.blocks(self.source), self.blocks(self.buf), self.weight, out=self.blocks(slot))
 
 
 class Muon(torch.optim.Optimizer):
@@ -160,29 +186,25 @@ class Muon(torch.optim.Optimizer):
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
             grads = [p.grad.float() for p in params]
             bufs = [self.state[p]["momentum_buffer"] for p in params]
-            momentum = group["momentum"]
+            momentum, nesterov = group["momentum"], group["nesterov"]
             torch._foreach_lerp_(bufs, grads, 1 - momentum)
-            updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
-            heads = group["split_heads"] or 1
-            ns = dict(
-                steps=group["ns_steps"],
-                coefficients=tuple(group["ns_coefficients"]),
-                eps=group["eps"],
-                dtype=self.ns_dtype,
-            )
-            for p, u in zip(params, updates, strict=True):
-                rows, cols = p.shape[0] // heads, p.shape[1]
-                blocks = gather_full(u).view(heads, rows, cols)
+            ns = dict(steps=group["ns_steps"], coefficients=tuple(group["ns_coefficients"]), eps=group["eps"])
+            for p, g, buf in zip(params, grads, bufs, strict=True):
+                if isinstance(p, DTensor):  # FSDP2 shard: gather the whole update (one all-gather)
+                    source, buf_arg = gather_full(torch.lerp(g, buf, momentum) if nesterov else buf), None
+                else:
+                    source, buf_arg = (g, buf) if nesterov else (buf, None)
                 work.append(
                     _Work(
                         param=p,
-                        update=blocks.mT if rows > cols else blocks,
-                        rows=rows,
-                        cols=cols,
+                        source=source,
+                        buf=buf_arg,
+                        weight=momentum,
+                        heads=group["split_heads"] or 1,
                         lr=float(group["lr"]),
                         weight_decay=group["weight_decay"],
                         adjust_lr_fn=group["adjust_lr_fn"],
-                        ns=ns,
+                        ns=ns | {"dtype": self.ns_dtype or default_ns_dtype(p.device)},
                     )
                 )
         return work
@@ -194,21 +216,21 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = self._collect()
-        if not work:
-            return loss
         by_key: dict[Hashable, list[_Work]] = {}
-        for w in work:
+        for w in self._collect():
             by_key.setdefault(w.key, []).append(w)
-        buckets = {key: torch.cat([w.update for w in ws]) for key, ws in by_key.items()}
-        settings = {key: ws[0].ns for key, ws in by_key.items()}
-        results = self._orthogonalize(buckets, settings)
+        buckets, settings = {}, {}
         for key, ws in by_key.items():
-            outs = results[key].split([w.update.shape[0] for w in ws])
-            for w, out in zip(ws, outs, strict=True):
+            small, large, device, dtype = key[:4]
+            buckets[key] = torch.empty(sum(w.heads for w in ws), small, large, dtype=dtype, device=device)
+            for w, slot in zip(ws, buckets[key].split([w.heads for w in ws]), strict=True):
+                w.write_input(slot)
+            settings[key] = ws[0].ns
+        results = self._orthogonalize(buckets, settings) if buckets else {}
+        for key, ws in by_key.items():
+            for w, out in zip(ws, results[key].split([w.heads for w in ws]), strict=True):
                 w.param.mul_(1 - w.lr * w.weight_decay)
-                out = out.mT if w.rows > w.cols else out
-                update = shard_like(out.reshape(w.param.shape), w.param)
+                update = shard_like(w.blocks(out).reshape(w.param.shape), w.param)
                 w.param.add_(update, alpha=-adjusted_lr(w.lr, w.adjust_lr_fn, w.rows, w.cols))
         return loss
 
