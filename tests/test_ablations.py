@@ -264,14 +264,16 @@ def test_runner_skips_finished_resumes_interrupted_and_survives_failures(tmp_pat
     assert [o.status for o in again] == ["skipped", "skipped", "failed", "skipped"]
 
 
-def test_one_run_per_gpu(tmp_path, base):
+@pytest.mark.parametrize("num_gpus, per_run, slots", [(2, 1, {"0", "1"}), (5, 2, {"0,1", "2,3"})])
+def test_runs_pinned_to_gpu_slots(tmp_path, base, num_gpus, per_run, slots):
     runs = "runs: [{optim.muon: none}, {optim.muon: qk}, {optim.muon: vo}]\n"
     grid = load_grid(grid_file(tmp_path, base, runs))
     fake = write(tmp_path / "fake_train.py", FAKE_TRAIN)
-    outcomes = run_grid(grid, tmp_path / "out", num_gpus=2, train_cmd=[sys.executable, str(fake)])
+    outcomes = run_grid(grid, tmp_path / "out", num_gpus=num_gpus, gpus_per_run=per_run,
+                        train_cmd=[sys.executable, str(fake)])
     assert all(o.status == "done" for o in outcomes)
     used = [json.loads((tmp_path / "out" / r.name / "calls.jsonl").read_text())["cuda"] for r in grid.runs]
-    assert set(used) <= {"0", "1"}
+    assert set(used) <= slots
 
 
 def test_gpu_slots():
