@@ -10,6 +10,7 @@ CLI: `python -m model.hf export RUN_DIR_OR_CHECKPOINT OUT_DIR` writes a director
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -189,12 +190,21 @@ def load_checkpoint(path: str | Path) -> tuple[Transformer, dict[str, Any], Path
 
 
 def _dataset_dir(run_dir: Path, run_cfg: dict[str, Any]) -> Path | None:
-    """Where the run's tokenizer.json / meta.json live, if the config names it."""
-    data_dir = (run_cfg.get("data") or {}).get("dir")
-    for candidate in (run_dir, Path(data_dir) if data_dir else None):
-        if candidate is not None and (candidate / "tokenizer.json").is_file():
-            return candidate
-    return None
+    """Where the run's tokenizer.json (and meta.json) live: the run directory, `data.dir`, or the
+    cache directory train.py derived from the data settings; None when none of them has one."""
+    data = run_cfg.get("data") or {}
+    candidates = [run_dir]
+    if data.get("dir"):
+        candidates.append(Path(data["dir"]))
+    elif data.get("source"):
+        from data.prepare import dataset_dir_for
+
+        settings = ("vocab_size", "tokenizer", "tokens", "val_tokens", "text_field", "bios")
+        # Same keywords as train.py's ensure_prepared call; settings this version of data/ does not
+        # understand mean exporting without the tokenizer, not failing the export.
+        with contextlib.suppress(TypeError, ValueError):
+            candidates.append(dataset_dir_for(data["source"], **{k: data[k] for k in settings if k in data}))
+    return next((c for c in candidates if (c / "tokenizer.json").is_file()), None)
 
 
 def _save_tokenizer(tokenizer_file: Path, meta: dict[str, Any], out_dir: Path) -> None:

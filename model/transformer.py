@@ -20,25 +20,27 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # Under autocast, q/k reach q_norm/k_norm in bf16: match the gain's dtype so the fused kernel runs.
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
 
 
 def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotary angles, shape [max_seq_len, head_dim // 2] (fp32)."""
+    """Rotary tables [max_seq_len, head_dim] (fp32): (cos, cos) and (-sin, sin) over the two halves."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
-    return angles.cos().float(), angles.sin().float()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((cos, cos), dim=-1).float(), torch.cat((-sin, sin), dim=-1).float()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [..., T, heads, head_dim] by the angles of cos/sin [T, head_dim // 2].
+    """Rotate x [..., T, heads, head_dim] by the tables of rope_tables sliced to [T, head_dim].
 
     Same convention as transformers' rotate_half: dimension j pairs with j + head_dim/2, so
-    Llama checkpoints need no permutation of q_proj/k_proj rows.
+    Llama checkpoints need no permutation of q_proj/k_proj rows. The sign lives in the sin
+    table, so the rotation is x*cos + swap_halves(x)*sin: three kernels.
     """
     x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return torch.addcmul(x * cos[:, None], torch.cat((x2, x1), dim=-1), sin[:, None])
 
 
 class Attention(nn.Module):

@@ -121,28 +121,35 @@ def test_export_cli_from_run_dir_uses_newest_checkpoint(tmp_path, capsys):
         torch.testing.assert_close(hf(idx).logits, new(idx), rtol=1e-5, atol=1e-5)
 
 
-def test_export_cli_from_checkpoint_dir_with_tokenizer(tmp_path):
+def write_dataset(data_dir) -> None:
+    """tokenizer.json (word-level: "t<i>" -> i) and meta.json, as data.prepare leaves them."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    model = random_model(tie_embeddings=True)
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    vocab = {f"t{i}": i for i in range(SMALL["vocab_size"])}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    data_dir.mkdir(parents=True)
+    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(SMALL["vocab_size"])}, unk_token="t0"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.save(str(data_dir / "tokenizer.json"))
     (data_dir / "meta.json").write_text(json.dumps({"eos_id": 3, "bos_id": None}))
+
+
+def set_data_config(run_dir, **data) -> None:
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["data"].update(data)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_export_cli_from_checkpoint_dir_with_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    model = random_model(tie_embeddings=True)
+    write_dataset(tmp_path / "data")
     run = tmp_path / "run"
     write_run(run, model, 7, {"preset": "tiny", **SMALL, "tie_embeddings": True})
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    config["data"]["dir"] = str(data_dir)
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    set_data_config(run, dir=str(tmp_path / "data"))
 
     assert main(["export", str(run / "checkpoints" / "step_7"), str(tmp_path / "hf")]) == 0
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     assert hf.config.eos_token_id == 3 and hf.config.tie_word_embeddings
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tokenizer.eos_token == "t3"
     ids = tokenizer("t5 t9 t200")["input_ids"]
@@ -150,6 +157,21 @@ def test_export_cli_from_checkpoint_dir_with_tokenizer(tmp_path):
     with torch.no_grad():
         idx = torch.tensor([ids])
         torch.testing.assert_close(hf(idx).logits, model(idx), rtol=1e-5, atol=1e-5)
+
+
+def test_export_finds_the_tokenizer_in_the_derived_dataset_cache(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from data.prepare import dataset_dir_for
+
+    monkeypatch.setenv("MUONLAB_CACHE", str(tmp_path / "cache"))
+    data = {"source": "builtin:shakespeare", "vocab_size": 211, "tokenizer": None, "dir": None}
+    write_dataset(dataset_dir_for(data["source"], vocab_size=211, tokenizer=None))
+    run = tmp_path / "run"
+    write_run(run, random_model(), 3, {"preset": "tiny", **SMALL})
+    set_data_config(run, **data)
+    assert main(["export", str(run), str(tmp_path / "hf")]) == 0
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf")("t7")["input_ids"] == [7]
 
 
 def test_export_cli_errors_are_one_line(tmp_path, capsys):

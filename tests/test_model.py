@@ -178,8 +178,9 @@ def test_same_seed_same_weights():
     assert all(torch.equal(x, y) for x, y in pairs)
 
 
+@pytest.mark.filterwarnings("error")  # e.g. a norm that falls off its fused kernel in bf16
 def test_autocast_bf16_forward_and_backward():
-    model = build(n_kv_heads=2)
+    model = build(n_kv_heads=2, qk_norm=True)
     idx = torch.randint(0, VOCAB, (2, 16))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(idx)
