@@ -31,7 +31,8 @@ def _heads_of(model: nn.Module, group: str) -> int | None:
     """Heads to split a q/k/v matrix into for per-head orthogonalization (needs `model.config`)."""
     if group not in ("q", "k", "v"):
         return None
-    config = getattr(model, "config", None)
+    # the bare Transformer, or a DDP/accelerate wrapper around it
+    config = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
     if config is None or not hasattr(config, "n_heads"):
         raise ValueError(
             "optim.per_head=true needs the model's head counts (model.config.n_heads / n_kv_heads); "
@@ -43,8 +44,11 @@ def _heads_of(model: nn.Module, group: str) -> int | None:
 def _base_optimizer(groups: list[dict[str, Any]], cfg: Any, device: torch.device) -> torch.optim.Optimizer:
     if cfg.base == "sgd":
         return torch.optim.SGD(groups, lr=float(cfg.adamw_lr), momentum=float(cfg.sgd_momentum), foreach=True)
-    # fused AdamW is the fast path on CUDA; foreach is the fast one on CPU.
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    # Fused AdamW is the fast path on CUDA, foreach on CPU. The model is often built on the CPU and
+    # moved to the GPU afterwards (accelerate's prepare), so a visible GPU also selects fused
+    # (which torch also implements for CPU tensors, so it is right either way).
+    cuda = device.type == "cuda" or torch.cuda.is_available()
+    fast = {"fused": True} if cuda else {"foreach": True}
     betas = tuple(float(b) for b in cfg.betas)
     return torch.optim.AdamW(groups, lr=float(cfg.adamw_lr), betas=betas, eps=float(cfg.eps), **fast)
 

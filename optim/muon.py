@@ -1,7 +1,7 @@
 """Muon: momentum SGD whose update is orthogonalized by a Newton–Schulz iteration.
 
 `Muon` takes the same constructor keywords as `torch.optim.Muon` (torch 2.13) and applies the same
-update, so it is a drop-in replacement, but it is much faster: same-shape matrices are orthogonalized
+update, so it is a drop-in replacement, but faster: same-shape matrices are orthogonalized
 in one batched call, the iteration runs in bf16 where matmul is native in bf16 (CUDA, CPUs with
 AVX512-BF16/AMX) and in fp32 on other CPUs (where bf16 is emulated, slow), and under DDP each rank
 orthogonalizes only its share of the matrices (`optim.dist_muon`). `orthogonalize` (the
@@ -45,9 +45,8 @@ class _Work:
     """One parameter's pending update: `heads` (1 unless split per head) [rows, cols] blocks.
 
     The Muon input is lerp(source, buf, weight) (Nesterov) or `source` (buf None), the whole matrix
-    (an FSDP2 shard is gathered first). It is written straight into its bucket's slot, cast to the
-    Newton–Schulz dtype and in the wide orientation [heads, min, max] (transposed when rows > cols,
-    as orthogonalize would do anyway, so e.g. up_proj and down_proj share one batched call).
+    (an FSDP2 shard is gathered first). It is written straight into its bucket's [heads, rows, cols]
+    slot, cast to the Newton–Schulz dtype.
     """
 
     param: Tensor
@@ -71,22 +70,19 @@ class _Work:
     @property
     def key(self) -> Hashable:
         """Matrices with equal keys are orthogonalized in one batched call."""
-        small, large = sorted((self.rows, self.cols))
-        ns = self.ns
-        return (small, large, self.param.device, ns["dtype"], ns["steps"], ns["coefficients"], ns["eps"])
+        settings = tuple(self.ns[k] for k in ("dtype", "steps", "coefficients", "eps"))
+        return (self.rows, self.cols, self.param.device, *settings)
 
     def blocks(self, t: Tensor) -> Tensor:
-        """`t` ([heads * rows, cols] or a [heads, min, max] slot) as [heads, rows, cols]."""
-        if t.ndim == 3:
-            return t.mT if self.rows > self.cols else t
+        """`t` ([heads * rows, cols]) as [heads, rows, cols]."""
         return t.view(self.heads, self.rows, self.cols)
 
     def write_input(self, slot: Tensor) -> None:
-        """Write the Muon input into `slot` ([heads, min, max] of the bucket, NS dtype)."""
+        """Write the Muon input into `slot` ([heads, rows, cols] of the bucket, NS dtype)."""
         if self.buf is None:
-            self.blocks(slot).copy_(self.blocks(self.source))
+            slot.copy_(self.blocks(self.source))
         else:
-            torch.lerp(self.blocks(self.source), self.blocks(self.buf), self.weight, out=self.blocks(slot))
+            torch.lerp(self.blocks(self.source), self.blocks(self.buf), self.weight, out=slot)
 
 
 class Muon(torch.optim.Optimizer):
@@ -221,8 +217,8 @@ class Muon(torch.optim.Optimizer):
             by_key.setdefault(w.key, []).append(w)
         buckets, settings = {}, {}
         for key, ws in by_key.items():
-            small, large, device, dtype = key[:4]
-            buckets[key] = torch.empty(sum(w.heads for w in ws), small, large, dtype=dtype, device=device)
+            rows, cols, device, dtype = key[:4]
+            buckets[key] = torch.empty(sum(w.heads for w in ws), rows, cols, dtype=dtype, device=device)
             for w, slot in zip(ws, buckets[key].split([w.heads for w in ws]), strict=True):
                 w.write_input(slot)
             settings[key] = ws[0].ns
@@ -230,7 +226,7 @@ class Muon(torch.optim.Optimizer):
         for key, ws in by_key.items():
             for w, out in zip(ws, results[key].split([w.heads for w in ws]), strict=True):
                 w.param.mul_(1 - w.lr * w.weight_decay)
-                update = shard_like(w.blocks(out).reshape(w.param.shape), w.param)
+                update = shard_like(out.view(w.param.shape), w.param)
                 w.param.add_(update, alpha=-adjusted_lr(w.lr, w.adjust_lr_fn, w.rows, w.cols))
         return loss
 

@@ -59,19 +59,17 @@ def orthogonalize(
         raise ValueError(f"steps must be in [0, 100), got {steps}")
     a, b, c = coefficients
     X = G.to(dtype or default_ns_dtype(G.device))
-    # Iterate on the wide orientation so that the Gram matrix X X^T is the smaller one.
-    transposed = X.size(-2) > X.size(-1)
-    if transposed:
-        X = X.mT
     X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
     batch_shape, (m, n) = X.shape[:-2], X.shape[-2:]
     X = X.reshape(-1, m, n)
+    # The Gram matrix is taken on the smaller side. For a tall X this is the transposed iteration
+    # written without transposes (X <- aX + X B with B from X^T X), which would cost strided copies.
+    tall = m > n
     for _ in range(steps):
-        A = X @ X.mT
+        A = X.mT @ X if tall else X @ X.mT
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)
-        X = torch.baddbmm(X, B, X, beta=a)
-    X = X.reshape(*batch_shape, m, n)
-    return X.mT if transposed else X
+        X = torch.baddbmm(X, X, B, beta=a) if tall else torch.baddbmm(X, B, X, beta=a)
+    return X.reshape(*batch_shape, m, n)
 
 
 # Orthogonalizes buckets of stacked matrices: {key: [N, m, n]} -> {key: result} (local or across ranks).
