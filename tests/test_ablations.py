@@ -17,6 +17,7 @@ import pytest
 from ablations.__main__ import main
 from ablations.grid import GridError, load_grid
 from ablations.report import build_report
+from ablations.results import read_history
 from ablations.runner import LaunchError, gpu_slots, run_grid
 
 
@@ -382,3 +383,12 @@ def test_report_skips_missing_metrics(tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == ["final_loss.png", "loss_curves.png"]
     header = (out / "table.md").read_text().splitlines()[0]
     assert "QA tail FTA" not in header and "tail loss" not in header and "share of Muon gain" in header
+
+
+def test_read_history_later_lines_win_and_cut_lines_are_skipped(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "eval/loss": 8.0, "eval/note": "text"}\n{"step": 10, "eval/loss": 6.0}\n'
+                    '{"step": 10, "eval/loss": 5.5, "spectra/o/q75_q25": null}\n\n{"step": 20, "eval/lo')
+    with pytest.warns(UserWarning, match="metrics.jsonl:5: skipping a line that is not JSON"):
+        history = read_history(path)
+    assert history == {"eval/loss": [(0, 8.0), (10, 5.5)]}
