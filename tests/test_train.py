@@ -51,14 +51,18 @@ def base_args(corpus: Path, tmp_path_factory) -> list[str]:
     ]
 
 
-def run_train(args: list[str], nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+LAUNCHERS = {
+    "python": [sys.executable],
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
+                   "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no"],
+}
+
+
+def run_train(args: list[str], launcher: str = "python", check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "MUONLAB_CACHE": os.environ.get("MUONLAB_CACHE", str(ROOT / ".cache")),
            "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    if nproc == 1:
-        cmd = [sys.executable, "train.py", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "train.py", *args]
+    cmd = [*LAUNCHERS[launcher], "train.py", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
@@ -143,20 +147,49 @@ def test_accumulation_matches_one_big_batch(reference_run, base_args, tmp_path):
         torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-5)
 
 
-def test_two_processes_match_one(reference_run, base_args, tmp_path):
-    """2 CPU processes (torchrun, gloo) see the same global batches and reach the same weights."""
-    run = tmp_path / "ddp"
-    run_train([*base_args, "train.micro_batch_size=2", f"run.dir={run}"], nproc=2)
-    assert json.loads((run / "summary.json").read_text())["processes"] == 2
-    ref = {(e["step"], k): v for e in read_metrics(reference_run) for k, v in e.items()}
+@pytest.fixture(scope="module")
+def ddp_run(base_args, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "ddp"
+    run_train([*base_args, "train.micro_batch_size=2", f"run.dir={run}"], launcher="accelerate")
+    return run
+
+
+def assert_same_training(run: Path, reference: Path) -> None:
+    """Same logged losses (to float32 reduction-order noise) and the same final weights."""
+    ref = {(e["step"], k): v for e in read_metrics(reference) for k, v in e.items()}
     got = {(e["step"], k): v for e in read_metrics(run) for k, v in e.items()}
     compared = [key for key in got if key[1] in ("train/loss", "eval/loss")]
     assert len(compared) == 7  # train/loss at 5, 10, 15, 20; eval/loss at 0, 10, 20
     for key in compared:
         assert got[key] == pytest.approx(ref[key], rel=1e-4), key
-    ref_w, got_w = final_weights(reference_run), final_weights(run)
+    ref_w, got_w = final_weights(reference), final_weights(run)
     for name in ref_w:
         torch.testing.assert_close(got_w[name], ref_w[name], rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_match_one(reference_run, ddp_run):
+    """`accelerate launch`, 2 CPU processes (gloo): the same global batches, the same weights."""
+    assert json.loads((ddp_run / "summary.json").read_text())["processes"] == 2
+    assert_same_training(ddp_run, reference_run)
+
+
+def interrupted_copy(run: Path, dest: Path) -> Path:
+    """A copy of `run` as if it had stopped right after its step-10 checkpoint."""
+    shutil.copytree(run, dest)
+    shutil.rmtree(dest / "checkpoints" / "step_20")
+    (dest / "summary.json").unlink()
+    return dest
+
+
+def test_checkpoints_move_between_process_counts(reference_run, ddp_run, base_args, tmp_path):
+    """A 2-process checkpoint resumes in 1 process, and a 1-process one under torchrun with 2."""
+    run = interrupted_copy(ddp_run, tmp_path / "ddp_then_single")
+    run_train([*base_args, "train.micro_batch_size=2", f"run.dir={run}"])
+    assert_same_training(run, ddp_run)
+    run = interrupted_copy(reference_run, tmp_path / "single_then_ddp")
+    run_train([*base_args, f"run.dir={run}"], launcher="torchrun")
+    assert json.loads((run / "summary.json").read_text())["processes"] == 2
+    assert_same_training(run, reference_run)
 
 
 @pytest.mark.parametrize("override, message", [

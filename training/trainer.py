@@ -4,6 +4,9 @@ One optimizer step consumes one global batch of `train.batch_size` sequences, sp
 the processes and, within a process, into micro-batches of `train.micro_batch_size` with gradient
 accumulation. The loader's batch at step s is a pure function of (seed, s), so a resumed run and
 a run on any number of processes see the same data in the same order.
+
+Everything that can fail on bad input (config, data, model shape, routing) happens in
+`Trainer.__init__`, before the run directory is touched.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -27,7 +30,7 @@ from data.loader import TokenLoader, check_vocab, val_batches
 from data.prepare import ensure_prepared
 from metrics.spectra import model_spectra
 from metrics.throughput import flops_per_token, mfu, peak_flops
-from model import Transformer
+from model import ModelConfig, Transformer
 from model.presets import resolve_model_config
 from optim.build import build_optimizer
 from optim.groups import format_routing_table, routing_json
@@ -49,27 +52,28 @@ def make_accelerator(cfg: DictConfig) -> Accelerator:
     precision = cfg.train.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "fp32"
-    return Accelerator(
+    accelerator = Accelerator(
         # Without a GPU, cpu=True is what makes accelerate see a torchrun launch as MULTI_CPU (gloo).
         cpu=not torch.cuda.is_available(),
         mixed_precision="bf16" if precision == "bf16" else "no",
         log_with="wandb" if cfg.logging.wandb else None,
     )
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ConfigError("train.py runs data-parallel (DDP) only: launch without the FSDP plugin "
+                          "(accelerate launch --multi_gpu, or torchrun)")
+    return accelerator
 
 
-def train(cfg: DictConfig, dry_run: bool = False) -> dict | None:
-    """Run (or, with dry_run, only build and print) the training job described by `cfg`."""
-    accelerator = make_accelerator(cfg)
-    is_main = accelerator.is_main_process
-    out_dir = run_dir(cfg)
-    plan = BatchPlan.of(cfg.train.batch_size, cfg.train.micro_batch_size, accelerator.num_processes)
-
+def prepare_data(cfg: DictConfig, accelerator: Accelerator) -> Path:
+    """The prepared dataset directory (the main process prepares it first, the others reuse it)."""
     with accelerator.main_process_first():
-        data_dir = ensure_prepared(
+        return ensure_prepared(
             cfg.data.source, cfg.data.dir, vocab_size=cfg.data.vocab_size, tokenizer=cfg.data.tokenizer,
             tokens=cfg.data.tokens, val_tokens=cfg.data.val_tokens, text_field=cfg.data.text_field,
             bios=OmegaConf.to_container(cfg.data.bios))
-    meta = json.loads((data_dir / "meta.json").read_text())
+
+
+def model_config_for(cfg: DictConfig, meta: dict) -> ModelConfig:
     # The embedding table is padded to a multiple of 64 (GPT-2's 50257 -> 50304) for fast matmuls.
     vocab = -(-meta["vocab_size"] // 64) * 64
     model_cfg = resolve_model_config(OmegaConf.to_container(cfg.model), vocab_size=vocab)
@@ -77,154 +81,205 @@ def train(cfg: DictConfig, dry_run: bool = False) -> dict | None:
     if cfg.train.seq_len > model_cfg.max_seq_len:
         raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds model.max_seq_len="
                           f"{model_cfg.max_seq_len}; lower train.seq_len or raise model.max_seq_len")
+    return model_cfg
 
-    set_seed(cfg.train.seed)
-    model = Transformer(model_cfg)
-    optimizer = build_optimizer(model, cfg.optim)
-    routing = routing_json(optimizer.routing)
-    if dry_run:
-        if is_main:
-            print(format_routing_table(optimizer.routing))
-            out_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(out_dir / "routing.json", routing)
-            print(f"routing table written to {out_dir / 'routing.json'}")
-        return None
 
-    start_step, loop_state, ckpt = 0, {"tokens": 0, "wall_time_s": 0.0}, _find_resume(cfg, out_dir)
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, out_dir / "config.yaml")
-        _write_json(out_dir / "routing.json", routing)
-        (out_dir / "summary.json").unlink(missing_ok=True)
-        if ckpt is None:
-            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    accelerator.wait_for_everyone()
+class Trainer:
+    """One training run. `dry_run()` or `fit()` after construction."""
 
-    if cfg.train.compile:
-        model = torch.compile(model)
-    model = accelerator.prepare(model)
-    accelerator.register_for_checkpointing(optimizer)
-    if ckpt is not None:
-        loop_state = load_checkpoint(accelerator, ckpt)
-        start_step = loop_state["step"]
-        if is_main:
-            truncate_after(out_dir / "metrics.jsonl", start_step)
-            print(f"resuming {out_dir} from {ckpt.name}")
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.accelerator = accelerator = make_accelerator(cfg)
+        self.is_main = accelerator.is_main_process
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.out_dir = run_dir(cfg)
+        self.plan = BatchPlan.of(cfg.train.batch_size, cfg.train.micro_batch_size, self.world)
+        self.data_dir = prepare_data(cfg, accelerator)
+        self.meta = json.loads((self.data_dir / "meta.json").read_text())
+        self.model_cfg = model_config_for(cfg, self.meta)
+        set_seed(cfg.train.seed)
+        self.model = Transformer(self.model_cfg)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.routing = routing_json(self.optimizer.routing)
+        self.resume_from = _find_resume(cfg, self.out_dir)
 
-    rank, world = accelerator.process_index, accelerator.num_processes
-    loader = TokenLoader(data_dir, "train", cfg.train.seq_len, cfg.train.batch_size, cfg.train.seed,
-                         rank=rank, world_size=world, aligned=cfg.data.bos_aligned)
-    val_rows = list(val_batches(data_dir, cfg.train.seq_len, cfg.train.eval_tokens, cfg.train.batch_size,
-                                rank, world, micro_batch_size=plan.micro))
-    evaluator = Evaluator(accelerator, val_rows, np.load(data_dir / "token_counts.npy"),
-                          cfg.metrics.tail_buckets, cfg.metrics.tail_mode)
-    qa = QAEval.for_dataset(meta, data_dir, cfg.metrics, accelerator.device)
-    logger = MetricsLogger(accelerator, out_dir, cfg, run_name(cfg))
-    logger.log_routing_table(routing)
+    def dry_run(self) -> None:
+        """Print the routing table and write routing.json; nothing else is written."""
+        if self.is_main:
+            print(format_routing_table(self.optimizer.routing))
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(self.out_dir / "routing.json", self.routing)
+            print(f"routing table written to {self.out_dir / 'routing.json'}")
 
-    fpt = flops_per_token(model_cfg, cfg.train.seq_len)
-    peak = peak_flops(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                      override=cfg.metrics.peak_flops)
-    tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
-    raw_model = accelerator.unwrap_model(model)
-    last_eval: dict[str, float] = {}
+    def fit(self) -> dict:
+        """Train to `train.steps` (resuming if a checkpoint is there); returns the summary."""
+        cfg, acc = self.cfg, self.accelerator
+        self._start_run_dir()
+        model = torch.compile(self.model) if cfg.train.compile else self.model
+        self.model = acc.prepare(model)
+        self.raw_model = acc.unwrap_model(self.model)
+        acc.register_for_checkpointing(self.optimizer)
+        start, self.wall_before = 0, 0.0
+        if self.resume_from is not None:
+            state = load_checkpoint(acc, self.resume_from)
+            start, self.wall_before = state["step"], state["wall_time_s"]
+            if self.is_main:
+                truncate_after(self.out_dir / "metrics.jsonl", start)
+                print(f"resuming {self.out_dir} from {self.resume_from.name}")
+        self._build_evaluation()
+        self.logger = MetricsLogger(acc, self.out_dir, cfg, run_name(cfg))
+        self.logger.log_routing_table(self.routing)
+        self.loader = TokenLoader(self.data_dir, "train", cfg.train.seq_len, cfg.train.batch_size,
+                                  cfg.train.seed, rank=self.rank, world_size=self.world,
+                                  aligned=cfg.data.bos_aligned)
+        self.last_eval: dict[str, float] = {}
+        self.train_loss = float("nan")
+        self.run_start = time.perf_counter() - self.wall_before
+        if start == 0:
+            self._evaluate(0)
+        self._loop(start)
+        return self._finish(start)
 
-    def run_eval(step: int) -> None:
-        nonlocal last_eval
-        metrics = evaluator.loss_and_tail(model)
-        # Spectra and QA run on the main process only: they read the (replicated) weights.
-        if is_main and _due(step, cfg.metrics.spectra_every, cfg.train.steps):
-            metrics.update(model_spectra(raw_model))
-        if is_main and qa is not None and _due(step, cfg.metrics.qa_every, cfg.train.steps):
-            metrics.update(qa(raw_model))
-        last_eval = metrics
-        logger.log(metrics, step)
+    # -- setup ------------------------------------------------------------------------------
 
-    if start_step == 0:
-        run_eval(0)
-    model.train()
-    loss_sum = torch.zeros((), device=accelerator.device)
-    steps_in_window, window_start = 0, time.perf_counter()
-    run_start = time.perf_counter() - loop_state["wall_time_s"]
-    train_loss = float("nan")
-    bar = tqdm(total=cfg.train.steps, initial=start_step, disable=not is_main, desc="train", unit="step",
-               dynamic_ncols=True)
-    for step in range(start_step, cfg.train.steps):
+    def _start_run_dir(self) -> None:
+        """config.yaml and routing.json; a fresh run also clears what an earlier attempt left."""
+        if self.is_main:
+            out = self.out_dir
+            out.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(self.cfg, out / "config.yaml")
+            _write_json(out / "routing.json", self.routing)
+            (out / "summary.json").unlink(missing_ok=True)
+            if self.resume_from is None:
+                (out / "metrics.jsonl").unlink(missing_ok=True)
+                shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def _build_evaluation(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        val_rows = list(val_batches(self.data_dir, cfg.train.seq_len, cfg.train.eval_tokens,
+                                    cfg.train.batch_size, self.rank, self.world,
+                                    micro_batch_size=self.plan.micro))
+        counts = np.load(self.data_dir / "token_counts.npy")
+        self.evaluator = Evaluator(acc, val_rows, counts, cfg.metrics.tail_buckets, cfg.metrics.tail_mode)
+        self.qa = QAEval.for_dataset(self.meta, self.data_dir, cfg.metrics, acc.device)
+        self.flops_per_token = flops_per_token(self.model_cfg, cfg.train.seq_len)
+        device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        self.peak_flops = peak_flops(device_name, override=cfg.metrics.peak_flops)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.train.batch_size * self.cfg.train.seq_len
+
+    def _loop(self, start: int) -> None:
+        cfg = self.cfg.train
+        loss_sum = torch.zeros((), device=self.accelerator.device)
+        window_steps, window_start = 0, time.perf_counter()
+        bar = tqdm(total=cfg.steps, initial=start, disable=not self.is_main, desc="train", unit="step",
+                   dynamic_ncols=True)
+        for step in range(start, cfg.steps):
+            grad_norm = self._step(step, loss_sum)
+            done, window_steps = step + 1, window_steps + 1
+            bar.update(1)
+            every = cfg.checkpoint_every
+            checkpoint_due = done == cfg.steps or bool(every) and done % every == 0
+            if done % cfg.log_every == 0 or checkpoint_due:
+                tok_s = self.tokens_per_step * window_steps / (time.perf_counter() - window_start)
+                self._log_train(done, loss_sum / window_steps, grad_norm, tok_s)
+                bar.set_postfix(loss=f"{self.train_loss:.3f}", tok_s=f"{tok_s:,.0f}")
+                loss_sum.zero_()
+                window_steps, window_start = 0, time.perf_counter()
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+                self._evaluate(done)
+            if checkpoint_due:
+                state = {"step": done, "tokens": done * self.tokens_per_step,
+                         "wall_time_s": time.perf_counter() - self.run_start}
+                save_checkpoint(self.accelerator, self.out_dir, done, state, cfg.keep_checkpoints)
+        bar.close()
+
+    def _step(self, step: int, loss_sum: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on the global batch at `step`; adds its loss to `loss_sum` (no sync)."""
+        cfg, acc, plan = self.cfg, self.accelerator, self.plan
         mult = lr_multiplier(step, cfg.train.steps, cfg.optim.schedule, cfg.optim.warmup_steps,
                              cfg.optim.min_lr_ratio, cfg.optim.decay_fraction)
-        for group in optimizer.param_groups:
+        for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * mult
-        batch = loader.batch(step)
+        batch = self.loader.batch(step)
+        if acc.device.type == "cuda":
+            batch = batch.pin_memory()
         for i, rows in enumerate(batch.split(plan.micro)):
-            rows = rows.to(accelerator.device, non_blocking=True)
-            x, y = rows[:, :-1], rows[:, 1:]
+            rows = rows.to(acc.device, non_blocking=True)
             # Gradients are all-reduced only on the last micro-batch of the step.
-            sync = accelerator.no_sync(model) if i < plan.accum - 1 else nullcontext()
-            with sync:
-                logits = model(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / plan.accum
-                accelerator.backward(loss)
+            with acc.no_sync(self.model) if i < plan.accum - 1 else nullcontext():
+                logits = self.model(rows[:, :-1])
+                loss = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten()) / plan.accum
+                acc.backward(loss)
             loss_sum += loss.detach()
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        steps_in_window += 1
-        bar.update(1)
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
 
-        checkpoint_due = (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0) \
-            or done == cfg.train.steps
-        if done % cfg.train.log_every == 0 or checkpoint_due:
-            # The only host-device synchronisation of the loop: at logging and checkpoint steps.
-            train_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps_in_window
-            if not math.isfinite(train_loss):
-                good = latest_checkpoint(out_dir)
-                raise NonFiniteLossError(
-                    f"training loss is {train_loss} at step {done}; last good checkpoint: "
-                    f"{good or 'none'}. Lower optim.adamw_lr/optim.muon_lr or set optim.grad_clip, "
-                    "then rerun with train.resume=auto")
-            elapsed = time.perf_counter() - window_start
-            tok_s = tokens_per_step * steps_in_window / elapsed
-            metrics = {"train/loss": train_loss, "train/lr": optimizer.param_groups[0]["lr"],
-                       "train/grad_norm": grad_norm.item(), "perf/tokens_per_s": tok_s}
-            if (u := mfu(tok_s, fpt, world, peak)) is not None:
-                metrics["perf/mfu"] = u
-            logger.log(metrics, done)
-            bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:,.0f}")
-            loss_sum.zero_()
-            steps_in_window, window_start = 0, time.perf_counter()
-        if cfg.train.eval_every and done % cfg.train.eval_every == 0 or done == cfg.train.steps:
-            run_eval(done)
-        if checkpoint_due:
-            state = {"step": done, "tokens": done * tokens_per_step,
-                     "wall_time_s": time.perf_counter() - run_start}
-            save_checkpoint(accelerator, out_dir, done, state, cfg.train.keep_checkpoints)
-    bar.close()
+    def _log_train(self, step: int, mean_loss: torch.Tensor, grad_norm: torch.Tensor, tok_s: float) -> None:
+        # The only host-device synchronisation of the loop: at logging and checkpoint steps.
+        self.train_loss = self.accelerator.reduce(mean_loss, reduction="mean").item()
+        if not math.isfinite(self.train_loss):
+            good = latest_checkpoint(self.out_dir)
+            raise NonFiniteLossError(
+                f"training loss is {self.train_loss} at step {step}; last good checkpoint: {good or 'none'}. "
+                "Lower optim.adamw_lr/optim.muon_lr or set optim.grad_clip, then rerun (train.resume=auto)")
+        metrics = {"train/loss": self.train_loss, "train/lr": self.optimizer.param_groups[0]["lr"],
+                   "train/grad_norm": grad_norm.item(), "perf/tokens_per_s": tok_s}
+        if (u := mfu(tok_s, self.flops_per_token, self.world, self.peak_flops)) is not None:
+            metrics["perf/mfu"] = u
+        self.logger.log(metrics, step)
 
-    wall = time.perf_counter() - run_start
-    run_tokens = (cfg.train.steps - start_step) * tokens_per_step
-    summary = {
-        "run": run_name(cfg), "processes": world, "steps": cfg.train.steps,
-        "tokens": cfg.train.steps * tokens_per_step, "wall_time_s": wall,
-        "tokens_per_s": run_tokens / max(wall - loop_state["wall_time_s"], 1e-9),
-        "final/train_loss": train_loss, "final/eval_loss": last_eval.get("eval/loss"),
-        **{k: v for k, v in last_eval.items() if "/layer" not in k},
-    }
-    if is_main:
-        summary["initial/eval_loss"] = _first_eval_loss(out_dir)
-        write_summary(out_dir, summary)
-        print_summary(out_dir, summary)
-    logger.close()
-    return summary
+    def _evaluate(self, step: int) -> None:
+        cfg = self.cfg
+        metrics = self.evaluator.loss_and_tail(self.model)
+        # Spectra and QA run on the main process only: they read the (replicated) weights.
+        if self.is_main and _due(step, cfg.metrics.spectra_every, cfg.train.steps):
+            metrics.update(model_spectra(self.raw_model))
+        if self.is_main and self.qa is not None and _due(step, cfg.metrics.qa_every, cfg.train.steps):
+            metrics.update(self.qa(self.raw_model))
+        self.last_eval = metrics
+        self.logger.log(metrics, step)
+
+    def _finish(self, start: int) -> dict:
+        cfg = self.cfg.train
+        wall = time.perf_counter() - self.run_start
+        summary = {
+            "run": run_name(self.cfg), "processes": self.world, "steps": cfg.steps,
+            "tokens": cfg.steps * self.tokens_per_step, "wall_time_s": wall,
+            "tokens_per_s": (cfg.steps - start) * self.tokens_per_step / max(wall - self.wall_before, 1e-9),
+            "final/train_loss": self.train_loss, "final/eval_loss": self.last_eval.get("eval/loss"),
+            **{k: v for k, v in self.last_eval.items() if "/layer" not in k},
+        }
+        if self.is_main:
+            summary["initial/eval_loss"] = _first_eval_loss(self.out_dir)
+            write_summary(self.out_dir, summary)
+            print_summary(self.out_dir, summary)
+        self.logger.close()
+        return summary
+
+
+def train(cfg: DictConfig, dry_run: bool = False) -> dict | None:
+    """Run (or, with dry_run, only build and print) the training job described by `cfg`."""
+    trainer = Trainer(cfg)
+    if dry_run:
+        trainer.dry_run()
+        return None
+    return trainer.fit()
 
 
 def _find_resume(cfg: DictConfig, out_dir: Path) -> Path | None:
     """The checkpoint to resume from, after checking that it belongs to the same experiment."""
     mode = cfg.train.resume
     if mode == "none":
-        if (out_dir / "checkpoints").is_dir() and latest_checkpoint(out_dir):
+        if latest_checkpoint(out_dir):
             raise ConfigError(f"{out_dir} already holds checkpoints and train.resume=none; choose another "
                               "run.name/run.dir, delete it, or resume with train.resume=auto")
         return None
