@@ -43,6 +43,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.addcmul(x * cos[:, None], torch.cat((x2, x1), dim=-1), sin[:, None])
 
 
+def to_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
+    """x in the autocast compute dtype when autocast is on (else unchanged).
+
+    A block's normed input feeds several projections (q, k, v or gate, up); casting it once here
+    spares autocast one cast per projection (a few percent of a bf16 CPU train step).
+    """
+    device = x.device.type
+    return x.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else x
+
+
 class Attention(nn.Module):
     """Causal self-attention with grouped-query heads and optional per-head QK-norm."""
 
@@ -110,8 +120,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.self_attn(to_autocast_dtype(self.input_layernorm(x)), cos, sin)
+        return x + self.mlp(to_autocast_dtype(self.post_attention_layernorm(x)))
 
 
 class Backbone(nn.Module):
@@ -158,12 +168,9 @@ class Transformer(nn.Module):
                 f"sequence length {seq_len} exceeds model.max_seq_len={self.config.max_seq_len}; "
                 f"set model.max_seq_len >= {seq_len} or shorten the sequences"
             )
-        cos, sin = self.rope_cos[:seq_len], self.rope_sin[:seq_len]
-        device = idx.device.type
-        if torch.is_autocast_enabled(device):
-            # Cast once per forward (not per layer) so RoPE runs in the autocast compute dtype.
-            dtype = torch.get_autocast_dtype(device)
-            cos, sin = cos.to(dtype), sin.to(dtype)
+        # Cast once per forward (not per layer) so RoPE runs in the autocast compute dtype.
+        cos = to_autocast_dtype(self.rope_cos[:seq_len])
+        sin = to_autocast_dtype(self.rope_sin[:seq_len])
         x = self.model.embed_tokens(idx)
         for layer in self.model.layers:
             x = layer(x, cos, sin)
