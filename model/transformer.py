@@ -144,14 +144,19 @@ class Transformer(nn.Module):
         if not config.tie_embeddings:
             # Registered only when untied, so a tied model's parameter names carry no lm_head.
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        table_shape = (config.max_seq_len, config.head_dim)
+        self.register_buffer("rope_cos", torch.empty(table_shape), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(table_shape), persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) weights; residual outputs (o_proj, down_proj) scaled by 1/sqrt(2 n_layers)."""
+        """Normal(0, init_std) weights, residual outputs (o_proj, down_proj) scaled by 1/sqrt(2 n_layers),
+        unit norm gains, and the RoPE tables: all of the model's state, so a model built on the meta
+        device is ready after `to_empty(device=...)` and this call."""
+        cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len, self.config.rope_theta)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
         std = self.config.init_std
         out_std = std / math.sqrt(2 * self.config.n_layers)
         for name, module in self.named_modules():

@@ -172,6 +172,19 @@ def test_scaled_init():
     assert torch.equal(layer.input_layernorm.weight, torch.ones(256))
 
 
+def test_meta_device_build_then_materialize():
+    with torch.device("meta"):
+        model = Transformer(tiny_cfg())
+    model.to_empty(device="cpu")
+    model.reset_parameters()
+    reference = build()
+    torch.testing.assert_close(model.rope_cos, reference.rope_cos, rtol=0, atol=0)
+    torch.testing.assert_close(model.rope_sin, reference.rope_sin, rtol=0, atol=0)
+    assert torch.equal(model.model.norm.weight, torch.ones(32))
+    assert model.model.layers[0].self_attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.2)
+    assert torch.isfinite(model(torch.randint(0, VOCAB, (1, 8)))).all()
+
+
 def test_same_seed_same_weights():
     a, b = build(), build()
     pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
