@@ -226,7 +226,7 @@ class Muon(torch.optim.Optimizer):
         for key, ws in by_key.items():
             for w, out in zip(ws, results[key].split([w.heads for w in ws]), strict=True):
                 w.param.mul_(1 - w.lr * w.weight_decay)
-                update = shard_like(out.view(w.param.shape), w.param)
+                update = shard_like(out.reshape(w.param.shape), w.param)  # a view unless split per head
                 w.param.add_(update, alpha=-adjusted_lr(w.lr, w.adjust_lr_fn, w.rows, w.cols))
         return loss
 

@@ -1,4 +1,4 @@
-"""optim.dist_muon: Newton–Schulz shared across 2 CPU processes (gloo) == 1 process."""
+"""optim.dist_muon: Muon shared across 2 CPU processes (gloo), plain, under DDP and FSDP2 == 1 process."""
 
 import copy
 import os
