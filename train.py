@@ -15,6 +15,7 @@ import sys
 from omegaconf.errors import OmegaConfBaseException
 
 from training.config import load_config
+from training.runtime import keep_freed_memory
 from training.trainer import NonFiniteLossError, train
 
 # Errors that mean "fix your input": one line and exit 1 (MUONLAB_DEBUG=1 shows the traceback).
@@ -37,6 +38,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()
     try:
         cfg = load_config(args.config, args.overrides)
         train(cfg, dry_run=args.dry_run)
