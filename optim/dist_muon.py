@@ -72,18 +72,17 @@ def sharded_orthogonalize(
     first = next(iter(buckets.values()))
     # one dtype for the one all_gather buffer (all buckets live on the same device under DDP)
     dtype = next(iter(settings.values()))["dtype"] or default_ns_dtype(first.device)
-    mine = [
-        orthogonalize(buckets[c.key][c.start : c.stop], **(settings[c.key] | {"dtype": dtype})).flatten()
-        for c in chunks
-        if c.rank == rank and c.stop > c.start
-    ]
     lengths = [0] * world_size
     for c in chunks:
         _, m, n = buckets[c.key].shape
         lengths[c.rank] += (c.stop - c.start) * m * n
     send = torch.zeros(max(lengths), dtype=dtype, device=first.device)
-    if mine:
-        send[: lengths[rank]] = torch.cat(mine)
+    offset = 0
+    for c in chunks:
+        if c.rank == rank and c.stop > c.start:
+            out = orthogonalize(buckets[c.key][c.start : c.stop], **(settings[c.key] | {"dtype": dtype}))
+            send[offset : offset + out.numel()].view_as(out).copy_(out)
+            offset += out.numel()
     gathered = [torch.empty_like(send) for _ in range(world_size)]
     dist.all_gather(gathered, send, group=group)
     parts: dict[Hashable, list[Tensor]] = {key: [] for key in buckets}

@@ -1,10 +1,11 @@
 """Muon: momentum SGD whose update is orthogonalized by a Newton–Schulz iteration.
 
 `Muon` takes the same constructor keywords as `torch.optim.Muon` (torch 2.13) and applies the same
-update, so it is a drop-in replacement, but faster: same-shape matrices are orthogonalized
-in one batched call, the iteration runs in bf16 where matmul is native in bf16 (CUDA, CPUs with
-AVX512-BF16/AMX) and in fp32 on other CPUs (where bf16 is emulated, slow), and under DDP each rank
-orthogonalizes only its share of the matrices (`optim.dist_muon`). `orthogonalize` (the
+update, so it is a drop-in replacement, but faster: same-shape matrices are stacked into one bucket
+and orthogonalized by one call (batched, except large matrices on CPU, where a loop of 2-D matmuls is
+faster), the iteration runs in bf16 where matmul is native in bf16 (CUDA, CPUs with AVX512-BF16 or
+AMX) and in fp32 on other CPUs (where bf16 is emulated, slow), and under DDP each rank orthogonalizes
+only its share of the matrices (`optim.dist_muon`). `orthogonalize` (the
 Newton–Schulz step, `optim.newton_schulz`) is re-exported here.
 """
 
@@ -207,7 +208,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Perform one optimization step (all same-shape matrices in one batched orthogonalization)."""
+        """Perform one optimization step (same-shape matrices stacked and orthogonalized together)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
