@@ -102,6 +102,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.routing = routing_json(self.optimizer.routing)
         self.resume_from = _find_resume(cfg, self.out_dir)
+        self._build_evaluation()
 
     def dry_run(self) -> None:
         """Print the routing table and write routing.json; nothing else is written."""
@@ -126,7 +127,6 @@ class Trainer:
             if self.is_main:
                 truncate_after(self.out_dir / "metrics.jsonl", start)
                 print(f"resuming {self.out_dir} from {self.resume_from.name}")
-        self._build_evaluation()
         self.logger = MetricsLogger(acc, self.out_dir, cfg, run_name(cfg))
         self.logger.log_routing_table(self.routing)
         self.loader = TokenLoader(self.data_dir, "train", cfg.train.seq_len, cfg.train.batch_size,
@@ -156,12 +156,15 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _build_evaluation(self) -> None:
+        """Validation rows, tail buckets, QA items, FLOP counts (no validation split: QA/spectra only)."""
         cfg, acc = self.cfg, self.accelerator
-        val_rows = list(val_batches(self.data_dir, cfg.train.seq_len, cfg.train.eval_tokens,
-                                    cfg.train.batch_size, self.rank, self.world,
-                                    micro_batch_size=self.plan.micro))
-        counts = np.load(self.data_dir / "token_counts.npy")
-        self.evaluator = Evaluator(acc, val_rows, counts, cfg.metrics.tail_buckets, cfg.metrics.tail_mode)
+        self.evaluator = None
+        if self.meta["val_tokens"]:
+            val_rows = list(val_batches(self.data_dir, cfg.train.seq_len, cfg.train.eval_tokens,
+                                        cfg.train.batch_size, self.rank, self.world,
+                                        micro_batch_size=self.plan.micro))
+            counts = np.load(self.data_dir / "token_counts.npy")
+            self.evaluator = Evaluator(acc, val_rows, counts, cfg.metrics.tail_buckets, cfg.metrics.tail_mode)
         self.qa = QAEval.for_dataset(self.meta, self.data_dir, cfg.metrics, acc.device)
         self.flops_per_token = flops_per_token(self.model_cfg, cfg.train.seq_len)
         device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -239,7 +242,7 @@ class Trainer:
 
     def _evaluate(self, step: int) -> None:
         cfg = self.cfg
-        metrics = self.evaluator.loss_and_tail(self.model)
+        metrics = self.evaluator.loss_and_tail(self.model) if self.evaluator else {}
         # Spectra and QA run on the main process only: they read the (replicated) weights.
         if self.is_main and _due(step, cfg.metrics.spectra_every, cfg.train.steps):
             metrics.update(model_spectra(self.raw_model))
