@@ -4,10 +4,13 @@ A train step is forward, cross-entropy, backward, optimizer step and zero_grad. 
 same config and weights (the Llama twin comes from `model.hf.to_hf`, with SDPA attention and no KV
 cache), the same batch, dtype and optimizer: muonlab's `build_optimizer` with every parameter on
 AdamW (`optim.muon=none`, isolates the model) and with Muon on the hidden matrices (`optim.muon=hidden`,
-the default training setup). The models' steps alternate, so background load hits both alike.
+the default training setup). The models' steps alternate, so background load hits both alike. The
+process keeps freed memory in-process as train.py does (`training.runtime.keep_freed_memory`; it
+applies to both models) unless `--default-malloc` is given.
 
     python -m benchmarks.bench_train [--presets tiny,small,gpt2-160m] [--batch B] [--seq T]
-        [--steps N] [--compile] [--dtype fp32|bf16] [--device cpu|cuda] [--no-memory] [--out FILE]
+        [--steps N] [--compile] [--dtype fp32|bf16] [--device cpu|cuda] [--default-malloc] [--no-memory]
+        [--out FILE]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from metrics.throughput import flops_per_token, mfu, peak_flops
 from model import PRESETS, ModelConfig, Transformer, get_preset
 from optim.build import build_optimizer
 from training.config import OptimSection
+from training.runtime import keep_freed_memory
 
 MODELS = ("muonlab", "llama")
 # Benchmark optimizer name -> optim.muon routing spec given to build_optimizer.
@@ -239,6 +243,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     parser.add_argument("--dtype", choices=DTYPES, help="fp32, or bf16 autocast (CPU fp32, CUDA bf16)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    parser.add_argument("--default-malloc", dest="keep_freed_memory", action="store_false",
+                        help="skip train.py's glibc setting that keeps freed memory in-process (both models)")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory probes")
     parser.add_argument("--out", help="JSON output (default benchmarks/results/bench_train_<device>.json)")
     args = parser.parse_args(argv)
@@ -262,6 +268,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = args.device
+    if args.keep_freed_memory:
+        keep_freed_memory()  # as train.py does; process-wide, so it applies to both models alike
     env = environment(device)
     rows = [row for preset in args.presets for row in bench_preset(preset, args, device)]
     settings = {k: v for k, v in vars(args).items() if k != "device"}
