@@ -36,13 +36,19 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, bos: bool = False) -> To
 
 
 def load_pretrained(name_or_path: str) -> Tokenizer:
-    """A tokenizer.json file, a directory holding one, or a Hugging Face hub name (e.g. ``gpt2``)."""
+    """A tokenizer.json file, a directory holding one, or a Hugging Face hub name (e.g. ``gpt2``).
+
+    Hub lookups go through ``huggingface_hub`` (its cache, token and HF_HUB_OFFLINE apply); a repo
+    without a tokenizer.json is converted by transformers' AutoTokenizer.
+    """
     path = Path(name_or_path).expanduser()
     if path.is_dir() or path.suffix == ".json":
         return load_tokenizer(path)
+    from huggingface_hub import hf_hub_download
+
     try:
-        return Tokenizer.from_pretrained(name_or_path)
-    except Exception as hub_error:  # repos without tokenizer.json: let transformers convert them
+        return Tokenizer.from_file(hf_hub_download(name_or_path, "tokenizer.json"))
+    except Exception as hub_error:
         try:
             from transformers import AutoTokenizer
 
@@ -50,8 +56,8 @@ def load_pretrained(name_or_path: str) -> Tokenizer:
         except Exception as e:
             raise ValueError(
                 f"could not load tokenizer {name_or_path!r}: not a tokenizer.json path and the hub "
-                f"lookup failed ({hub_error}). Give a local tokenizer.json, or omit --tokenizer to "
-                f"train a BPE."
+                f"lookup failed ({type(hub_error).__name__}). Give a local tokenizer.json, or omit "
+                f"--tokenizer to train a BPE."
             ) from e
 
 

@@ -35,6 +35,7 @@ def test_errors(tmp_path, monkeypatch):
         train_bpe(DOCS, 200)
     with pytest.raises(FileNotFoundError, match="no tokenizer"):
         load_tokenizer(tmp_path)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Offline mode (read by huggingface_hub at call time): the failure is immediate, with no network.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match="could not load tokenizer 'no-such/tokenizer-xyz'"):
         load_pretrained("no-such/tokenizer-xyz")
