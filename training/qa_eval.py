@@ -6,10 +6,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
+
 from data.bios import BiosConfig, qa_items
 from data.tokenizer import load_tokenizer
 from metrics.qa import first_token_accuracy
-from omegaconf import DictConfig
 
 
 def sample_qa_items(items: Iterable, max_per_group: int) -> list:
