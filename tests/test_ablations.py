@@ -104,6 +104,10 @@ def test_shipped_grids_expand():
     assert stage2["muon-vo+ffn_gelu"].paper_ref == {"eval_loss": 3.5858}
     assert stage2["muon-vo+ffn_swiglu"].paper_ref == {"eval_loss": 3.531}
     assert stage2["muon-qk_swiglu"].overrides["model.ffn_hidden"] == 2048
+    qa = {r.name: r for r in load_grid("paper_qa").runs}
+    assert list(qa) == ["adamw", "muon-hidden", "sgd", "muon-vo+ffn", "muon-qk"]
+    assert qa["sgd"].overrides == {"optim.muon": "none", "optim.base": "sgd"}
+    assert qa["muon-hidden"].paper_ref == {"qa_tail_fta": 0.976}
 
 
 @pytest.mark.parametrize("body, message", [
