@@ -78,3 +78,4 @@ def test_batch_plan():
         BatchPlan.of(15, None, 2)
     with pytest.raises(ConfigError, match="divide"):
         BatchPlan.of(16, 3, 1)
+

@@ -192,6 +192,15 @@ def test_checkpoints_move_between_process_counts(reference_run, ddp_run, base_ar
     assert_same_training(run, reference_run)
 
 
+def test_wandb_offline_logs_the_same_metrics(base_args, tmp_path):
+    run = tmp_path / "wandb"
+    env_args = [*base_args, "train.steps=5", "train.eval_every=5", "logging.wandb=true",
+                "logging.wandb_mode=offline", f"run.dir={run}"]
+    run_train(env_args)
+    assert any((run / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
+    assert any("eval/loss" in e for e in read_metrics(run))
+
+
 @pytest.mark.parametrize("override, message", [
     ("optim.muon=vo,fnn", "valid"),
     ("optim.muon=scalar", "scalar"),

@@ -6,6 +6,7 @@ wandb dashboard shows. Only the main process writes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import netrc
@@ -31,6 +32,12 @@ def wandb_mode(cfg_mode: str | None) -> str:
     return "offline"
 
 
+def wandb_run_id(run_dir: Path) -> str:
+    """A stable wandb id for a run directory: its name plus a hash of its absolute path."""
+    path = Path(run_dir).resolve()
+    return f"{path.name[:48]}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+
+
 class MetricsLogger:
     """Appends one JSON object per event to metrics.jsonl and mirrors it to the trackers."""
 
@@ -48,8 +55,10 @@ class MetricsLogger:
                     "tags": list(cfg.logging.wandb_tags),
                     "mode": wandb_mode(cfg.logging.wandb_mode),
                     "dir": str(run_dir),
+                    # One wandb run per run directory: a resumed run continues it, while runs of the
+                    # same name in other directories (other grids) stay separate.
                     "resume": "allow",
-                    "id": name.replace("/", "-"),
+                    "id": wandb_run_id(run_dir),
                 }},
             )
 
