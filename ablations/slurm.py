@@ -72,7 +72,9 @@ if [ -f "$OUT/$RUN_NAME/summary.json" ]; then
 fi
 
 # Rendezvous on the first node of this task; the port varies per task so tasks sharing a node don't clash.
-MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# (An array, not `| head -n 1`: under pipefail head's early exit can kill the job with SIGPIPE.)
+NODES=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
+MASTER_ADDR=${{NODES[0]}}
 MASTER_PORT=$((29500 + SLURM_ARRAY_TASK_ID % 1000))
 export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-8}}
 echo "run $RUN_NAME on $SLURM_JOB_NODELIST (rendezvous $MASTER_ADDR:$MASTER_PORT)"

@@ -187,7 +187,7 @@ def test_slurm_array_script_for_two_nodes_of_eight_gpus(tmp_path, base, capsys):
     for line in ["#SBATCH --array=0-3", "#SBATCH --nodes=2", "#SBATCH --gpus-per-node=8",
                  "#SBATCH --ntasks-per-node=1", "#SBATCH --partition=gpu", "#SBATCH --time=12:00:00",
                  "torchrun --nnodes 2 --nproc_per_node 8", "--rdzv_backend c10d",
-                 'scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1']:
+                 'NODES=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))', "MASTER_ADDR=${NODES[0]}"]:
         assert line in printed
     assert not out.exists()
 
