@@ -81,10 +81,6 @@ class MetricsLogger:
         table = wandb.Table(columns=columns, data=[[str(r[c]) for c in columns] for r in rows])
         self.accelerator.get_tracker("wandb", unwrap=True).log({"routing": table})
 
-    def close(self) -> None:
-        if self.use_wandb:
-            self.accelerator.end_training()
-
 
 def truncate_after(path: Path, step: int) -> None:
     """Drop events logged after `step` (an interrupted run's tail, about to be replayed on resume)."""

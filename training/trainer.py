@@ -265,7 +265,10 @@ class Trainer:
             summary["initial/eval_loss"] = _first_eval_loss(self.out_dir)
             write_summary(self.out_dir, summary)
             print_summary(self.out_dir, summary)
-        self.logger.close()
+        # Finishes the trackers and destroys the process group: a gloo/NCCL group left alive at exit
+        # can abort a rank ("terminate called without an active exception").
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
         return summary
 
 
