@@ -9,11 +9,16 @@ from rich.console import Console
 from rich.table import Table
 
 
+def write_json(path: Path, obj: object) -> None:
+    """Write JSON atomically (temporary file, then rename): readers never see half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
 def write_summary(run_dir: Path, summary: dict) -> None:
-    """Write summary.json atomically: its presence marks the run as complete."""
-    tmp = Path(run_dir) / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(Path(run_dir) / "summary.json")
+    """summary.json, whose presence marks the run as complete."""
+    write_json(Path(run_dir) / "summary.json", summary)
 
 
 def print_summary(run_dir: Path, summary: dict) -> None:

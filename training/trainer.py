@@ -41,7 +41,7 @@ from training.config import ConfigError, resume_conflicts, run_dir, run_name
 from training.evaluate import Evaluator
 from training.logger import MetricsLogger, truncate_after
 from training.qa_eval import QAEval
-from training.summary import print_summary, write_summary
+from training.summary import print_summary, write_json, write_summary
 
 
 class NonFiniteLossError(RuntimeError):
@@ -109,7 +109,7 @@ class Trainer:
         if self.is_main:
             print(format_routing_table(self.optimizer.routing))
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(self.out_dir / "routing.json", self.routing)
+            write_json(self.out_dir / "routing.json", self.routing)
             print(f"routing table written to {self.out_dir / 'routing.json'}")
 
     def fit(self) -> dict:
@@ -148,7 +148,7 @@ class Trainer:
             out = self.out_dir
             out.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(self.cfg, out / "config.yaml")
-            _write_json(out / "routing.json", self.routing)
+            write_json(out / "routing.json", self.routing)
             (out / "summary.json").unlink(missing_ok=True)
             if self.resume_from is None:
                 (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -315,9 +315,3 @@ def _first_eval_loss(out_dir: Path) -> float | None:
             if "eval/loss" in event:
                 return event["eval/loss"]
     return None
-
-
-def _write_json(path: Path, obj: object) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
