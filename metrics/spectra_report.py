@@ -114,11 +114,7 @@ def plot_groups(sources: list[Source], groups: tuple[str, ...], out: Path) -> Pa
         ax.set_xticks([x + width * (len(sources) - 1) / 2 for x in range(len(groups))], groups)
         ax.set_title(metric)
     axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "groups.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "groups.png")
 
 
 def plot_layers(src: Source, groups: tuple[str, ...], out: Path) -> Path:
@@ -133,11 +129,7 @@ def plot_layers(src: Source, groups: tuple[str, ...], out: Path) -> Path:
         ax.set_title(metric)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(src.label)
-    fig.tight_layout()
-    path = out / f"layers_{_safe(src.label)}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"layers_{_safe(src.label)}.png")
 
 
 def plot_singular_values(src: Source, groups: tuple[str, ...], out: Path) -> Path:
@@ -155,11 +147,7 @@ def plot_singular_values(src: Source, groups: tuple[str, ...], out: Path) -> Pat
     for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
     fig.suptitle(f"{src.label}: singular values s_i / s_1 (colour: layer)")
-    fig.tight_layout()
-    path = out / f"singular_values_{_safe(src.label)}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"singular_values_{_safe(src.label)}.png")
 
 
 def plot_over_steps(src: Source, groups: tuple[str, ...], out: Path) -> Path | None:
@@ -181,11 +169,7 @@ def plot_over_steps(src: Source, groups: tuple[str, ...], out: Path) -> Path | N
         return None
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"{src.label}: spectra over training")
-    fig.tight_layout()
-    path = out / f"over_steps_{_safe(src.label)}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"over_steps_{_safe(src.label)}.png")
 
 
 def _print_summary(sources: list[Source], groups: tuple[str, ...], written: list[Path]) -> None:
@@ -240,3 +224,11 @@ def main(argv: list[str] | None = None) -> int:
             written.append(path)
     _print_summary(sources, groups, written)
     return 0
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    """Lay out, write (120 dpi) and close a figure; returns its path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
