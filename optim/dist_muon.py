@@ -1,29 +1,35 @@
-"""Newton–Schulz work shared across DDP ranks.
+"""Newton–Schulz work shared across ranks: replicated matrices (DDP) and row-sharded ones (FSDP2).
 
-After DDP's all-reduce every rank holds the same gradients, and `Muon` updates the momentum of every
-matrix on every rank (cheap, elementwise), so the optimizer state is complete and identical
+DDP: after the all-reduce every rank holds the same gradients, and `Muon` updates the momentum of
+every matrix on every rank (cheap, elementwise), so the optimizer state is complete and identical
 everywhere and a checkpoint resumes on any world size. Only the expensive part, orthogonalization,
 is split: every bucket of same-shape matrices is cut into one contiguous chunk per rank (chunk sizes
 differ by at most one; the larger chunks go to the ranks with the least work so far), each rank
 orthogonalizes its chunks in one batched call per bucket, and a single all_gather of the flattened
 results (padded to the longest rank's) gives every rank every update. Every rank then applies all
-updates, so the parameters stay identical without a broadcast.
+updates, so the parameters stay identical without a broadcast (`sharded_orthogonalize`).
 
-Under FSDP2 (`fully_shard`: parameters, gradients and momentum are DTensor shards) each Muon update
-is gathered whole on every rank (`full_tensor`), orthogonalized shared as above, and every rank
-keeps the rows of its own shard (no communication). The momentum stays sharded like the parameters.
+FSDP2 (`fully_shard`: parameters, gradients and momentum are DTensors sharded by rows, `Shard(0)`,
+over a 1-D mesh): every matrix gets one owner rank, the flops balanced as above but whole matrices
+only (same-shape matrices are consecutive, so an owner's share of a shape is one batched call). One
+`all_to_all_single` sends each rank's rows of the Muon input of every matrix to the matrix's owner;
+the owner stacks the whole matrices by shape, orthogonalizes each stack, and a second
+`all_to_all_single` sends every rank its rows of the results; each rank then updates its own shard
+(`owner_orthogonalize`). The momentum stays sharded. Per step a rank sends and receives about
+2 (W-1)/W^2 of the Muon matrices' elements (W ranks): 1/W of gathering every matrix on every rank.
+This is microsoft/dion's scheme, with variable split sizes instead of padding to W matrices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor, Shard
 
 from optim.newton_schulz import BucketFn, default_ns_dtype, orthogonalize
 
@@ -38,15 +44,19 @@ class Chunk:
     stop: int
 
 
-def plan_chunks(sizes: dict[Hashable, tuple[int, int, int]], world_size: int) -> list[Chunk]:
-    """Split each bucket {key: (count, m, n)} into per-rank chunks, balancing the NS flops across ranks.
+def ns_cost(rows: int, cols: int) -> int:
+    """Flops of one Newton–Schulz step on a [rows, cols] matrix, up to a constant."""
+    return rows * cols * min(rows, cols)
+
+
+def plan_chunks(sizes: dict[Hashable, tuple[int, int]], world_size: int) -> list[Chunk]:
+    """Split each bucket {key: (count, cost of one matrix)} into per-rank chunks, balancing the cost.
 
     Deterministic: every rank computes the same plan from the same bucket sizes (in dict order).
     """
-    load = [0.0] * world_size
+    load = [0] * world_size
     chunks = []
-    for key, (count, m, n) in sizes.items():
-        cost = m * n * min(m, n)  # flops of one Newton–Schulz step, up to a constant
+    for key, (count, cost) in sizes.items():
         base, extra = divmod(count, world_size)
         # The ranks with the least work so far take the `extra` larger chunks (ties: lower rank).
         order = sorted(range(world_size), key=lambda r: (load[r], r))
@@ -68,7 +78,8 @@ def sharded_orthogonalize(
 ) -> dict[Hashable, Tensor]:
     """Orthogonalize each bucket [N, m, n] with the work split across the ranks of `group`."""
     world_size, rank = dist.get_world_size(group), dist.get_rank(group)
-    chunks = plan_chunks({key: tuple(stack.shape) for key, stack in buckets.items()}, world_size)
+    sizes = {key: (N, ns_cost(m, n)) for key, (N, m, n) in ((k, s.shape) for k, s in buckets.items())}
+    chunks = plan_chunks(sizes, world_size)
     first = next(iter(buckets.values()))
     # one dtype for the one all_gather buffer (all buckets live on the same device under DDP)
     dtype = next(iter(settings.values()))["dtype"] or default_ns_dtype(first.device)
@@ -103,13 +114,131 @@ def distributed_bucket_fn(enabled: bool | None) -> BucketFn | None:
     return sharded_orthogonalize
 
 
-def gather_full(t: Tensor) -> Tensor:
-    """The whole matrix of a DTensor (an FSDP2 shard) on every rank; a plain tensor as it is."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
+# -- FSDP2: row shards, each matrix orthogonalized by its owner ---------------------------------
 
 
-def shard_like(t: Tensor, param: Tensor) -> Tensor:
-    """The whole matrix `t` cut to `param`'s local shard when `param` is a DTensor (no communication)."""
-    if isinstance(param, DTensor):
-        return distribute_tensor(t, param.device_mesh, param.placements, src_data_rank=None)
-    return t
+def check_row_sharded(p: Tensor) -> None:
+    """Raise unless `p` is plain or a DTensor sharded by rows over a 1-D mesh (fully_shard's layout)."""
+    if isinstance(p, DTensor) and (p.device_mesh.ndim != 1 or tuple(p.placements) != (Shard(0),)):
+        raise ValueError(
+            f"Muon supports DTensor parameters sharded by rows over a 1-D mesh (fully_shard's default, "
+            f"placements (Shard(0),)); got a {p.device_mesh.ndim}-D mesh with placements {p.placements}. "
+            "shard the model with fully_shard on a 1-D mesh (HSDP and tensor parallelism are not supported)"
+        )
+
+
+@dataclass
+class RowShard:
+    """This rank's rows (`local`, [its rows, cols]) of the Muon input of a [rows, cols] matrix.
+
+    The matrix is orthogonalized as `heads` blocks of [rows // heads, cols] with the `orthogonalize`
+    keywords `ns` (dtype resolved).
+    """
+
+    local: Tensor
+    rows: int
+    heads: int
+    ns: dict[str, Any]
+
+    @property
+    def cols(self) -> int:
+        return self.local.shape[1]
+
+    @property
+    def key(self) -> Hashable:
+        """Matrices whose blocks have equal keys are orthogonalized in one batched call."""
+        return (self.rows // self.heads, self.cols, *ns_key(self.ns))
+
+
+def ns_key(ns: dict[str, Any]) -> tuple:
+    """The `orthogonalize` keywords as a hashable tuple, dtype first (batching needs them equal)."""
+    return tuple(ns[k] for k in ("dtype", "steps", "coefficients", "eps"))
+
+
+def row_ranges(rows: int, world_size: int) -> list[range]:
+    """Each rank's rows of a [rows, ...] tensor sharded by `Shard(0)` (torch.chunk's split, fully_shard's)."""
+    size = -(-rows // world_size)
+    return [range(min(r * size, rows), min((r + 1) * size, rows)) for r in range(world_size)]
+
+
+def assign_owners(shards: Sequence[RowShard], world_size: int) -> list[int]:
+    """The rank that orthogonalizes each matrix: NS flops balanced, same-shape matrices consecutive."""
+    by_shape: dict[Hashable, list[int]] = {}
+    for i, s in enumerate(shards):
+        by_shape.setdefault((s.rows, s.heads, s.key), []).append(i)
+    sizes = {}
+    for shape, members in by_shape.items():
+        s = shards[members[0]]
+        sizes[shape] = (len(members), s.heads * ns_cost(s.rows // s.heads, s.cols))
+    owners = [0] * len(shards)
+    for c in plan_chunks(sizes, world_size):
+        for i in by_shape[c.key][c.start : c.stop]:
+            owners[i] = c.rank
+    return owners
+
+
+def owner_orthogonalize(shards: Sequence[RowShard], group: dist.ProcessGroup | None = None) -> list[Tensor]:
+    """This rank's rows of each orthogonalized matrix, each matrix orthogonalized by its owner only.
+
+    Every rank passes its shards of the same matrices in the same order. Two all_to_all_single calls:
+    rows to the owners, then the owners' results back. The results have the Newton–Schulz dtype.
+    """
+    world_size, rank = dist.get_world_size(group), dist.get_rank(group)
+    ranges = [row_ranges(s.rows, world_size) for s in shards]
+    for s, rows in zip(shards, ranges, strict=True):
+        if s.local.shape[0] != len(rows[rank]):
+            raise ValueError(f"rank {rank} holds {s.local.shape[0]} rows of a {s.rows}-row matrix, expected "
+                             f"{len(rows[rank])}: Muon needs fully_shard's row split (torch.chunk's)")
+    owners = assign_owners(shards, world_size)
+    mine = [i for i, owner in enumerate(owners) if owner == rank]
+    to_owners = sorted(range(len(shards)), key=lambda i: owners[i])  # by owner, then index
+    # elements this rank sends to each rank and receives from each (the return trip is the reverse)
+    sent = [sum(len(ranges[i][rank]) * shards[i].cols for i in to_owners if owners[i] == dst)
+            for dst in range(world_size)]
+    received = [sum(len(ranges[i][src]) * shards[i].cols for i in mine) for src in range(world_size)]
+    dtype, device = shards[0].ns["dtype"], shards[0].local.device
+    recv = torch.empty(sum(received), dtype=dtype, device=device)
+    send = _flat([shards[i].local for i in to_owners], dtype, device)
+    dist.all_to_all_single(recv, send, received, sent, group=group)
+    whole = _orthogonalize_owned([shards[i] for i in mine], [ranges[i] for i in mine], recv, world_size)
+    back = _flat([m[r[dst].start : r[dst].stop] for dst in range(world_size)
+                  for m, r in zip(whole, (ranges[i] for i in mine), strict=True)], dtype, device)
+    out = torch.empty(sum(sent), dtype=dtype, device=device)
+    dist.all_to_all_single(out, back, sent, received, group=group)
+    results, offset = {}, 0
+    for i in to_owners:
+        size = len(ranges[i][rank]) * shards[i].cols
+        results[i] = out[offset : offset + size].view(-1, shards[i].cols)
+        offset += size
+    return [results[i] for i in range(len(shards))]
+
+
+def _flat(pieces: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The pieces flattened and concatenated in `dtype` (an empty tensor for none)."""
+    if not pieces:
+        return torch.empty(0, dtype=dtype, device=device)
+    return torch.cat([t.reshape(-1).to(dtype) for t in pieces])
+
+
+def _orthogonalize_owned(
+    owned: Sequence[RowShard], ranges: Sequence[list[range]], recv: Tensor, world_size: int
+) -> list[Tensor]:
+    """The owned matrices assembled from every rank's rows in `recv` (by source rank, then matrix) into
+    one stack per block shape, orthogonalized one call per stack; returned whole, [rows, cols] each."""
+    counts: dict[Hashable, int] = {}
+    blocks = []  # each owned matrix's blocks in its stack
+    for s in owned:
+        first = counts.get(s.key, 0)
+        blocks.append(slice(first, first + s.heads))
+        counts[s.key] = first + s.heads
+    stacks = {key: recv.new_empty(count, key[0], key[1]) for key, count in counts.items()}
+    matrices = [stacks[s.key][b].view(s.rows, s.cols) for s, b in zip(owned, blocks, strict=True)]
+    offset = 0
+    for src in range(world_size):
+        for matrix, r in zip(matrices, ranges, strict=True):
+            size = len(r[src]) * matrix.shape[1]
+            matrix[r[src].start : r[src].stop] = recv[offset : offset + size].view(-1, matrix.shape[1])
+            offset += size
+    ns = {s.key: s.ns for s in owned}
+    results = {key: orthogonalize(stack, **ns[key]) for key, stack in stacks.items()}
+    return [results[s.key][b].reshape(s.rows, s.cols) for s, b in zip(owned, blocks, strict=True)]

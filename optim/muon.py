@@ -4,9 +4,10 @@
 update, so it is a drop-in replacement, but faster: same-shape matrices are stacked into one bucket
 and orthogonalized by one call (batched, except large matrices on CPU, where a loop of 2-D matmuls is
 faster), the iteration runs in bf16 where matmul is native in bf16 (CUDA, CPUs with AVX512-BF16 or
-AMX) and in fp32 on other CPUs (where bf16 is emulated, slow), and under DDP each rank orthogonalizes
-only its share of the matrices (`optim.dist_muon`). `orthogonalize` (the
-Newton–Schulz step, `optim.newton_schulz`) is re-exported here.
+AMX) and in fp32 on other CPUs (where bf16 is emulated, slow), and across ranks each matrix is
+orthogonalized once: under DDP each rank orthogonalizes its share of the matrices, under FSDP2 each
+matrix's owner rank receives its rows from the others and sends back theirs of the result
+(`optim.dist_muon`). `orthogonalize` (the Newton–Schulz step, `optim.newton_schulz`) is re-exported here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
-from optim.dist_muon import distributed_bucket_fn, gather_full, shard_like
+from optim.dist_muon import RowShard, check_row_sharded, distributed_bucket_fn, ns_key, owner_orthogonalize
 from optim.newton_schulz import DEFAULT_COEFFICIENTS, default_ns_dtype, orthogonalize, orthogonalize_buckets
 
 __all__ = ["DEFAULT_COEFFICIENTS", "Muon", "adjusted_lr", "orthogonalize"]
@@ -45,9 +46,9 @@ def adjusted_lr(lr: float, adjust_lr_fn: str | None, rows: int, cols: int) -> fl
 class _Work:
     """One parameter's pending update: `heads` (1 unless split per head) [rows, cols] blocks.
 
-    The Muon input is lerp(source, buf, weight) (Nesterov) or `source` (buf None), the whole matrix
-    (an FSDP2 shard is gathered first). It is written straight into its bucket's [heads, rows, cols]
-    slot, cast to the Newton–Schulz dtype.
+    The Muon input is lerp(source, buf, weight) (Nesterov) or `source` (buf None). For a plain
+    parameter it is the whole matrix, written straight into its bucket's [heads, rows, cols] slot, cast
+    to the Newton–Schulz dtype; for a DTensor (FSDP2) `source` is this rank's rows of it (buf None).
     """
 
     param: Tensor
@@ -62,7 +63,7 @@ class _Work:
 
     @property
     def rows(self) -> int:
-        return self.param.shape[0] // self.heads
+        return self.param.shape[0] // self.heads  # a DTensor's shape is the whole matrix's
 
     @property
     def cols(self) -> int:
@@ -71,8 +72,7 @@ class _Work:
     @property
     def key(self) -> Hashable:
         """Matrices with equal keys are orthogonalized in one batched call."""
-        settings = tuple(self.ns[k] for k in ("dtype", "steps", "coefficients", "eps"))
-        return (self.rows, self.cols, self.param.device, *settings)
+        return (self.rows, self.cols, self.param.device, *ns_key(self.ns))
 
     def blocks(self, t: Tensor) -> Tensor:
         """`t` ([heads * rows, cols]) as [heads, rows, cols]."""
@@ -84,6 +84,13 @@ class _Work:
             slot.copy_(self.blocks(self.source))
         else:
             torch.lerp(self.blocks(self.source), self.blocks(self.buf), self.weight, out=slot)
+
+    def apply(self, update: Tensor) -> None:
+        """p <- p * (1 - lr * weight_decay) - adjusted_lr * update (for a DTensor: its rows of the update)."""
+        local = self.param.to_local() if isinstance(self.param, DTensor) else self.param
+        local.mul_(1 - self.lr * self.weight_decay)
+        scale = adjusted_lr(self.lr, self.adjust_lr_fn, self.rows, self.cols)
+        local.add_(update.reshape(local.shape), alpha=-scale)  # a view unless split per head
 
 
 class Muon(torch.optim.Optimizer):
@@ -98,8 +105,9 @@ class Muon(torch.optim.Optimizer):
     - `split_heads` (also a per-param-group key): orthogonalize a [n_heads * head_dim, d] matrix
       per attention head, i.e. each [head_dim, d] row block separately; the lr adjustment then uses
       the block's shape.
-    - `distributed`: share the Newton–Schulz work across DDP ranks (None: automatically when
-      torch.distributed is initialized with world_size > 1; False: every rank does all of it).
+    - `distributed`: share the Newton–Schulz work of plain (replicated) matrices across DDP ranks
+      (None: automatically when torch.distributed is initialized with world_size > 1; False: every
+      rank does all of it). DTensor matrices (FSDP2 shards) are always orthogonalized by their owner.
     """
 
     def __init__(
@@ -151,6 +159,7 @@ class Muon(torch.optim.Optimizer):
         group = self.param_groups[-1]
         heads = group["split_heads"]
         for p in group["params"]:
+            check_row_sharded(p)
             if p.ndim != 2:
                 raise ValueError(
                     f"Muon only optimizes 2-D matrices, got a parameter of shape {tuple(p.shape)}; "
@@ -187,8 +196,8 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_lerp_(bufs, grads, 1 - momentum)
             ns = dict(steps=group["ns_steps"], coefficients=tuple(group["ns_coefficients"]), eps=group["eps"])
             for p, g, buf in zip(params, grads, bufs, strict=True):
-                if isinstance(p, DTensor):  # FSDP2 shard: gather the whole update (one all-gather)
-                    source, buf_arg = gather_full(torch.lerp(g, buf, momentum) if nesterov else buf), None
+                if isinstance(p, DTensor):  # FSDP2: this rank's rows, sent to the matrix's owner
+                    source, buf_arg = (torch.lerp(g, buf, momentum) if nesterov else buf).to_local(), None
                 else:
                     source, buf_arg = (g, buf) if nesterov else (buf, None)
                 work.append(
@@ -213,8 +222,17 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        work = self._collect()
+        whole = [w for w in work if not isinstance(w.param, DTensor)]
+        sharded = [w for w in work if isinstance(w.param, DTensor)]
+        for w, update in self._whole_updates(whole) + self._sharded_updates(sharded):
+            w.apply(update)
+        return loss
+
+    def _whole_updates(self, work: list[_Work]) -> list[tuple[_Work, Tensor]]:
+        """Each plain matrix with its orthogonalized update, [heads, rows, cols] (shared across DDP ranks)."""
         by_key: dict[Hashable, list[_Work]] = {}
-        for w in self._collect():
+        for w in work:
             by_key.setdefault(w.key, []).append(w)
         buckets, settings = {}, {}
         for key, ws in by_key.items():
@@ -224,12 +242,19 @@ class Muon(torch.optim.Optimizer):
                 w.write_input(slot)
             settings[key] = ws[0].ns
         results = self._orthogonalize(buckets, settings) if buckets else {}
-        for key, ws in by_key.items():
-            for w, out in zip(ws, results[key].split([w.heads for w in ws]), strict=True):
-                w.param.mul_(1 - w.lr * w.weight_decay)
-                update = shard_like(out.reshape(w.param.shape), w.param)  # a view unless split per head
-                w.param.add_(update, alpha=-adjusted_lr(w.lr, w.adjust_lr_fn, w.rows, w.cols))
-        return loss
+        return [pair for key, ws in by_key.items()
+                for pair in zip(ws, results[key].split([w.heads for w in ws]), strict=True)]
+
+    @staticmethod
+    def _sharded_updates(work: list[_Work]) -> list[tuple[_Work, Tensor]]:
+        """Each DTensor matrix with this rank's rows of its orthogonalized update (made by its owner)."""
+        if not work:
+            return []
+        mesh = work[0].param.device_mesh
+        if any(w.param.device_mesh != mesh for w in work):
+            raise ValueError("Muon's DTensor parameters must all be sharded over one device mesh")
+        shards = [RowShard(w.source, w.param.shape[0], w.heads, w.ns) for w in work]
+        return list(zip(work, owner_orthogonalize(shards, mesh.get_group()), strict=True))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load state, keeping momentum buffers in fp32 (torch would cast them to the param dtype)."""

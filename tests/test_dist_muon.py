@@ -10,13 +10,19 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 import optim.dist_muon
-from optim.dist_muon import gather_full, plan_chunks
+from optim.dist_muon import plan_chunks, row_ranges
 from optim.muon import Muon
 
-SHAPES = [(24, 40), (24, 40), (24, 40), (40, 24), (16, 16), (32, 16)]  # 3 same-shape: uneven split
+# 3 same-shape (uneven split across 2 ranks), odd rows (7: shards of 4 and 3), one row (rank 1 holds
+# none of it), and two per-head matrices whose [8, 16] heads batch together: 4 heads, and 3 heads whose
+# middle one straddles the two ranks' row shards.
+SHAPES = [(24, 40), (24, 40), (24, 40), (40, 24), (16, 16), (7, 24), (1, 8), (32, 16), (24, 16)]
+BLOCKS_PER_STEP = 3 + 1 + 1 + 1 + 1 + 4 + 3  # matrices orthogonalized per step, heads counted
 STEPS_BEFORE_SAVE, STEPS_AFTER_SAVE = 3, 2
 
 
@@ -26,18 +32,47 @@ def _params() -> list[torch.Tensor]:
 
 
 def _muon(params: list[torch.Tensor]) -> Muon:
-    # the last matrix is split into 4 heads of [8, 16]: per-head matrices are shared out too
-    return Muon([{"params": params[:-1]}, {"params": params[-1:], "split_heads": 4}], lr=0.02,
-                weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    return Muon([{"params": params[:-2]}, {"params": params[-2:-1], "split_heads": 4},
+                 {"params": params[-1:], "split_heads": 3}], lr=0.02, weight_decay=0.1,
+                adjust_lr_fn="match_rms_adamw", ns_dtype=torch.float32)
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a DTensor (collective); a plain tensor as it is."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def _steps(params: list[torch.Tensor], opt: Muon, start: int, count: int) -> None:
-    """Steps start..start+count-1 with gradients that depend only on the step (same on every rank)."""
+    """Steps start..start+count-1 with gradients that depend only on the step (same on every rank;
+    a DTensor parameter gets this rank's rows of it)."""
     for step in range(start, start + count):
         gen = torch.Generator().manual_seed(100 + step)
         for p in params:
-            p.grad = torch.randn(p.shape, generator=gen)
+            grad = torch.randn(p.shape, generator=gen)
+            p.grad = distribute_tensor(grad, p.device_mesh, p.placements, src_data_rank=None) \
+                if isinstance(p, DTensor) else grad
         opt.step()
+
+
+def _sharded_muon_run(sent: list[int]) -> list[torch.Tensor]:
+    """The Muon steps on row shards of the same matrices (fully_shard's layout); the whole results."""
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    params = [torch.nn.Parameter(distribute_tensor(p.detach(), mesh, [Shard(0)], src_data_rank=None))
+              for p in _params()]
+    opt = _muon(params)
+    real = dist.all_to_all_single
+
+    def counting(output, input, output_split_sizes, input_split_sizes, group=None):
+        # elements this rank receives from the other ranks (its own rows are a local copy)
+        sent.append(sum(output_split_sizes) - output_split_sizes[dist.get_rank(group)])
+        return real(output, input, output_split_sizes, input_split_sizes, group=group)
+
+    optim.dist_muon.dist.all_to_all_single = counting
+    try:
+        _steps(params, opt, 0, STEPS_BEFORE_SAVE + STEPS_AFTER_SAVE)
+    finally:
+        optim.dist_muon.dist.all_to_all_single = real
+    return [_full(p.detach()) for p in params]
 
 
 def _tiny_cfg() -> tuple:
@@ -69,8 +104,8 @@ def _train_transformer(wrap) -> dict[str, torch.Tensor]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    full = {k: gather_full(v.detach()) for k, v in model.state_dict().items()}
-    momentum = {n: gather_full(opt.state[p]["momentum_buffer"]) for n, p in model.named_parameters()
+    full = {k: _full(v.detach()) for k, v in model.state_dict().items()}
+    momentum = {n: _full(opt.state[p]["momentum_buffer"]) for n, p in model.named_parameters()
                 if "momentum_buffer" in opt.state[p]}
     return {"params": full, "momentum": momentum}
 
@@ -97,11 +132,16 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
     _steps(params, opt, 0, STEPS_BEFORE_SAVE)
     saved = copy.deepcopy(opt.state_dict())  # state_dict() holds references to the live buffers
     _steps(params, opt, STEPS_BEFORE_SAVE, STEPS_AFTER_SAVE)
-    muon_share = list(orthogonalized)  # the Muon steps' share (the DDP run below adds more)
+    muon_share = list(orthogonalized)  # the Muon steps' share (the runs below add more)
+    orthogonalized.clear()
+    received: list[int] = []
+    sharded = _sharded_muon_run(received)
+    sharded_share = list(orthogonalized)
     ddp = _train_transformer(lambda m: torch.nn.parallel.DistributedDataParallel(m))
     fsdp = _train_transformer(_fully_shard)
     torch.save({"params": [p.detach() for p in params], "saved": saved, "state": opt.state_dict(),
-                "orthogonalized": muon_share, "ddp": ddp, "fsdp": fsdp}, Path(out) / f"rank{rank}.pt")
+                "orthogonalized": muon_share, "sharded": sharded, "sharded_orthogonalized": sharded_share,
+                "received": received, "ddp": ddp, "fsdp": fsdp}, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -127,9 +167,9 @@ def one_process() -> tuple[list[torch.Tensor], Muon]:
 
 
 def test_plan_chunks_covers_every_matrix_and_balances():
-    sizes = {"a": (5, 64, 64), "b": (1, 128, 512), "c": (4, 8, 8)}
+    sizes = {"a": (5, 64**3), "b": (1, 128 * 512 * 128), "c": (4, 8**3)}
     chunks = plan_chunks(sizes, 2)
-    for key, (count, _, _) in sizes.items():
+    for key, (count, _) in sizes.items():
         mine = [c for c in chunks if c.key == key]
         assert [c.rank for c in mine] == [0, 1]
         assert mine[0].start == 0 and mine[0].stop == mine[1].start and mine[1].stop == count
@@ -137,7 +177,15 @@ def test_plan_chunks_covers_every_matrix_and_balances():
     # "a": rank 0 takes the extra matrix; "b" (single): goes to rank 1, the less loaded one
     assert [(c.start, c.stop) for c in chunks if c.key == "b"] == [(0, 0), (0, 1)]
     assert plan_chunks(sizes, 2) == chunks  # deterministic
-    assert all(c.stop - c.start in (2, 3) for c in plan_chunks({"x": (11, 4, 4)}, 4))
+    assert all(c.stop - c.start in (2, 3) for c in plan_chunks({"x": (11, 64)}, 4))
+
+
+def test_row_ranges_split_as_torch_chunk():
+    """fully_shard splits rows as torch.chunk does (the last ranks may get fewer or none)."""
+    for rows in (1, 5, 7, 8, 24):
+        for world in (2, 3, 4):
+            chunks = [len(c) for c in torch.arange(rows).chunk(world)]
+            assert [len(r) for r in row_ranges(rows, world)] == chunks + [0] * (world - len(chunks))
 
 
 def test_two_ranks_match_one_process(two_ranks, one_process):
@@ -150,11 +198,29 @@ def test_two_ranks_match_one_process(two_ranks, one_process):
         assert torch.equal(a, b)
 
 
-def test_each_rank_orthogonalized_only_its_share(two_ranks):
-    per_step = 3 + 1 + 1 + 4  # (24,40)x3, (40,24), (16,16), 4 heads of (8,16)
-    total = (STEPS_BEFORE_SAVE + STEPS_AFTER_SAVE) * per_step
-    counts = [sum(r["orthogonalized"]) for r in two_ranks]
+@pytest.mark.parametrize("kind", ["orthogonalized", "sharded_orthogonalized"])
+def test_each_rank_orthogonalized_only_its_share(two_ranks, kind):
+    total = (STEPS_BEFORE_SAVE + STEPS_AFTER_SAVE) * BLOCKS_PER_STEP
+    counts = [sum(r[kind]) for r in two_ranks]
     assert sum(counts) == total and min(counts) > 0, counts
+
+
+def test_row_sharded_muon_matches_one_process(two_ranks, one_process):
+    """FSDP2's layout (DTensor row shards): each matrix's rows all-to-all to its owner and back."""
+    params, _ = one_process
+    for rank_result in two_ranks:
+        for got, want in zip(rank_result["sharded"], params, strict=True):
+            torch.testing.assert_close(got, want.detach(), rtol=0, atol=1e-6)
+
+
+def test_row_sharded_muon_moves_a_world_size_less_than_gathering(two_ranks):
+    """Per step, all ranks together receive about 2 (W-1)/W of the matrices' elements (there and back);
+    gathering every matrix on every rank and sharing the results would move 2 (W-1) times them."""
+    steps, world = STEPS_BEFORE_SAVE + STEPS_AFTER_SAVE, 2
+    received = sum(sum(r["received"]) for r in two_ranks) / steps
+    elements = sum(rows * cols for rows, cols in SHAPES)
+    gathering = 2 * (world - 1) * elements
+    assert 0 < received <= gathering / world + sum(2 * cols for _, cols in SHAPES)
 
 
 def test_state_is_complete_and_identical_on_every_rank(two_ranks, one_process):
