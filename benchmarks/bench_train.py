@@ -123,12 +123,16 @@ class TrainStep:
         )
 
     def loss(self) -> torch.Tensor:
-        """Forward and the same cross-entropy as training/trainer.py (fp32 whatever the autocast dtype)."""
+        """Forward and the fp32 cross-entropy, each model its own way.
+
+        muonlab as training/trainer.py calls it: model(inputs, targets), the fused head + loss of
+        model/loss.py. Llama: its logits, then the loss transformers' own `loss_function` computes
+        (upcast to fp32, cross-entropy).
+        """
         with self.autocast:
-            if self.is_llama:
-                logits = self.forward(input_ids=self.inputs, use_cache=False).logits
-            else:
-                logits = self.forward(self.inputs)
+            if not self.is_llama:
+                return self.forward(self.inputs, self.targets)
+            logits = self.forward(input_ids=self.inputs, use_cache=False).logits
         return F.cross_entropy(logits.float().flatten(0, 1), self.targets.flatten())
 
     def __call__(self) -> None:

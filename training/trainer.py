@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from omegaconf import DictConfig, OmegaConf
@@ -216,8 +215,7 @@ class Trainer:
             rows = rows.to(acc.device, non_blocking=True)
             # Gradients are all-reduced only on the last micro-batch of the step.
             with acc.no_sync(self.model) if i < plan.accum - 1 else nullcontext():
-                logits = self.model(rows[:, :-1])
-                loss = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten()) / plan.accum
+                loss = self.model(rows[:, :-1], rows[:, 1:]) / plan.accum  # fused head + cross-entropy
                 acc.backward(loss)
             loss_sum += loss.detach()
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
