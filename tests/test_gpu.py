@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from model import ModelConfig, Transformer
+from model.loss import linear_cross_entropy
 from optim.muon import orthogonalize
 
 pytestmark = [
@@ -102,3 +103,33 @@ def test_orthogonalize_bf16_on_cuda_close_to_fp32() -> None:
     # Both are near-orthogonal: singular values within Newton–Schulz's band around 1.
     s = torch.linalg.svdvals(X16.float())
     assert s.min() > 0.5 and s.max() < 1.5
+
+
+def test_fused_loss_on_cuda_matches_logits_path_and_saves_memory() -> None:
+    model, batch = _model_and_batch()
+    _, loss_ref, grads_ref = _loss_and_grads(model, batch, bf16=True)
+    compiled = torch.compile(model)
+    model.zero_grad(set_to_none=True)
+    torch.cuda.reset_peak_memory_stats()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = compiled(batch[:, :-1], batch[:, 1:])
+    loss.backward()
+    assert abs(loss.item() - loss_ref.item()) < 1e-2 * loss_ref.item()
+    for (name, p), g_ref in zip(model.named_parameters(), grads_ref, strict=True):
+        assert _cosine(p.grad, g_ref) > 0.99, name
+    # A large vocabulary: the fused loss never holds [tokens, vocab] logits, so it peaks lower.
+    head = torch.randn(32768, 256, device="cuda", requires_grad=True)
+    h = torch.randn(8192, 256, device="cuda", requires_grad=True)
+    targets = torch.randint(0, 32768, (8192,), device="cuda")
+    peaks = []
+    for fused in (True, False):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = (linear_cross_entropy(h, head, targets) if fused
+                   else F.cross_entropy(F.linear(h, head).float(), targets))
+        out.backward()
+        peaks.append(torch.cuda.max_memory_allocated() - base)
+        head.grad = h.grad = None
+    assert peaks[0] < 0.5 * peaks[1], peaks  # plain: ~3 x 8192 x 32768 x 4 B of logits alive
