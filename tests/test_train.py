@@ -1,4 +1,5 @@
-"""End-to-end runs of train.py on CPU: loss goes down, exact resume, 1 vs 2 processes, bad input."""
+"""End-to-end runs of train.py on CPU: loss goes down, exact resume, 1 vs 2 processes (DDP and FSDP2),
+bad input."""
 
 from __future__ import annotations
 
@@ -57,6 +58,9 @@ LAUNCHERS = {
     "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
     "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
                    "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no"],
+    "accelerate-fsdp": [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version=2",
+                        "--num_processes=2", "--num_machines=1", "--mixed_precision=no",
+                        "--dynamo_backend=no"],
 }
 
 
@@ -71,7 +75,7 @@ def run_train(args: list[str], launcher: str = "python", check: bool = True) -> 
            "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     # A free rendezvous port each time: accelerate's default (29500) may still be held by an
     # earlier test's process group.
-    port = ["--main_process_port", str(free_port())] if launcher == "accelerate" else []
+    port = ["--main_process_port", str(free_port())] if launcher.startswith("accelerate") else []
     cmd = [*LAUNCHERS[launcher], *port, "train.py", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
@@ -200,6 +204,51 @@ def test_checkpoints_move_between_process_counts(reference_run, ddp_run, base_ar
     run_train([*base_args, f"run.dir={run}"], launcher="torchrun")
     assert json.loads((run / "summary.json").read_text())["processes"] == 2
     assert_same_training(run, reference_run)
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(base_args, tmp_path_factory) -> Path:
+    """`accelerate launch --use_fsdp --fsdp_version 2`, 2 processes of 2 micro-batches each."""
+    run = tmp_path_factory.mktemp("runs") / "fsdp"
+    proc = run_train([*base_args, "train.micro_batch_size=2", f"run.dir={run}"], launcher="accelerate-fsdp")
+    assert "sharded over 2 processes" in proc.stdout
+    return run
+
+
+def test_fsdp_matches_one_process(reference_run, fsdp_run):
+    assert json.loads((fsdp_run / "summary.json").read_text())["processes"] == 2
+    assert_same_training(fsdp_run, reference_run)
+    # spectra come from the main process's whole copy of the sharded model, refreshed at every eval
+    ref, got = read_metrics(reference_run)[-1], read_metrics(fsdp_run)[-1]
+    spectra = [k for k in ref if k.startswith("spectra/")]
+    assert spectra and ref["step"] == got["step"] == 20
+    for key in spectra:
+        assert got[key] == pytest.approx(ref[key], rel=1e-4), key
+
+
+def test_fsdp_checkpoints_resume_in_any_mode(reference_run, fsdp_run, base_args, tmp_path):
+    """Whole weights and optimizer state: an FSDP2 checkpoint resumes in 1 process, and a 1-process
+    one under FSDP2 turned on by the config (torchrun)."""
+    run = interrupted_copy(fsdp_run, tmp_path / "fsdp_then_single")
+    run_train([*base_args, f"run.dir={run}"])
+    assert_same_training(run, fsdp_run)
+    run = interrupted_copy(reference_run, tmp_path / "single_then_fsdp")
+    proc = run_train([*base_args, "train.fsdp=true", f"run.dir={run}"], launcher="torchrun")
+    assert "sharded over 2 processes" in proc.stdout
+    assert_same_training(run, reference_run)
+
+
+def test_fsdp_version_1_is_one_error_line(base_args, tmp_path, monkeypatch):
+    # what `accelerate launch --use_fsdp` without --fsdp_version 2 puts in the environment
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    run = tmp_path / "fsdp1"
+    proc = run_train([*base_args, f"run.dir={run}"], check=False)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error:") and "--fsdp_version 2" in lines[-1]
+    assert "Traceback" not in proc.stderr
+    assert not run.exists()
 
 
 def test_wandb_offline_logs_the_same_metrics(base_args, tmp_path):

@@ -4,6 +4,11 @@ A checkpoint holds what `accelerator.save_state` writes (model weights as model.
 states of every process, registered objects such as the optimizer and the loop state). It is
 written to `.tmp_step_<N>` and renamed only once complete, so a directory named `step_<N>` is
 always whole; older ones beyond `keep` are removed after the new one is in place.
+
+Under FSDP2 the same files hold the same whole tensors: the sharded model's weights are gathered
+into model.safetensors (`checkpoint_whole_weights`) and the optimizer's sharded state is gathered
+too (`WholeOptimizerState`), so a checkpoint resumes in any mode (1 process, DDP, FSDP2) and on any
+number of processes.
 """
 
 from __future__ import annotations
@@ -12,8 +17,19 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
+import torch
 from accelerate import Accelerator
+from accelerate.utils import SAFE_WEIGHTS_NAME, save
+from safetensors.torch import load_file
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 COMPLETE_MARKER = "loop_state.json"
@@ -66,3 +82,59 @@ def load_checkpoint(accelerator: Accelerator, ckpt: Path) -> dict:
                                 "pass a checkpoints/step_<N> directory or train.resume=auto")
     accelerator.load_state(str(ckpt))
     return json.loads((ckpt / COMPLETE_MARKER).read_text())
+
+
+class WholeOptimizerState:
+    """What accelerate checkpoints for `optimizer`: its state_dict with whole tensors.
+
+    A DTensor (FSDP2 shard) in the state is gathered on save (`state_dict` is then a collective:
+    accelerate calls it on every rank) and cut back to this rank's shard on load, so the file is the
+    one a 1-process or DDP run writes. Plain state passes through unchanged.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        return _whole(self.optimizer.state_dict())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state_dict)
+        for param, state in self.optimizer.state.items():
+            if not isinstance(param, DTensor):
+                continue
+            for key, value in state.items():
+                # per-element state (momentum, Adam's moments) has the parameter's shape; "step" does not
+                if not isinstance(value, DTensor) and value.shape == param.shape:
+                    # every rank holds the whole tensor: each keeps its own rows, no communication
+                    shard = distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+                    state[key] = shard.clone()  # not a view that would keep the whole tensor alive
+
+
+def _whole(tree: Any) -> Any:
+    """`tree` (nested dicts) with every DTensor gathered whole onto the CPU, in iteration order."""
+    if isinstance(tree, DTensor):
+        return tree.full_tensor().cpu()
+    if isinstance(tree, dict):
+        return {k: _whole(v) for k, v in tree.items()}
+    return tree
+
+
+def checkpoint_whole_weights(accelerator: Accelerator, model: nn.Module) -> None:
+    """Save and load the weights of a fully_shard-ed `model`, which is not registered with accelerate,
+    as the whole model.safetensors that accelerate writes for a plain or DDP model.
+
+    Through accelerate's save/load hooks, which run on every rank inside save_state/load_state.
+    """
+    def save_weights(_models: list, _weights: list, output_dir: str) -> None:
+        # rank 0 gets the whole tensors, on the CPU; accelerate's `save` writes on the main process only
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        save(get_model_state_dict(model, options=options), Path(output_dir) / SAFE_WEIGHTS_NAME,
+             safe_serialization=True)
+
+    def load_weights(_models: list, input_dir: str) -> None:
+        whole = load_file(Path(input_dir) / SAFE_WEIGHTS_NAME)
+        set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True))
+
+    accelerator.register_save_state_pre_hook(save_weights)
+    accelerator.register_load_state_pre_hook(load_weights)

@@ -74,6 +74,7 @@ class TrainSection:
     resume: str = "auto"  # auto | none | path to a checkpoint directory
     compile: bool = False
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    fsdp: bool = False  # FSDP2: shard weights, gradients, optimizer state (as accelerate launch --use_fsdp)
 
 
 @dataclass
@@ -198,7 +199,7 @@ def run_dir(cfg: DictConfig) -> Path:
 # Keys that may change between an interrupted run and its resumption without changing its result.
 RESUMABLE_KEYS = (
     "train.steps", "train.resume", "train.micro_batch_size", "train.compile", "train.log_every",
-    "train.checkpoint_every", "train.keep_checkpoints", "run.dir", "run.name",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.fsdp", "run.dir", "run.name",
 )
 
 

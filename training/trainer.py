@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -35,9 +35,16 @@ from optim.build import build_optimizer
 from optim.groups import format_routing_table, routing_json
 from optim.schedules import lr_multiplier
 from training.batching import BatchPlan
-from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from training.checkpoint import (
+    WholeOptimizerState,
+    checkpoint_whole_weights,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from training.config import ConfigError, resume_conflicts, run_dir, run_name
 from training.evaluate import Evaluator
+from training.fsdp import autocast_forward, copy_full_weights, fsdp_requested, main_copy, shard_model
 from training.logger import MetricsLogger, truncate_after
 from training.qa_eval import QAEval
 from training.summary import print_summary, write_json, write_summary
@@ -51,16 +58,12 @@ def make_accelerator(cfg: DictConfig) -> Accelerator:
     precision = cfg.train.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "fp32"
-    accelerator = Accelerator(
+    return Accelerator(
         # Without a GPU, cpu=True is what makes accelerate see a torchrun launch as MULTI_CPU (gloo).
         cpu=not torch.cuda.is_available(),
         mixed_precision="bf16" if precision == "bf16" else "no",
         log_with="wandb" if cfg.logging.wandb else None,
     )
-    if accelerator.distributed_type == DistributedType.FSDP:
-        raise ConfigError("train.py runs data-parallel (DDP) only: launch without the FSDP plugin "
-                          "(accelerate launch --multi_gpu, or torchrun)")
-    return accelerator
 
 
 def prepare_data(cfg: DictConfig, accelerator: Accelerator) -> Path:
@@ -91,6 +94,7 @@ class Trainer:
         self.accelerator = accelerator = make_accelerator(cfg)
         self.is_main = accelerator.is_main_process
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.sharded = fsdp_requested(cfg) and self.world > 1  # one process: nothing to shard
         self.out_dir = run_dir(cfg)
         self.plan = BatchPlan.of(cfg.train.batch_size, cfg.train.micro_batch_size, self.world)
         self.data_dir = prepare_data(cfg, accelerator)
@@ -115,10 +119,15 @@ class Trainer:
         """Train to `train.steps` (resuming if a checkpoint is there); returns the summary."""
         cfg, acc = self.cfg, self.accelerator
         self._start_run_dir()
-        model = torch.compile(self.model) if cfg.train.compile else self.model
-        self.model = acc.prepare(model)
-        self.raw_model = acc.unwrap_model(self.model)
-        acc.register_for_checkpointing(self.optimizer)
+        # Under FSDP2 the main process evaluates spectra and QA on a whole copy of the model.
+        self.whole_copy = self.sharded and (cfg.metrics.spectra_every != 0 or self.qa is not None)
+        if self.sharded:
+            self._shard()
+        else:
+            model = torch.compile(self.model) if cfg.train.compile else self.model
+            self.model = acc.prepare(model)
+            self.raw_model = acc.unwrap_model(self.model)
+        acc.register_for_checkpointing(WholeOptimizerState(self.optimizer))
         start, self.wall_before = 0, 0.0
         if self.resume_from is not None:
             state = load_checkpoint(acc, self.resume_from)
@@ -135,7 +144,7 @@ class Trainer:
         self.train_loss = float("nan")
         self.run_start = time.perf_counter() - self.wall_before
         if start == 0:
-            self._evaluate(0)
+            self._evaluate_at(0)
         self._loop(start)
         return self._finish(start)
 
@@ -153,6 +162,22 @@ class Trainer:
                 (out / "metrics.jsonl").unlink(missing_ok=True)
                 shutil.rmtree(out / "checkpoints", ignore_errors=True)
         self.accelerator.wait_for_everyone()
+
+    def _shard(self) -> None:
+        """FSDP2: shard the model over the processes and rebuild the optimizer on its parameters.
+
+        The optimizer built in __init__ (which validated the routing) holds the parameters that
+        fully_shard replaced with DTensors. `raw_model` is the whole copy on the main process.
+        """
+        cfg, acc = self.cfg, self.accelerator
+        self.main_copy = main_copy(self.model, acc) if self.whole_copy else None
+        self.sharded_model = autocast_forward(shard_model(self.model, acc.device, self.world), acc)
+        self.optimizer = build_optimizer(self.sharded_model, cfg.optim)
+        checkpoint_whole_weights(acc, self.sharded_model)
+        self.model = torch.compile(self.sharded_model) if cfg.train.compile else self.sharded_model
+        self.raw_model = self.main_copy if self.main_copy is not None else self.sharded_model
+        if self.is_main:
+            print(f"FSDP2: weights, gradients and optimizer state sharded over {self.world} processes")
 
     def _build_evaluation(self) -> None:
         """Validation rows, tail buckets, QA items, FLOP counts (no validation split: QA/spectra only)."""
@@ -194,7 +219,7 @@ class Trainer:
                 loss_sum.zero_()
                 window_steps, window_start = 0, time.perf_counter()
             if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
-                self._evaluate(done)
+                self._evaluate_at(done)
             if checkpoint_due:
                 state = {"step": done, "tokens": done * self.tokens_per_step,
                          "wall_time_s": time.perf_counter() - self.run_start}
@@ -248,6 +273,12 @@ class Trainer:
             metrics.update(self.qa(self.raw_model))
         self.last_eval = metrics
         self.logger.log(metrics, step)
+
+    def _evaluate_at(self, step: int) -> None:
+        """`_evaluate`, after the main process's whole copy is refreshed (FSDP2; every rank gathers)."""
+        if self.whole_copy:
+            copy_full_weights(self.sharded_model, self.main_copy)
+        self._evaluate(step)
 
     def _finish(self, start: int) -> dict:
         cfg = self.cfg.train
