@@ -11,12 +11,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 import optim.dist_muon
 from optim.dist_muon import plan_chunks, row_ranges
 from optim.muon import Muon
+from training.fsdp import shard_model
 
 # 3 same-shape (uneven split across 2 ranks), odd rows (7: shards of 4 and 3), one row (rank 1 holds
 # none of it), and two per-head matrices whose [8, 16] heads batch together: 4 heads, and 3 heads whose
@@ -111,9 +111,7 @@ def _train_transformer(wrap) -> dict[str, torch.Tensor]:
 
 
 def _fully_shard(model: torch.nn.Module) -> torch.nn.Module:
-    for layer in model.model.layers:
-        fully_shard(layer)
-    return fully_shard(model)
+    return shard_model(model, torch.device("cpu"), dist.get_world_size())  # as train.py shards it
 
 
 def _worker(rank: int, world_size: int, port: int, out: str) -> None:
