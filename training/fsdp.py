@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from omegaconf import DictConfig
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from model import Transformer
 from training.config import ConfigError
@@ -63,11 +63,14 @@ def main_copy(model: nn.Module, accelerator: Accelerator) -> nn.Module | None:
 
 
 @torch.no_grad()
-def copy_full_weights(sharded: nn.Module, copy_on_main: nn.Module | None) -> None:
+def copy_full_weights(sharded: FSDPModule, copy_on_main: nn.Module | None) -> None:
     """Gather every parameter of `sharded` whole into `copy_on_main` (None off the main process).
 
     A collective: every rank must call it, in the same order.
     """
+    # The root unit is not resharded after a forward without backward (an eval): its parameters
+    # would be plain gathered tensors, not DTensors.
+    sharded.reshard()
     targets = dict(copy_on_main.named_parameters()) if copy_on_main is not None else {}
     for name, param in sharded.named_parameters():
         full = param.full_tensor()
