@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
 import optim.dist_muon
 from optim.dist_muon import plan_chunks, row_ranges
@@ -73,6 +73,16 @@ def _sharded_muon_run(sent: list[int]) -> list[torch.Tensor]:
     finally:
         optim.dist_muon.dist.all_to_all_single = real
     return [_full(p.detach()) for p in params]
+
+
+def _layout_error() -> str:
+    """Muon's error for a DTensor that is not sharded by rows (here: replicated over the mesh)."""
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    try:
+        Muon([torch.nn.Parameter(distribute_tensor(torch.zeros(4, 4), mesh, [Replicate()]))])
+    except ValueError as err:
+        return str(err)
+    return "no error"
 
 
 def _tiny_cfg() -> tuple:
@@ -139,7 +149,8 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
     fsdp = _train_transformer(_fully_shard)
     torch.save({"params": [p.detach() for p in params], "saved": saved, "state": opt.state_dict(),
                 "orthogonalized": muon_share, "sharded": sharded, "sharded_orthogonalized": sharded_share,
-                "received": received, "ddp": ddp, "fsdp": fsdp}, Path(out) / f"rank{rank}.pt")
+                "received": received, "layout_error": _layout_error(), "ddp": ddp, "fsdp": fsdp},
+               Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -209,6 +220,11 @@ def test_row_sharded_muon_matches_one_process(two_ranks, one_process):
     for rank_result in two_ranks:
         for got, want in zip(rank_result["sharded"], params, strict=True):
             torch.testing.assert_close(got, want.detach(), rtol=0, atol=1e-6)
+
+
+def test_other_dtensor_layouts_are_rejected_clearly(two_ranks):
+    for rank_result in two_ranks:
+        assert "sharded by rows" in rank_result["layout_error"] and "Replicate" in rank_result["layout_error"]
 
 
 def test_row_sharded_muon_moves_a_world_size_less_than_gathering(two_ranks):
