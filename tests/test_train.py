@@ -130,6 +130,10 @@ def test_training_lowers_loss_and_writes_the_run_directory(reference_run):
     assert all({"train/lr", "train/grad_norm", "perf/tokens_per_s"} <= e.keys() for e in train)
     assert "eval/tail/loss_b0" in evals[20] and "eval/tail/gap" in evals[20]
     assert any(k.startswith("spectra/v/") for k in evals[20])
+    # the spectrum of the update of the step before each eval (none before the first step)
+    assert any(k.startswith("spectra_update/v/") for k in evals[20])
+    assert any(k.startswith("spectra_update/v/") for k in evals[10])
+    assert not any(k.startswith("spectra_update/") for k in evals[0])
     summary = json.loads((reference_run / "summary.json").read_text())
     assert summary["processes"] == 1
     assert summary["final/eval_loss"] == pytest.approx(evals[20]["eval/loss"])
@@ -166,6 +170,16 @@ def ddp_run(base_args, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "ddp"
     run_train([*base_args, "train.micro_batch_size=2", f"run.dir={run}"], launcher="accelerate")
     return run
+
+
+def test_muon_updates_are_isotropic_adamw_updates_are_not(base_args, tmp_path):
+    """The paper's mechanism, seen in one run's update spectra: V and O on Muon, Q and K on AdamW."""
+    run = tmp_path / "vo"
+    run_train([*base_args, "optim.muon=v,o", "train.checkpoint_every=0", f"run.dir={run}"])
+    last = read_metrics(run)[-1]
+    entropy = {g: last[f"spectra_update/{g}/svd_entropy"] for g in ("q", "k", "v", "o")}
+    assert min(entropy["v"], entropy["o"]) > 0.85, entropy  # orthogonalized: a nearly flat spectrum (~0.9)
+    assert max(entropy["q"], entropy["k"]) < min(entropy["v"], entropy["o"]) - 0.3, entropy  # ~0.25-0.4
 
 
 def assert_same_training(run: Path, reference: Path) -> None:
@@ -220,7 +234,7 @@ def test_fsdp_matches_one_process(reference_run, fsdp_run):
     assert_same_training(fsdp_run, reference_run)
     # spectra come from the main process's whole copy of the sharded model, refreshed at every eval
     ref, got = read_metrics(reference_run)[-1], read_metrics(fsdp_run)[-1]
-    spectra = [k for k in ref if k.startswith("spectra/")]
+    spectra = [k for k in ref if k.startswith(("spectra/", "spectra_update/"))]
     assert spectra and ref["step"] == got["step"] == 20
     for key in spectra:
         assert got[key] == pytest.approx(ref[key], rel=1e-4), key

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from data.loader import TokenLoader, check_vocab, val_batches
 from data.prepare import ensure_prepared
-from metrics.spectra import model_spectra
+from metrics.spectra import model_spectra, snapshot_weights, update_spectra
 from metrics.throughput import flops_per_token, mfu, peak_flops
 from model import ModelConfig, Transformer
 from model.presets import resolve_model_config
@@ -141,6 +141,7 @@ class Trainer:
                                   cfg.train.seed, rank=self.rank, world_size=self.world,
                                   aligned=cfg.data.bos_aligned)
         self.last_eval: dict[str, float] = {}
+        self.weights_before: dict[str, torch.Tensor] | None = None
         self.train_loss = float("nan")
         self.run_start = time.perf_counter() - self.wall_before
         if start == 0:
@@ -207,7 +208,7 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=start, disable=not self.is_main, desc="train", unit="step",
                    dynamic_ncols=True)
         for step in range(start, cfg.steps):
-            grad_norm = self._step(step, loss_sum)
+            grad_norm = self._step(step, loss_sum, snapshot=self._spectra_due(step + 1))
             done, window_steps = step + 1, window_steps + 1
             bar.update(1)
             every = cfg.checkpoint_every
@@ -218,7 +219,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{self.train_loss:.3f}", tok_s=f"{tok_s:,.0f}")
                 loss_sum.zero_()
                 window_steps, window_start = 0, time.perf_counter()
-            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+            if self._eval_due(done):
                 self._evaluate_at(done)
             if checkpoint_due:
                 state = {"step": done, "tokens": done * self.tokens_per_step,
@@ -226,8 +227,19 @@ class Trainer:
                 save_checkpoint(self.accelerator, self.out_dir, done, state, cfg.keep_checkpoints)
         bar.close()
 
-    def _step(self, step: int, loss_sum: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on the global batch at `step`; adds its loss to `loss_sum` (no sync)."""
+    def _eval_due(self, step: int) -> bool:
+        every = self.cfg.train.eval_every
+        return bool(every) and step % every == 0 or step == self.cfg.train.steps
+
+    def _spectra_due(self, step: int) -> bool:
+        return self._eval_due(step) and _due(step, self.cfg.metrics.spectra_every, self.cfg.train.steps)
+
+    def _step(self, step: int, loss_sum: torch.Tensor, snapshot: bool = False) -> torch.Tensor:
+        """One optimizer step on the global batch at `step`; adds its loss to `loss_sum` (no sync).
+
+        snapshot: keep the hidden weights from before the update, for the next evaluation's
+        `spectra_update/*` (the spectrum of this step's update).
+        """
         cfg, acc, plan = self.cfg, self.accelerator, self.plan
         mult = lr_multiplier(step, cfg.train.steps, cfg.optim.schedule, cfg.optim.warmup_steps,
                              cfg.optim.min_lr_ratio, cfg.optim.decay_fraction)
@@ -245,9 +257,18 @@ class Trainer:
             loss_sum += loss.detach()
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip)
+        if snapshot:
+            self._snapshot_weights()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
+
+    def _snapshot_weights(self) -> None:
+        """The main process's copy of the hidden weights as they are now (under FSDP2 every rank gathers)."""
+        if self.whole_copy:
+            copy_full_weights(self.sharded_model, self.main_copy)
+        if self.is_main:
+            self.weights_before = snapshot_weights(self.raw_model)
 
     def _log_train(self, step: int, mean_loss: torch.Tensor, grad_norm: torch.Tensor, tok_s: float) -> None:
         # The only host-device synchronisation of the loop: at logging and checkpoint steps.
@@ -269,6 +290,9 @@ class Trainer:
         # Spectra and QA run on the main process only: they read the (replicated) weights.
         if self.is_main and _due(step, cfg.metrics.spectra_every, cfg.train.steps):
             metrics.update(model_spectra(self.raw_model))
+            if self.weights_before is not None:  # the last step's update (none before the first step)
+                metrics.update(update_spectra(self.weights_before, self.raw_model))
+                self.weights_before = None
         if self.is_main and self.qa is not None and _due(step, cfg.metrics.qa_every, cfg.train.steps):
             metrics.update(self.qa(self.raw_model))
         self.last_eval = metrics
