@@ -12,6 +12,10 @@ and the Newton–Schulz (NS) work per rank when Muon is shared across 1, 2, ... 
    change of thread count. Wall and CPU (process) time are both recorded: on a loaded machine the
    CPU time measures the work, the wall time also the wait for a core.
 
+Every process keeps freed memory in-process as train.py does (`training.runtime.keep_freed_memory`,
+applied to all contenders alike): without it, the large temporaries of a step are page-faulted in
+again every step, which made muonlab's stacked buckets look 1.4x slower than they are in training.
+
 muonlab's Newton–Schulz dtype follows the hardware (bf16 on CUDA and on CPUs with native bf16
 matmul, fp32 elsewhere); torch.optim.Muon always uses bf16. To see a CPU without native bf16 on one
 that has it, run with ONEDNN_MAX_CPU_ISA=AVX2 (oneDNN then emulates bf16, as on an AVX2-only CPU).
@@ -54,6 +58,7 @@ from optim.groups import ALIASES, group_of
 from optim.muon import Muon
 from optim.newton_schulz import default_ns_dtype
 from training.config import OptimSection
+from training.runtime import keep_freed_memory
 
 MUON_KW = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True, adjust_lr_fn="match_rms_adamw")
 TARGET_SPEEDUP = 10.0  # issue 5: muonlab's Muon step >= 10x torch.optim.Muon's on CPU
@@ -200,6 +205,7 @@ def _dist_worker(rank: int, world_size: int, port: int, args: argparse.Namespace
     (NS + all_gather). Writes the median timings to out/rank<r>.pt.
     """
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    keep_freed_memory()
     torch.set_num_threads(args.threads_per_rank)  # the same threads per rank at every world size
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     muon = Muon(hidden_matrices(args.preset, torch.device("cpu")), **MUON_KW)  # distributed at world_size > 1
@@ -323,6 +329,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # as train.py does
     env = environment(args.device)
     step_rows = bench_step(args)
     share = bench_share(args)
