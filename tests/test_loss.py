@@ -92,3 +92,20 @@ def test_cpu_bf16_attention_is_computed_in_fp32():
     ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True).bfloat16()
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, ref)
+
+
+def test_compiled_model_loss_is_one_graph_and_matches_eager():
+    """train.compile=true compiles the model with its fused loss: no graph break, same loss and grads."""
+    torch.manual_seed(0)
+    model = Transformer(get_preset("tiny", vocab_size=256, n_layers=1, d_model=64, n_heads=2, n_kv_heads=2,
+                                   ffn_hidden=128))
+    idx = torch.randint(0, 256, (2, 17))
+    eager = model(idx[:, :-1], idx[:, 1:])
+    eager.backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    loss = torch.compile(model, fullgraph=True)(idx[:, :-1], idx[:, 1:])
+    loss.backward()
+    torch.testing.assert_close(loss, eager, rtol=1e-5, atol=0)
+    for p, g in zip(model.parameters(), want, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
