@@ -9,11 +9,16 @@ from rich.console import Console
 from rich.table import Table
 
 
-def write_json(path: Path, obj: object) -> None:
-    """Write JSON atomically (temporary file, then rename): readers never see half a file."""
+def write_text(path: Path, text: str) -> None:
+    """Write a file atomically (temporary file, then rename): readers never see half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json(path: Path, obj: object) -> None:
+    """Write JSON atomically."""
+    write_text(path, json.dumps(obj, indent=2))
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

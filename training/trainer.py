@@ -47,7 +47,7 @@ from training.evaluate import Evaluator
 from training.fsdp import autocast_forward, copy_full_weights, fsdp_requested, main_copy, shard_model
 from training.logger import MetricsLogger, truncate_after
 from training.qa_eval import QAEval
-from training.summary import print_summary, write_json, write_summary
+from training.summary import print_summary, write_json, write_summary, write_text
 
 
 class NonFiniteLossError(RuntimeError):
@@ -153,10 +153,14 @@ class Trainer:
 
     def _start_run_dir(self) -> None:
         """config.yaml and routing.json; a fresh run also clears what an earlier attempt left."""
+        # Every rank has read the run directory (resume checkpoint, saved config) in __init__ before
+        # the main process rewrites it: otherwise a slower rank could read a half-written config.yaml
+        # or miss the checkpoints a fresh start deletes.
+        self.accelerator.wait_for_everyone()
         if self.is_main:
             out = self.out_dir
             out.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(self.cfg, out / "config.yaml")
+            write_text(out / "config.yaml", OmegaConf.to_yaml(self.cfg))
             write_json(out / "routing.json", self.routing)
             (out / "summary.json").unlink(missing_ok=True)
             if self.resume_from is None:
