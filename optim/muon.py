@@ -70,27 +70,40 @@ class _Work:
         return self.param.shape[1]
 
     @property
+    def tall(self) -> bool:
+        """A plain tall block is bucketed transposed: [d, 4d] and [4d, d] matrices share one batched call."""
+        return self.rows > self.cols and not isinstance(self.param, DTensor)
+
+    @property
     def key(self) -> Hashable:
-        """Matrices with equal keys are orthogonalized in one batched call."""
-        return (self.rows, self.cols, self.param.device, *ns_key(self.ns))
+        """Matrices with equal keys are orthogonalized in one batched call, as [heads, *key[:2]] blocks."""
+        shape = (self.cols, self.rows) if self.tall else (self.rows, self.cols)
+        return (*shape, self.param.device, *ns_key(self.ns))
 
     def blocks(self, t: Tensor) -> Tensor:
-        """`t` ([heads * rows, cols]) as [heads, rows, cols]."""
-        return t.view(self.heads, self.rows, self.cols)
+        """`t` ([heads * rows, cols]) as [heads, rows, cols], transposed to [heads, cols, rows] if tall."""
+        blocks = t.view(self.heads, self.rows, self.cols)
+        return blocks.mT if self.tall else blocks
 
     def write_input(self, slot: Tensor) -> None:
-        """Write the Muon input into `slot` ([heads, rows, cols] of the bucket, NS dtype)."""
+        """Write the Muon input into `slot` (the bucket's [heads, *key[:2]], NS dtype)."""
         if self.buf is None:
             slot.copy_(self.blocks(self.source))
         else:
             torch.lerp(self.blocks(self.source), self.blocks(self.buf), self.weight, out=slot)
 
     def apply(self, update: Tensor) -> None:
-        """p <- p * (1 - lr * weight_decay) - adjusted_lr * update (for a DTensor: its rows of the update)."""
+        """p <- p * (1 - lr * weight_decay) - adjusted_lr * update (for a DTensor: its rows of the update).
+
+        `update` is the bucket's slot ([heads, *key[:2]]) for a plain parameter, rows for a DTensor.
+        """
         local = self.param.to_local() if isinstance(self.param, DTensor) else self.param
         local.mul_(1 - self.lr * self.weight_decay)
         scale = adjusted_lr(self.lr, self.adjust_lr_fn, self.rows, self.cols)
-        local.add_(update.reshape(local.shape), alpha=-scale)  # a view unless split per head
+        if isinstance(self.param, DTensor):
+            local.add_(update.reshape(local.shape), alpha=-scale)
+        else:
+            self.blocks(local).add_(update, alpha=-scale)  # in place through the (transposed) view
 
 
 class Muon(torch.optim.Optimizer):

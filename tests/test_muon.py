@@ -120,6 +120,7 @@ def test_muon_matches_torch_muon(adjust_lr_fn, nesterov, weight_decay):
 
 
 def test_same_shape_batching_equals_one_optimizer_per_matrix():
+    # the [40, 24] matrix joins the [24, 40] bucket transposed
     gen = torch.Generator().manual_seed(3)
     start = [torch.randn(24, 40, generator=gen) for _ in range(3)] + [torch.randn(40, 24, generator=gen)]
     joint = [p.clone().requires_grad_() for p in start]
