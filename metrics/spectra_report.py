@@ -1,9 +1,9 @@
 """``python -m metrics.spectra``: spectral metrics of checkpoints, written as JSON and plotted.
 
-Inputs are run directories (their latest checkpoint, plus the ``spectra/*`` curves of metrics.jsonl),
-checkpoint directories (``checkpoints/step_<N>``) or ``.safetensors`` files. Only the 2-D weights of the
-chosen groups are read from the safetensors file, so no model is built. Several inputs are compared in
-the same plots (e.g. a Muon and an AdamW run).
+Inputs are run directories (their latest checkpoint, plus the ``spectra/*`` and ``spectra_update/*``
+curves of metrics.jsonl), checkpoint directories (``checkpoints/step_<N>``) or ``.safetensors`` files.
+Only the 2-D weights of the chosen groups are read from the safetensors file, so no model is built.
+Several inputs are compared in the same plots (e.g. a Muon and an AdamW run).
 """
 
 from __future__ import annotations
@@ -150,14 +150,20 @@ def plot_singular_values(src: Source, groups: tuple[str, ...], out: Path) -> Pat
     return _save(fig, out / f"singular_values_{_safe(src.label)}.png")
 
 
-def plot_over_steps(src: Source, groups: tuple[str, ...], out: Path) -> Path | None:
-    """The mean-over-layers ``spectra/<group>/<metric>`` curves logged in a run's metrics.jsonl."""
+# metrics.jsonl prefix -> (figure file prefix, title): the weights' spectra and their updates'.
+CURVES = {"spectra": ("over_steps", "spectra over training"),
+          "spectra_update": ("update_over_steps", "spectra of the last step's update over training")}
+
+
+def plot_over_steps(src: Source, groups: tuple[str, ...], out: Path, prefix: str = "spectra") -> Path | None:
+    """The mean-over-layers ``<prefix>/<group>/<metric>`` curves logged in a run's metrics.jsonl
+    (prefix ``spectra``: the weights; ``spectra_update``: each eval's last update)."""
     rows = [json.loads(line) for line in src.metrics_jsonl.read_text().splitlines() if line.strip()]
     fig, axes = plt.subplots(2, 2, figsize=(12, 7))
     drawn = False
     for ax, metric in zip(axes.flat, METRICS, strict=True):
         for g in groups:
-            key = f"spectra/{g}/{metric}"
+            key = f"{prefix}/{g}/{metric}"
             points = [(r["step"], r[key]) for r in rows if key in r]
             if points:
                 ax.plot(*zip(*points, strict=True), marker=".", label=g)
@@ -168,8 +174,9 @@ def plot_over_steps(src: Source, groups: tuple[str, ...], out: Path) -> Path | N
         plt.close(fig)
         return None
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle(f"{src.label}: spectra over training")
-    return _save(fig, out / f"over_steps_{_safe(src.label)}.png")
+    name, title = CURVES[prefix]
+    fig.suptitle(f"{src.label}: {title}")
+    return _save(fig, out / f"{name}_{_safe(src.label)}.png")
 
 
 def _print_summary(sources: list[Source], groups: tuple[str, ...], written: list[Path]) -> None:
@@ -220,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     for src in with_weights:
         written += [plot_layers(src, groups, args.out), plot_singular_values(src, groups, args.out)]
     for src in sources:
-        if src.metrics_jsonl is not None and (path := plot_over_steps(src, groups, args.out)):
-            written.append(path)
+        for prefix in CURVES if src.metrics_jsonl is not None else ():
+            if path := plot_over_steps(src, groups, args.out, prefix):
+                written.append(path)
     _print_summary(sources, groups, written)
     return 0
 

@@ -98,7 +98,8 @@ def _fake_run(tmp_path, model):
     ckpt.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors"))
     (ckpt / "loop_state.json").write_text("{}")
-    rows = [{"step": s, "spectra/v/svd_entropy": 0.9 + s / 1000, "train/loss": 3.0} for s in (10, 20)]
+    rows = [{"step": s, "spectra/v/svd_entropy": 0.9 + s / 1000, "spectra_update/v/svd_entropy": 0.95,
+             "train/loss": 3.0} for s in (10, 20)]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return run
 
@@ -114,7 +115,8 @@ def test_cli_on_a_run_directory(tmp_path):
     assert entry["label"] == "demo" and entry["step"] == 20
     assert entry["metrics"] == pytest.approx(model_spectra(model), rel=1e-6)
     assert len(entry["singular_values"]["model.layers.0.mlp.up_proj.weight"]) == 32
-    for name in ("groups.png", "layers_demo.png", "singular_values_demo.png", "over_steps_demo.png"):
+    for name in ("groups.png", "layers_demo.png", "singular_values_demo.png", "over_steps_demo.png",
+                 "update_over_steps_demo.png"):
         assert (out / name).stat().st_size > 1000
 
 
