@@ -26,14 +26,18 @@ CHUNK_ROWS = 256
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """mean_i CE(h_i @ W^T, t_i) with the gradients computed in forward, one chunk of rows at a time."""
+    """mean_i CE(h_i @ W^T, t_i), one chunk of rows at a time, with the gradients computed in forward
+    when `with_grads` (without, e.g. under no_grad, only the loss: one matmul per chunk, not three)."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk_rows: int) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk_rows: int, with_grads: bool
+    ) -> Tensor:
         rows = h.shape[0]
         w = weight.to(h.dtype)  # the compute dtype (bf16 under autocast); one cast for all chunks
-        grad_h = torch.empty_like(h)
-        grad_w = torch.zeros_like(weight)  # accumulated in the parameter's dtype (fp32 master weights)
+        if with_grads:
+            grad_h = torch.empty_like(h)
+            grad_w = torch.zeros_like(weight)  # accumulated in the parameter's dtype (fp32 master weights)
         loss_dtype = torch.promote_types(h.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
         total = torch.zeros((), dtype=loss_dtype, device=h.device)
         for start in range(0, rows, chunk_rows):
@@ -41,21 +45,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
             logits = (h_c @ w.t()).to(loss_dtype)
             lse = torch.logsumexp(logits, dim=-1, keepdim=True)
             total += lse.sum() - logits.gather(1, t_c).sum()
+            if not with_grads:
+                continue
             # d loss_i / d logits_i = softmax_i - onehot(t_i), computed in place over the chunk.
             probs = logits.sub_(lse).exp_()
             probs.scatter_add_(1, t_c, torch.full_like(lse, -1.0))
             g = probs.to(h.dtype)
             grad_h[start : start + chunk_rows] = g @ w
             grad_w += g.t() @ h_c
-        ctx.save_for_backward(grad_h, grad_w)
+        if with_grads:
+            ctx.save_for_backward(grad_h, grad_w)
         ctx.rows = rows
         return total / rows
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None, None]:  # type: ignore[override]
         grad_h, grad_w = ctx.saved_tensors
         scale = grad_out / ctx.rows
-        return grad_h * scale.to(grad_h.dtype), grad_w * scale.to(grad_w.dtype), None, None
+        return grad_h * scale.to(grad_h.dtype), grad_w * scale.to(grad_w.dtype), None, None, None
 
 
 def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_rows: int = CHUNK_ROWS) -> Tensor:
@@ -69,6 +76,8 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_rows:
         raise ValueError(f"targets shape {tuple(targets.shape)} does not match hidden states "
                          f"{tuple(h.shape)}")
     dtype = autocast_dtype(h.device.type) or h.dtype
+    with_grads = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
     # Autocast off inside: the function casts by itself and must keep the softmax in fp32.
     with torch.autocast(h.device.type, enabled=False):
-        return _LinearCrossEntropy.apply(h.to(dtype).flatten(0, -2), weight, targets.flatten(), chunk_rows)
+        return _LinearCrossEntropy.apply(h.to(dtype).flatten(0, -2), weight, targets.flatten(), chunk_rows,
+                                         with_grads)

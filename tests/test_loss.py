@@ -64,6 +64,19 @@ def test_bf16_autocast_matches_the_autocast_plain_path():
         assert ((got - want).norm() / want.norm()).item() < 1e-2
 
 
+def test_without_autograd_only_the_loss_is_computed():
+    gen = torch.Generator().manual_seed(4)
+    h, weight = torch.randn(40, 8, generator=gen), torch.randn(30, 8, generator=gen)
+    targets = torch.randint(0, 30, (40,), generator=gen)
+    want = F.cross_entropy(F.linear(h, weight), targets)
+    with torch.no_grad():
+        got = linear_cross_entropy(h.requires_grad_(), weight.requires_grad_(), targets, chunk_rows=16)
+    assert not got.requires_grad
+    torch.testing.assert_close(got, want.detach(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(linear_cross_entropy(h.detach(), weight.detach(), targets), want.detach(),
+                               rtol=1e-6, atol=0)
+
+
 def test_target_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="targets shape"):
         linear_cross_entropy(torch.randn(2, 5, 8), torch.randn(10, 8), torch.zeros(2, 4, dtype=torch.long))
