@@ -96,7 +96,7 @@ def hidden_matrices(preset: str, device: torch.device, seed: int = 0) -> list[to
     return mats
 
 
-def step_contenders(mats: Sequence[torch.Tensor], device: torch.device) -> dict[str, Callable[[], None]]:
+def step_contenders(mats: Sequence[torch.Tensor]) -> dict[str, Callable[[], None]]:
     """name -> one optimizer step, each contender on its own copy of the matrices and gradients."""
 
     def copies() -> list[torch.Tensor]:
@@ -105,11 +105,10 @@ def step_contenders(mats: Sequence[torch.Tensor], device: torch.device) -> dict[
             c.grad = m.grad.clone()
         return out
 
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     optimizers = {
         "muonlab Muon": Muon(copies(), **MUON_KW),
         "torch.optim.Muon": torch.optim.Muon(copies(), **MUON_KW),
-        "AdamW": torch.optim.AdamW(copies(), lr=3e-3, weight_decay=0.1, **fast),
+        "AdamW": torch.optim.AdamW(copies(), lr=3e-3, weight_decay=0.1, fused=True),  # as build_optimizer
     }
     return {name: opt.step for name, opt in optimizers.items()}
 
@@ -139,7 +138,7 @@ def bench_step(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Median wall and CPU step time of each contender on the preset's hidden matrices."""
     mats = hidden_matrices(args.preset, args.device)
     cpu: dict[str, list[float]] = {}
-    fns = with_cpu_time(step_contenders(mats, args.device), cpu)
+    fns = with_cpu_time(step_contenders(mats), cpu)
     wall = time_interleaved(fns, args.rounds, 1, args.device, desc="step")
     cpu = {name: t[1:] for name, t in cpu.items()}  # [0]: the warm-up round
     ref, ref_cpu = median(wall["torch.optim.Muon"]), median(cpu["torch.optim.Muon"])

@@ -58,7 +58,7 @@ def test_groups_lrs_and_weight_decay():
     assert groups["adamw_head"]["lr"] == 0.004
     assert groups["adamw_scalar"]["weight_decay"] == 0.0
     assert all(groups[n]["weight_decay"] == 0.1 for n in ("muon", "adamw", "adamw_embed", "adamw_head"))
-    assert opt.base.param_groups[0]["betas"] == (0.9, 0.95) and opt.base.defaults["foreach"]
+    assert opt.base.param_groups[0]["betas"] == (0.9, 0.95) and opt.base.defaults["fused"]
     muon_params = {id(p) for p in groups["muon"]["params"]}
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[i].split(".")[-2] for i in muon_params} == {"v_proj", "o_proj", "up_proj", "gate_proj",
