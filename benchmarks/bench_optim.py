@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from accelerate.utils.other import get_free_port
 from omegaconf import OmegaConf
 from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -304,12 +304,6 @@ def _dist_worker(rank: int, world_size: int, port: int, args: argparse.Namespace
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_dist(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Per world size, rank and mode: median times of NS compute, NS + collective, the whole Muon step,
     and the bytes of the collective; each time also relative to the same mode at 1 rank."""
@@ -318,7 +312,8 @@ def bench_dist(args: argparse.Namespace) -> list[dict[str, Any]]:
         print(f"dist: {world_size} rank(s), {args.threads_per_rank} thread(s) each, "
               f"{' and '.join(args.modes)} ...", flush=True)
         with tempfile.TemporaryDirectory() as out:
-            mp.spawn(_dist_worker, args=(world_size, _free_port(), args, out), nprocs=world_size, join=True)
+            port = get_free_port()
+            mp.spawn(_dist_worker, args=(world_size, port, args, out), nprocs=world_size, join=True)
             results = [torch.load(Path(out) / f"rank{r}.pt") for r in range(world_size)]
         for rank, per_mode in enumerate(results):
             rows += [{"world_size": world_size, "rank": rank, "mode": mode, "collective": MODES[mode][0],

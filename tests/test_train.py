@@ -7,13 +7,13 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from accelerate.utils.other import get_free_port
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,18 +64,12 @@ LAUNCHERS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_train(args: list[str], launcher: str = "python", check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "MUONLAB_CACHE": os.environ.get("MUONLAB_CACHE", str(ROOT / ".cache")),
            "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     # A free rendezvous port each time: accelerate's default (29500) may still be held by an
     # earlier test's process group.
-    port = ["--main_process_port", str(free_port())] if launcher.startswith("accelerate") else []
+    port = ["--main_process_port", str(get_free_port())] if launcher.startswith("accelerate") else []
     cmd = [*LAUNCHERS[launcher], *port, "train.py", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
