@@ -1,0 +1,15 @@
+"""The one type for "fix your input": entry points print it as one `error:` line and exit 1.
+
+Anything else is a bug and keeps its traceback. `UserError` derives from `ValueError` so that code
+written against the older `ValueError`s keeps catching the same errors.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Bad input: the message names the key, flag or file to change."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or directory the user named does not exist."""
