@@ -12,14 +12,10 @@ import argparse
 import os
 import sys
 
-from omegaconf.errors import OmegaConfBaseException
-
+from common.errors import UserError
 from training.config import load_config
 from training.runtime import keep_freed_memory
-from training.trainer import NonFiniteLossError, train
-
-# Errors that mean "fix your input": one line and exit 1 (MUONLAB_DEBUG=1 shows the traceback).
-USER_ERRORS = (ValueError, FileNotFoundError, NonFiniteLossError, OmegaConfBaseException)
+from training.trainer import train
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -42,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         train(cfg, dry_run=args.dry_run)
-    except USER_ERRORS as err:
+    except UserError as err:  # "fix your input": one line, exit 1 (MUONLAB_DEBUG=1: the traceback)
         if os.environ.get("MUONLAB_DEBUG"):
             raise
         print(f"error: {err}", file=sys.stderr)

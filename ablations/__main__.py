@@ -6,10 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ablations.grid import GridError, load_grid
+from ablations.grid import load_grid
 from ablations.report import build_report
-from ablations.runner import LaunchError, plan_lines, print_outcomes, run_grid
+from ablations.runner import plan_lines, print_outcomes, run_grid
 from ablations.slurm import SlurmOptions, manifest_text, sbatch_script, write_slurm
+from common.errors import UserError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return cmd_run(args) if args.command == "run" else cmd_report(args)
-    except (GridError, LaunchError, FileNotFoundError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -32,6 +32,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from common.errors import UserError
+from optim.groups import spec_tokens
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
 TOP_LEVEL_KEYS = ("name", "description", "base", "overrides", "runs", "axes", "seeds", "exclude")
@@ -47,7 +50,7 @@ DEFAULTS = {MUON_KEY: "hidden", BASE_KEY: "adamw"}
 _MISSING = object()
 
 
-class GridError(ValueError):
+class GridError(UserError):
     """A grid file that cannot be expanded; the message says what to fix."""
 
 
@@ -79,15 +82,9 @@ class Grid:
     runs: list[Run]
 
 
-def muon_tokens(spec: Any) -> list[str]:
-    """The group names of an optim.muon value (comma string or list), e.g. 'vo,ffn' -> ['vo', 'ffn']."""
-    items = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
-    return [str(s).strip() for s in items if str(s).strip()]
-
-
 def routing_label(muon: Any, base: Any = "adamw") -> str:
     """A short name for a routing: 'adamw' / 'sgd' without Muon, else 'muon-<groups>' (+ '-sgd')."""
-    groups = muon_tokens(muon)
+    groups = spec_tokens(muon)
     if not groups or groups == ["none"]:
         return str(base)
     label = "muon-" + "+".join(groups)

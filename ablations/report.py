@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ablations import plots
 from ablations.results import ADAMW, FULL_MUON, Row, RunData, Stat, aggregate, load_runs
+from common.errors import MissingFileError
 
 # table.csv columns: (header, value of a row). Missing values are empty cells.
 CSV_COLUMNS: list[tuple[str, Callable[[Row], object]]] = [
@@ -143,8 +144,8 @@ def build_report(runs_dir: Path, out: Path | None = None) -> Path:
     """Write the table, plots and report.md for the runs under runs_dir; returns report.md's path."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        raise FileNotFoundError(f"runs directory {runs_dir} does not exist; give the --out directory of "
-                                "`python -m ablations run`")
+        raise MissingFileError(f"runs directory {runs_dir} does not exist; give the --out directory of "
+                               "`python -m ablations run`")
     out = Path(out) if out else runs_dir / "report"
     runs = load_runs(runs_dir)
     rows = aggregate(runs)

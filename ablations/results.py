@@ -11,7 +11,6 @@ import json
 import math
 import re
 import statistics
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ablations.grid import BASE_KEY, FFN_KEY, MUON_KEY, SEED_KEY, flatten, routing_label
+from common.errors import MissingFileError
+from common.rundir import RunDir
 
 # Config keys that do not change what a run computes (or that distinguish seeds of one setting).
 _IGNORED_PREFIXES = ("run.", "logging.")
@@ -88,20 +89,10 @@ class Row:
         return sorted(r.config.get(SEED_KEY, 0) for r in self.runs)
 
 
-def read_history(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """metrics.jsonl as metric -> [(step, value)]; a later line for the same step wins (resumed runs)."""
+def read_history(run: RunDir) -> dict[str, list[tuple[int, float]]]:
+    """A run's metrics.jsonl as metric -> [(step, value)]; a later line for a step wins (resumed runs)."""
     by_key: dict[str, dict[int, float]] = {}
-    if not path.is_file():
-        return {}
-    for i, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            # The last line of a run killed mid-write can be cut short; anything else is worth a warning too.
-            warnings.warn(f"{path}:{i + 1}: skipping a line that is not JSON", stacklevel=2)
-            continue
+    for event in run.events():
         step = event.get("step")
         for key, value in event.items():
             if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -118,22 +109,22 @@ def _grid_manifest(runs_dir: Path) -> dict[str, dict[str, Any]]:
 
 def run_dirs(runs_dir: Path) -> list[Path]:
     """The run directories under runs_dir (or runs_dir itself if it is one), in the grid's order."""
-    if (runs_dir / "config.yaml").is_file():
+    if RunDir(runs_dir).exists():
         return [runs_dir]
     order = list(_grid_manifest(runs_dir))
-    found = [p.parent for p in runs_dir.glob("*/config.yaml")]
+    found = [p for p in runs_dir.iterdir() if RunDir(p).exists()] if runs_dir.is_dir() else []
     return sorted(found, key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
 
 
 def load_run(path: Path, manifest: dict[str, dict[str, Any]]) -> RunData:
     """Read one run directory; `manifest` (grid.json's runs by name) supplies group and paper_ref."""
-    config = flatten(OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=True))
-    summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    run = RunDir(path)
+    config = flatten(OmegaConf.to_container(OmegaConf.load(run.config), resolve=True))
+    summary = run.read_summary()
     entry = manifest.get(path.name, {})
     seed = config.get(SEED_KEY)
     group = entry.get("group") or re.sub(rf"_s{seed}$", "", path.name)
-    return RunData(path.name, path, config, summary, read_history(path / "metrics.jsonl"), group,
+    return RunData(path.name, path, config, summary, read_history(run), group,
                    dict(entry.get("paper_ref") or {}))
 
 
@@ -141,7 +132,7 @@ def load_runs(runs_dir: Path) -> list[RunData]:
     """Every run directory under runs_dir; raises FileNotFoundError when there is none."""
     dirs = run_dirs(runs_dir)
     if not dirs:
-        raise FileNotFoundError(f"no run directories (with config.yaml) under {runs_dir}; "
+        raise MissingFileError(f"no run directories (with config.yaml) under {runs_dir}; "
                                 "give the --out directory of `python -m ablations run`")
     manifest = _grid_manifest(runs_dir)
     return [load_run(p, manifest) for p in dirs]

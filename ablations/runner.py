@@ -25,11 +25,13 @@ from rich.table import Table
 from tqdm import tqdm
 
 from ablations.grid import REPO_ROOT, Grid, Run, config_diff
+from common.errors import UserError
+from common.rundir import RunDir
 
 DEFAULT_TRAIN_CMD = (sys.executable, "train.py")
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError):
     """Launcher settings that do not fit this machine; the message says what to change."""
 
 
@@ -82,7 +84,7 @@ def plan_lines(grid: Grid, out: Path) -> list[str]:
     lines = [f"grid {grid.name}: {len(grid.runs)} runs -> {out}  (base: {grid.base or 'train.py defaults'})"]
     width = max(len(r.name) for r in grid.runs)
     for run in grid.runs:
-        state = "finished" if (out / run.name / "summary.json").is_file() else "to run"
+        state = "finished" if RunDir(out / run.name).is_finished() else "to run"
         diff = " ".join(f"{k}={format_value(v)}" for k, v in config_diff(grid, run).items())
         lines.append(f"  {run.name:<{width}}  routing={run.labels['routing']:<16} "
                      f"ffn={run.labels['ffn_type']:<7} [{state}]  {diff}")
@@ -158,7 +160,7 @@ def run_grid(grid: Grid, out: Path, *, num_gpus: int | None = None, gpus_per_run
     todo = []
     for run in grid.runs:
         log = out / "logs" / f"{run.name}.log"
-        if (out / run.name / "summary.json").is_file():
+        if RunDir(out / run.name).is_finished():
             outcomes[run.name] = Outcome(run.name, "skipped", None, log, 0.0)
         else:
             todo.append(run)
@@ -189,7 +191,7 @@ def run_grid(grid: Grid, out: Path, *, num_gpus: int | None = None, gpus_per_run
         finally:
             running.discard(run.name)
             free.put(slot)
-        status = "done" if rc == 0 and (out / run.name / "summary.json").is_file() else "failed"
+        status = "done" if rc == 0 and RunDir(out / run.name).is_finished() else "failed"
         outcomes[run.name] = Outcome(run.name, status, rc, log, seconds)
         if status == "failed":
             why = exit_reason(rc)
@@ -220,8 +222,8 @@ def print_outcomes(outcomes: list[Outcome], out: Path, console: Console | None =
         table.add_column(col)
     table.add_column("log", overflow="fold")
     for o in outcomes:
-        summary = out / o.name / "summary.json"
-        loss = json.loads(summary.read_text()).get("final/eval_loss") if summary.is_file() else None
+        summary = RunDir(out / o.name).read_summary()
+        loss = summary.get("final/eval_loss") if summary else None
         status = o.status if o.status != "failed" else f"failed ({exit_reason(o.returncode)})"
         table.add_row(o.name, status, f"{o.seconds:.0f} s" if o.seconds else "-",
                       "-" if loss is None else f"{loss:.4f}", str(o.log) if o.status == "failed" else "")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ablations.grid import Grid
 from ablations.runner import train_args
+from common.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ MANIFEST={shlex.quote(str(manifest))}
 eval "set -- $(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$MANIFEST")"
 RUN_NAME=$1
 shift
-if [ -f "$OUT/$RUN_NAME/summary.json" ]; then
+if [ -f "{RunDir("$OUT/$RUN_NAME").summary}" ]; then
     echo "run $RUN_NAME already finished; skipping"
     exit 0
 fi

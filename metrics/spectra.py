@@ -27,10 +27,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from optim.groups import group_of
+from optim.groups import ALIASES, group_of
 
 METRICS = ("svd_entropy", "effective_rank", "top10_energy", "q75_q25")
-HIDDEN_GROUPS = ("q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out")
+HIDDEN_GROUPS = ALIASES["hidden"]
 _LAYER = re.compile(r"layers\.(\d+)\.")
 
 
@@ -143,6 +143,10 @@ def update_spectra(
 
 
 if __name__ == "__main__":
+    from common.errors import UserError
     from metrics.spectra_report import main
 
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as err:  # bad input: one line, exit 1; anything else keeps its traceback
+        sys.exit(f"error: {err}")

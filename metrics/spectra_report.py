@@ -18,25 +18,24 @@ import matplotlib
 import torch
 from tqdm import tqdm
 
+from common.errors import MissingFileError, UserError
+from common.files import write_text
+from common.rundir import WEIGHTS_FILE, RunDir, checkpoint_step
 from metrics.spectra import HIDDEN_GROUPS, METRICS, layer_of, singular_values, summarize
 from optim.groups import GROUPS, group_of
-from training.checkpoint import latest_checkpoint
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the non-interactive backend)
 
-WEIGHTS_FILE = "model.safetensors"
-_STEP = re.compile(r"^step_(\d+)$")
-
 
 @dataclass
 class Source:
-    """One input: where its weights are, and the run's metrics.jsonl when it is a run directory."""
+    """One input: where its weights are, and its run directory (for the logged curves) when it is one."""
 
     label: str
     weights: Path | None
     step: int | None = None
-    metrics_jsonl: Path | None = None
+    run: RunDir | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     singular_values: dict[str, list[float]] = field(default_factory=dict)
     matrices: list[tuple[str, str, int | None]] = field(default_factory=list)  # (name, group, layer)
@@ -47,23 +46,22 @@ def resolve(path: Path) -> Source:
     path = Path(path)
     if path.is_file():
         if path.suffix != ".safetensors":
-            raise ValueError(f"{path} is not a .safetensors file; pass a run or checkpoint directory")
+            raise UserError(f"{path} is not a .safetensors file; pass a run or checkpoint directory")
         return Source(path.stem, path)
-    if (path / WEIGHTS_FILE).is_file():
-        step = int(m.group(1)) if (m := _STEP.match(path.name)) else None
+    if (path / WEIGHTS_FILE).is_file():  # a checkpoint, or any directory holding the weights
+        step = checkpoint_step(path)
         label = f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints" else path.name
         return Source(label, path / WEIGHTS_FILE, step)
     if path.is_dir():
-        jsonl = path / "metrics.jsonl"
-        ckpt = latest_checkpoint(path)
-        if ckpt is None and not jsonl.is_file():
-            raise FileNotFoundError(f"{path} has neither checkpoints/step_<N>/{WEIGHTS_FILE} nor "
-                                    "metrics.jsonl; pass a run directory, a checkpoint directory or a "
-                                    ".safetensors file")
-        step = int(ckpt.name.split("_")[1]) if ckpt else None
-        return Source(path.name, ckpt / WEIGHTS_FILE if ckpt else None, step,
-                      jsonl if jsonl.is_file() else None)
-    raise FileNotFoundError(f"{path} does not exist")
+        run = RunDir(path)
+        ckpt = run.latest_checkpoint()
+        if ckpt is None and not run.metrics.is_file():
+            raise MissingFileError(f"{path} has neither checkpoints/step_<N>/{WEIGHTS_FILE} nor "
+                                   "metrics.jsonl; pass a run directory, a checkpoint directory or a "
+                                   ".safetensors file")
+        weights, step = (ckpt / WEIGHTS_FILE, checkpoint_step(ckpt)) if ckpt else (None, None)
+        return Source(path.name, weights, step, run if run.metrics.is_file() else None)
+    raise MissingFileError(f"{path} does not exist")
 
 
 def read_matrices(weights: Path, groups: tuple[str, ...]) -> list[tuple[str, str, int | None, torch.Tensor]]:
@@ -82,7 +80,7 @@ def compute(source: Source, groups: tuple[str, ...]) -> None:
     """Fill ``source.metrics`` and ``source.singular_values`` from its weights."""
     matrices = read_matrices(source.weights, groups)
     if not matrices:
-        raise ValueError(f"{source.weights} holds no 2-D weights of groups {', '.join(groups)}; "
+        raise UserError(f"{source.weights} holds no 2-D weights of groups {', '.join(groups)}; "
                          "is it a muonlab (Llama-named) checkpoint?")
     entries = []
     for name, group, layer, W in tqdm(matrices, desc=f"spectra {source.label}", unit="matrix"):
@@ -158,7 +156,7 @@ CURVES = {"spectra": ("over_steps", "spectra over training"),
 def plot_over_steps(src: Source, groups: tuple[str, ...], out: Path, prefix: str = "spectra") -> Path | None:
     """The mean-over-layers ``<prefix>/<group>/<metric>`` curves logged in a run's metrics.jsonl
     (prefix ``spectra``: the weights; ``spectra_update``: each eval's last update)."""
-    rows = [json.loads(line) for line in src.metrics_jsonl.read_text().splitlines() if line.strip()]
+    rows = list(src.run.events())
     fig, axes = plt.subplots(2, 2, figsize=(12, 7))
     drawn = False
     for ax, metric in zip(axes.flat, METRICS, strict=True):
@@ -218,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             compute(src, groups)
     with_weights = [s for s in sources if s.metrics]
     json_path = args.out / "spectra.json"
-    json_path.write_text(json.dumps(
+    write_text(json_path, json.dumps(
         [{"label": s.label, "weights": str(s.weights), "step": s.step, "metrics": s.metrics,
           "singular_values": s.singular_values} for s in with_weights], indent=1))
     written.append(json_path)
@@ -227,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     for src in with_weights:
         written += [plot_layers(src, groups, args.out), plot_singular_values(src, groups, args.out)]
     for src in sources:
-        for prefix in CURVES if src.metrics_jsonl is not None else ():
+        for prefix in CURVES if src.run is not None else ():
             if path := plot_over_steps(src, groups, args.out, prefix):
                 written.append(path)
     _print_summary(sources, groups, written)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from common.errors import UserError
+
 FFN_TYPES = ("swiglu", "gelu", "relu2")
 
 
@@ -34,33 +36,33 @@ class ModelConfig:
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+                raise UserError(f"model.{name} must be a positive integer, got {value!r}")
         for name in ("rope_theta", "norm_eps", "init_std"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"model.{name} must be a positive number, got {value!r}")
+                raise UserError(f"model.{name} must be a positive number, got {value!r}")
         if self.ffn_type not in FFN_TYPES:
-            raise ValueError(
+            raise UserError(
                 f"model.ffn_type={self.ffn_type!r} is unknown; use one of {', '.join(FFN_TYPES)}"
             )
         if self.d_model % self.n_heads:
-            raise ValueError(
+            raise UserError(
                 f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}; "
                 "choose n_heads that divides d_model"
             )
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(
+            raise UserError(
                 f"model.n_heads={self.n_heads} is not divisible by model.n_kv_heads={self.n_kv_heads}; "
                 "choose n_kv_heads that divides n_heads (n_kv_heads=n_heads disables grouped-query attention)"
             )
         if self.head_dim % 2:
-            raise ValueError(
+            raise UserError(
                 f"head dimension d_model/n_heads={self.head_dim} is odd; rotary embeddings need an even "
                 "head dimension, change d_model or n_heads"
             )
         for name in ("tie_embeddings", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
+                raise UserError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
 
     @property
     def head_dim(self) -> int:

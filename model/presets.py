@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from common.errors import UserError
 from model.config import ModelConfig
 
 PRESETS: dict[str, ModelConfig] = {
@@ -39,13 +40,13 @@ def _check_fields(overrides: Mapping[str, Any]) -> None:
     unknown = sorted(set(overrides) - set(ModelConfig.field_names()))
     if unknown:
         valid = ", ".join(ModelConfig.field_names())
-        raise ValueError(f"unknown model field(s) {', '.join(unknown)}; valid fields: {valid}")
+        raise UserError(f"unknown model field(s) {', '.join(unknown)}; valid fields: {valid}")
 
 
 def get_preset(name: str, **overrides: Any) -> ModelConfig:
     """A fresh copy of preset `name` with the given fields replaced (and re-validated)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise UserError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
     _check_fields(overrides)
     return dataclasses.replace(PRESETS[name], **overrides)
 
@@ -60,13 +61,13 @@ def resolve_model_config(model_section: Mapping[str, Any], vocab_size: int | Non
     section = dict(model_section)
     preset = section.pop("preset", None)
     if preset is None:
-        raise ValueError(f"model.preset is missing; set it to one of {', '.join(PRESETS)}")
+        raise UserError(f"model.preset is missing; set it to one of {', '.join(PRESETS)}")
     overrides = {key: value for key, value in section.items() if value is not None}
     _check_fields(overrides)
     if vocab_size is not None:
         explicit = overrides.get("vocab_size")
         if explicit is not None and explicit < vocab_size:
-            raise ValueError(
+            raise UserError(
                 f"model.vocab_size={explicit} is smaller than the tokenizer's vocabulary ({vocab_size}); "
                 f"remove the override or set model.vocab_size >= {vocab_size}"
             )

@@ -7,7 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from common.errors import UserError
 from optim.combined import CombinedOptimizer
+from optim.config import OptimConfig
 from optim.groups import route
 from optim.muon import Muon
 
@@ -16,7 +18,7 @@ BASES = ("adamw", "sgd")
 NS_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _lr_for(group: str, optimizer: str, cfg: Any) -> float:
+def _lr_for(group: str, optimizer: str, cfg: OptimConfig) -> float:
     """embed_lr / head_lr override the lr of those groups on either optimizer; otherwise the part's lr."""
     if group == "embed" and cfg.embed_lr is not None:
         return float(cfg.embed_lr)
@@ -34,14 +36,14 @@ def _heads_of(model: nn.Module, group: str) -> int | None:
     # the bare Transformer, or a DDP/accelerate wrapper around it
     config = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
     if config is None or not hasattr(config, "n_heads"):
-        raise ValueError(
+        raise UserError(
             "optim.per_head=true needs the model's head counts (model.config.n_heads / n_kv_heads); "
             "this model has no such config, set optim.per_head=false"
         )
     return config.n_heads if group == "q" else getattr(config, "n_kv_heads", config.n_heads)
 
 
-def _base_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optimizer:
+def _base_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.base == "sgd":
         return torch.optim.SGD(groups, lr=float(cfg.adamw_lr), momentum=float(cfg.sgd_momentum), foreach=True)
     # Fused AdamW (one kernel per parameter) on CUDA and on CPU alike: on the project's 2-core CPU it
@@ -50,10 +52,10 @@ def _base_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=float(cfg.adamw_lr), betas=betas, eps=float(cfg.eps), fused=True)
 
 
-def build_optimizer(model: nn.Module, cfg: Any) -> CombinedOptimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> CombinedOptimizer:
     """Route `model`'s parameters by `cfg.muon` and build Muon + the base optimizer (`cfg.base`).
 
-    `cfg` is the `optim` config section (attribute access: OmegaConf or SimpleNamespace). Param groups
+    `cfg` is the `optim` config section. Param groups
     are named "<optimizer>[_<kind>]": kind "embed", "head", "scalar" or "heads<N>" (per-head Muon).
     Weight decay applies to every matrix (embedding and head included, whichever optimizer they go
     to, so a group keeps its decay when it moves between optimizers) and never to 1-D parameters.
@@ -62,7 +64,7 @@ def build_optimizer(model: nn.Module, cfg: Any) -> CombinedOptimizer:
         raise ValueError(f"optim.base={cfg.base!r} is unknown; choose one of {', '.join(BASES)}")
     entries = route(model, cfg.muon, base=cfg.base)
     params = dict(model.named_parameters())
-    per_head = bool(getattr(cfg, "per_head", False))
+    per_head = bool(cfg.per_head)
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for entry in entries:
         kind, extra = "", {}
@@ -91,7 +93,7 @@ def build_optimizer(model: nn.Module, cfg: Any) -> CombinedOptimizer:
             nesterov=bool(cfg.nesterov),
             ns_steps=int(cfg.ns_steps),
             adjust_lr_fn=cfg.adjust_lr_fn,
-            ns_dtype=NS_DTYPES[getattr(cfg, "ns_dtype", "auto")],
+            ns_dtype=NS_DTYPES[cfg.ns_dtype],
         )
     base = _base_optimizer(base_groups, cfg) if base_groups else None
     return CombinedOptimizer(muon, base, entries)

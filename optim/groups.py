@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from common.errors import UserError
+
 GROUPS = ("q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out", "embed", "head", "scalar")
 ALIASES: dict[str, tuple[str, ...]] = {
     "qk": ("q", "k"),
@@ -40,7 +42,7 @@ _NAME_PATTERNS = (
 _MATCHERS = [(group, re.compile(rf"(^|\.)(?:{pattern})$")) for group, pattern in _NAME_PATTERNS]
 
 
-class RoutingError(ValueError):
+class RoutingError(UserError):
     """A routing spec or a parameter name the router cannot handle."""
 
 
@@ -73,7 +75,8 @@ def group_of(name: str, param: Tensor | None = None) -> str:
     )
 
 
-def _tokens(spec: str | Sequence[str]) -> list[str]:
+def spec_tokens(spec: str | Sequence[str]) -> list[str]:
+    """The names of a routing spec, as written: "vo, ffn" or ["vo", "ffn"] -> ["vo", "ffn"]."""
     parts = [spec] if isinstance(spec, str) else list(spec)
     if not all(isinstance(part, str) for part in parts):
         raise RoutingError(f"a routing spec is a comma string or a list of names, got {spec!r}")
@@ -83,7 +86,7 @@ def _tokens(spec: str | Sequence[str]) -> list[str]:
 def resolve_groups(spec: str | Sequence[str]) -> frozenset[str]:
     """Expand a routing spec ("vo, ffn", ["qk"], "none") into the set of group names it covers."""
     groups: set[str] = set()
-    for tok in _tokens(spec):
+    for tok in spec_tokens(spec):
         if tok in ALIASES:
             groups.update(ALIASES[tok])
         elif tok in GROUPS:
@@ -113,7 +116,7 @@ def route(model: nn.Module, spec: str | Sequence[str], base: str = "adamw") -> l
         optimizer = "muon" if group in muon_groups else base
         entries.append(RouteEntry(name, group, optimizer, tuple(param.shape), param.numel()))
     present = {e.group for e in entries}
-    missing = sorted(g for g in _tokens(spec) if g in GROUPS and g not in present)
+    missing = sorted(g for g in spec_tokens(spec) if g in GROUPS and g not in present)
     if missing:
         raise RoutingError(
             f"optim.muon names group(s) {', '.join(missing)} but this model has no such parameters "

@@ -19,6 +19,7 @@ from ablations.grid import GridError, load_grid
 from ablations.report import build_report
 from ablations.results import read_history
 from ablations.runner import LaunchError, gpu_slots, run_grid
+from common.rundir import RunDir
 
 
 def write(path: Path, text: str) -> Path:
@@ -394,5 +395,5 @@ def test_read_history_later_lines_win_and_cut_lines_are_skipped(tmp_path):
     path.write_text('{"step": 0, "eval/loss": 8.0, "eval/note": "text"}\n{"step": 10, "eval/loss": 6.0}\n'
                     '{"step": 10, "eval/loss": 5.5, "spectra/o/q75_q25": null}\n\n{"step": 20, "eval/lo')
     with pytest.warns(UserWarning, match="metrics.jsonl:5: skipping a line that is not JSON"):
-        history = read_history(path)
+        history = read_history(RunDir(tmp_path))
     assert history == {"eval/loss": [(0, 8.0), (10, 5.5)]}

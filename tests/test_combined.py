@@ -1,7 +1,6 @@
 """optim.build / optim.combined: param groups, lrs, weight decay, the SGD base and exact resume."""
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,14 +8,15 @@ import torch
 from model import ModelConfig, Transformer
 from optim.build import build_optimizer
 from optim.combined import CombinedOptimizer
+from optim.config import OptimConfig
 from optim.muon import Muon
 
 
-def _cfg(**overrides) -> SimpleNamespace:
+def _cfg(**overrides) -> OptimConfig:
     base = dict(muon="hidden", base="adamw", adamw_lr=3e-3, muon_lr=None, embed_lr=None, head_lr=None,
                 betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1, momentum=0.95, nesterov=True, ns_steps=5,
                 adjust_lr_fn="match_rms_adamw", per_head=False, sgd_momentum=0.9)
-    return SimpleNamespace(**(base | overrides))
+    return OptimConfig(**(base | overrides))
 
 
 def _model(seed: int = 0) -> Transformer:

@@ -3,7 +3,6 @@
 import copy
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -87,13 +86,14 @@ def _layout_error() -> str:
 
 def _tiny_cfg() -> tuple:
     from model import ModelConfig
+    from optim.config import OptimConfig
 
     model_cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=48,
                             max_seq_len=16)
-    optim_cfg = SimpleNamespace(muon="hidden", base="adamw", adamw_lr=1e-2, muon_lr=None, embed_lr=None,
-                                head_lr=None, betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1, momentum=0.95,
-                                nesterov=True, ns_steps=5, adjust_lr_fn="match_rms_adamw", per_head=True,
-                                sgd_momentum=0.9)
+    optim_cfg = OptimConfig(muon="hidden", base="adamw", adamw_lr=1e-2, muon_lr=None, embed_lr=None,
+                            head_lr=None, betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1, momentum=0.95,
+                            nesterov=True, ns_steps=5, adjust_lr_fn="match_rms_adamw", per_head=True,
+                            sgd_momentum=0.9)
     return model_cfg, optim_cfg
 
 

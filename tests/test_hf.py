@@ -9,7 +9,8 @@ from safetensors.torch import save_model
 from transformers import AutoModelForCausalLM, LlamaForCausalLM, Qwen3ForCausalLM
 
 from model import Transformer, get_preset
-from model.hf import from_hf, main, to_hf
+from model.hf import from_hf, to_hf
+from training.export import main
 
 SMALL = dict(vocab_size=211, d_model=64, n_layers=2, n_heads=4, ffn_hidden=96, max_seq_len=64)
 
@@ -93,6 +94,7 @@ def write_checkpoint(run_dir, model: Transformer, step: int) -> None:
     ckpt = run_dir / "checkpoints" / f"step_{step}"
     ckpt.mkdir(parents=True)
     save_model(model, str(ckpt / "model.safetensors"))
+    (ckpt / "loop_state.json").write_text(json.dumps({"step": step}))  # written last: complete
 
 
 def write_run(run_dir, model: Transformer, step: int, model_section: dict) -> None:

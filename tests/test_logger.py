@@ -3,7 +3,8 @@
 import json
 import math
 
-from training.logger import _jsonable, truncate_after, wandb_run_id
+from common.rundir import RunDir
+from training.logger import _jsonable, wandb_run_id
 
 
 def test_wandb_run_id_is_per_directory(tmp_path):
@@ -17,7 +18,7 @@ def test_truncate_after_drops_the_replayed_tail(tmp_path):
     path = tmp_path / "metrics.jsonl"
     events = [{"step": s, "train/loss": 1.0 / (s + 1)} for s in (0, 5, 10, 15)]
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
-    truncate_after(path, 10)
+    RunDir(tmp_path).truncate_metrics(10)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 5, 10]
 
 

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from common.errors import UserError
 from theory.threads import single_threaded
 from theory.updates import OPTIMIZERS, RULES, UpdateRule
 
@@ -36,16 +37,16 @@ def class_frequencies(K: int, ratio: float | None = None, power: float | None = 
     With ``power`` set instead: a power law p_k proportional to (k + 1)^-power.
     """
     if K < 2 or K % 2:
-        raise ValueError(f"K must be an even number >= 2 (classes are paired head/tail), got {K}")
+        raise UserError(f"K must be an even number >= 2 (classes are paired head/tail), got {K}")
     if (ratio is None) == (power is None):
-        raise ValueError("give exactly one of ratio (two frequency groups) or power (power law)")
+        raise UserError("give exactly one of ratio (two frequency groups) or power (power law)")
     if power is not None:
         if power < 0:
-            raise ValueError(f"power-law exponent must be >= 0, got {power}")
+            raise UserError(f"power-law exponent must be >= 0, got {power}")
         p = torch.arange(1, K + 1, dtype=DTYPE) ** -power
     else:
         if ratio < 1:
-            raise ValueError(f"ratio is frequent/rare and must be >= 1, got {ratio}")
+            raise UserError(f"ratio is frequent/rare and must be >= 1, got {ratio}")
         p = torch.ones(K, dtype=DTYPE)
         p[: K // 2] = ratio
     return p / p.sum()
@@ -88,7 +89,7 @@ def make_embeddings(kind: str, K: int, seed: int = 0) -> tuple[torch.Tensor, tor
     if kind == "overlap":
         E = _paired_overlap(K)
         return E, E.clone()
-    raise ValueError(f"unknown embedding {kind!r}; choose one of {', '.join(EMBEDDINGS)}")
+    raise UserError(f"unknown embedding {kind!r}; choose one of {', '.join(EMBEDDINGS)}")
 
 
 def class_probs(W: torch.Tensor, E_in: torch.Tensor, E_out: torch.Tensor) -> torch.Tensor:
@@ -151,9 +152,9 @@ def train(
     If no class reaches 1 - eps, hit_step is None and the worst/best probabilities are the final ones.
     """
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise UserError(f"steps must be >= 1, got {steps}")
     if not 0 < eps < 1:
-        raise ValueError(f"eps must be in (0, 1), got {eps}")
+        raise UserError(f"eps must be in (0, 1), got {eps}")
     W = torch.zeros(E_out.shape[0], E_in.shape[0], dtype=DTYPE)
     correct = torch.empty(steps + 1, p.numel(), dtype=DTYPE)
     losses = torch.empty(steps + 1, dtype=DTYPE)
@@ -272,5 +273,5 @@ def _parse_list(spec: str, valid: tuple[str, ...], flag: str) -> tuple[str, ...]
 if __name__ == "__main__":
     try:
         main()
-    except ValueError as err:  # bad settings: one line, no traceback
+    except UserError as err:  # bad settings: one line, no traceback
         raise SystemExit(f"theory.assoc_memory: {err}") from None

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from common.errors import UserError
 from theory.assoc_memory import DTYPE, softmax_ce
 from theory.threads import single_threaded
 from theory.updates import UpdateRule
@@ -34,9 +35,9 @@ SCALING_OPTIMIZERS = ("gd", "muon")
 def key_frequencies(K: int, M: int, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(p, group): per-key frequencies (sum 1) and the group index (0..M-1) of each key."""
     if M < 1 or K < M or K % M:
-        raise ValueError(f"K={K} keys must split into M={M} equal groups: pick K a multiple of M >= 1")
+        raise UserError(f"K={K} keys must split into M={M} equal groups: pick K a multiple of M >= 1")
     if beta < 0:
-        raise ValueError(f"power-law exponent beta must be >= 0, got {beta}")
+        raise UserError(f"power-law exponent beta must be >= 0, got {beta}")
     group = torch.arange(K) // (K // M)
     p = (group + 1).to(DTYPE) ** -beta
     return p / p.sum(), group
@@ -45,7 +46,7 @@ def key_frequencies(K: int, M: int, beta: float) -> tuple[torch.Tensor, torch.Te
 def noisy_targets(K: int, alpha: float) -> torch.Tensor:
     """Target distributions as columns: (1 - alpha) e_k + alpha / K."""
     if not 0 <= alpha < 1:
-        raise ValueError(f"label noise alpha must be in [0, 1), got {alpha}")
+        raise UserError(f"label noise alpha must be in [0, 1), got {alpha}")
     return (1 - alpha) * torch.eye(K, dtype=DTYPE) + alpha / K
 
 
@@ -110,7 +111,7 @@ def muon_horizon_lr(K: int, horizon: int, c: float = 3.0) -> float:
     is reached within the horizon; the oscillation left around it then costs O(lr^2).
     """
     if horizon < 1:
-        raise ValueError(f"horizon must be >= 1 step, got {horizon}")
+        raise UserError(f"horizon must be >= 1 step, got {horizon}")
     return c * math.log(K) / horizon
 
 
@@ -224,7 +225,7 @@ def run_all(
     key_frequencies(K, M, beta)
     noisy_targets(K, alpha)
     if steps < 1 or min(horizons) < 1:
-        raise ValueError(f"steps ({steps}) and horizons ({horizons}) must be >= 1")
+        raise UserError(f"steps ({steps}) and horizons ({horizons}) must be >= 1")
     jobs = tqdm(total=3 + len(Ks), desc="scaling", disable=not progress)
     clean = run_dynamics(K, M, beta, 0.0, steps, lr_muon=lr_muon)
     jobs.update()
@@ -329,5 +330,5 @@ def _int_list(spec: str, flag: str) -> tuple[int, ...]:
 if __name__ == "__main__":
     try:
         main()
-    except ValueError as err:  # bad settings: one line, no traceback
+    except UserError as err:  # bad settings: one line, no traceback
         raise SystemExit(f"theory.scaling: {err}") from None

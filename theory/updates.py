@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from common.errors import UserError
+
 OPTIMIZERS = ("gd", "signgd", "adam", "muon")  # the comparison of the papers (default grid)
 RULES = (*OPTIMIZERS, "muon_ns")  # muon_ns: the project's Newton-Schulz Muon, to compare with exact polar
 
@@ -51,9 +53,9 @@ class UpdateRule:
 
     def __post_init__(self) -> None:
         if self.name not in RULES:
-            raise ValueError(f"unknown optimizer {self.name!r}; choose one of {', '.join(RULES)}")
+            raise UserError(f"unknown optimizer {self.name!r}; choose one of {', '.join(RULES)}")
         if not self.lr > 0:
-            raise ValueError(f"learning rate must be positive, got {self.lr} for {self.name}")
+            raise UserError(f"learning rate must be positive, got {self.lr} for {self.name}")
 
     def step(self, G: torch.Tensor) -> torch.Tensor:
         """Return the update for gradient G (to subtract from the weights)."""

@@ -16,10 +16,18 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from common.errors import UserError
+from metrics.tail import MODES as TAIL_MODES
 from model import ModelConfig
+from optim.build import BASES, NS_DTYPES
+from optim.config import OptimConfig
+from optim.groups import spec_tokens
+from optim.muon import ADJUST_LR_FNS
+from optim.schedules import SCHEDULES, Schedule
+from training.runtime import PRECISIONS
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration the user has to fix (unknown key, bad value, missing file)."""
 
 
@@ -32,31 +40,6 @@ def _model_section() -> type:
 
 
 ModelSection = _model_section()
-
-
-@dataclass
-class OptimSection:
-    muon: Any = "hidden"  # groups routed to Muon: "vo,ffn" or [vo, ffn]; every other parameter -> base
-    base: str = "adamw"  # optimizer of the groups not on Muon: adamw | sgd
-    adamw_lr: float = 3e-3
-    muon_lr: float | None = None  # None: same as adamw_lr (fair with adjust_lr_fn=match_rms_adamw)
-    embed_lr: float | None = None
-    head_lr: float | None = None
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    momentum: float = 0.95
-    nesterov: bool = True
-    ns_steps: int = 5
-    ns_dtype: str = "auto"  # Newton–Schulz: auto (bf16 on GPU and bf16-capable CPUs, else fp32) | fp32 | bf16
-    adjust_lr_fn: str = "match_rms_adamw"  # or "original": sqrt(max(1, rows/cols)), lr ~ 0.02
-    per_head: bool = False
-    sgd_momentum: float = 0.9
-    schedule: str = "cosine"  # cosine | wsd | constant
-    warmup_steps: int = 20
-    min_lr_ratio: float = 0.1
-    decay_fraction: float = 0.2
-    grad_clip: float = 1.0  # 0 disables clipping
 
 
 @dataclass
@@ -118,7 +101,7 @@ class LoggingSection:
 @dataclass
 class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
-    optim: OptimSection = field(default_factory=OptimSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainSection = field(default_factory=TrainSection)
     data: DataSection = field(default_factory=DataSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
@@ -126,8 +109,8 @@ class RunConfig:
     logging: LoggingSection = field(default_factory=LoggingSection)
 
 
-def load_config(files: Sequence[str] = (), overrides: Sequence[str] = ()) -> DictConfig:
-    """Schema defaults <- each YAML file in order <- dotted `key=value` overrides."""
+def load_config(files: Sequence[str] = (), overrides: Sequence[str] = ()) -> RunConfig:
+    """Schema defaults <- each YAML file in order <- dotted `key=value` overrides, as typed sections."""
     cfg = OmegaConf.structured(RunConfig)
     for path in files:
         if not Path(path).is_file():
@@ -138,7 +121,17 @@ def load_config(files: Sequence[str] = (), overrides: Sequence[str] = ()) -> Dic
             raise ConfigError(f"override '{item}' is not key=value (e.g. optim.muon=vo,ffn)")
         cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"in override '{item}'")
     _validate(cfg)
-    return cfg
+    return OmegaConf.to_object(cfg)
+
+
+def config_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML (what a run directory's config.yaml holds)."""
+    return OmegaConf.to_yaml(cfg)
+
+
+def as_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The config as nested plain dicts (wandb's config, comparisons)."""
+    return dataclasses.asdict(cfg)
 
 
 def _merge(cfg: DictConfig, other: Any, where: str) -> DictConfig:
@@ -161,16 +154,19 @@ def _valid_keys(full_key: str) -> str:
     return ", ".join(node.keys()) if isinstance(node, DictConfig) else "see training/config.py"
 
 
+# Each choice is defined by the module that implements it.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optim.base": BASES,
+    "optim.schedule": SCHEDULES,
+    "optim.adjust_lr_fn": tuple(fn for fn in ADJUST_LR_FNS if fn is not None),
+    "optim.ns_dtype": tuple(NS_DTYPES),
+    "train.precision": PRECISIONS,
+    "metrics.tail_mode": TAIL_MODES,
+}
+
+
 def _validate(cfg: DictConfig) -> None:
-    choices = {
-        "optim.base": ("adamw", "sgd"),
-        "optim.schedule": ("cosine", "wsd", "constant"),
-        "optim.adjust_lr_fn": ("match_rms_adamw", "original"),
-        "optim.ns_dtype": ("auto", "fp32", "bf16"),
-        "train.precision": ("auto", "bf16", "fp32"),
-        "metrics.tail_mode": ("share", "log"),
-    }
-    for key, allowed in choices.items():
+    for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value} is not one of {', '.join(allowed)}")
@@ -180,19 +176,28 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(f"train.{key} must be positive, got {t[key]}")
     if t.micro_batch_size is not None and t.micro_batch_size <= 0:
         raise ConfigError(f"train.micro_batch_size must be positive, got {t.micro_batch_size}")
+    try:
+        schedule_of(cfg)
+    except ValueError as err:
+        raise ConfigError(f"optim.{err} (train.steps={t.steps})") from None
 
 
-def run_name(cfg: DictConfig) -> str:
+def schedule_of(cfg: RunConfig | DictConfig) -> Schedule:
+    """The run's learning-rate schedule."""
+    o = cfg.optim
+    return Schedule(cfg.train.steps, o.schedule, o.warmup_steps, o.min_lr_ratio, o.decay_fraction)
+
+
+def run_name(cfg: RunConfig) -> str:
     """The run's name: `run.name`, or one derived from preset, FFN, routing and seed."""
     if cfg.run.name:
         return cfg.run.name
-    muon = cfg.optim.muon
-    routing = "+".join(muon) if not isinstance(muon, str) else muon.replace(",", "+").replace(" ", "")
+    routing = "+".join(spec_tokens(cfg.optim.muon))
     ffn = f"_{cfg.model.ffn_type}" if cfg.model.ffn_type else ""
     return f"{cfg.model.preset}{ffn}_muon-{routing or 'none'}_s{cfg.train.seed}"
 
 
-def run_dir(cfg: DictConfig) -> Path:
+def run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.run.dir) if cfg.run.dir else Path("runs") / run_name(cfg)
 
 
@@ -203,10 +208,9 @@ RESUMABLE_KEYS = (
 )
 
 
-def resume_conflicts(saved: DictConfig, current: DictConfig) -> list[str]:
+def resume_conflicts(saved: RunConfig, current: RunConfig) -> list[str]:
     """Dotted keys whose values differ between a saved run config and the current one."""
-    a = _flatten(OmegaConf.to_container(saved, resolve=True))
-    b = _flatten(OmegaConf.to_container(current, resolve=True))
+    a, b = _flatten(as_dict(saved)), _flatten(as_dict(current))
     keys = sorted(set(a) | set(b))
     return [
         k for k in keys

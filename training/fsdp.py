@@ -15,7 +15,6 @@ import os
 
 import torch
 from accelerate import Accelerator
-from omegaconf import DictConfig
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -24,13 +23,13 @@ from model import Transformer
 from training.config import ConfigError
 
 
-def fsdp_requested(cfg: DictConfig) -> bool:
+def fsdp_requested(fsdp: bool) -> bool:
     """Whether FSDP2 is asked for: `train.fsdp=true`, or `accelerate launch --use_fsdp --fsdp_version 2`."""
     launched = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if launched and os.environ.get("FSDP_VERSION", "1") != "2":
         raise ConfigError("train.py shards with FSDP2 only: add --fsdp_version 2 to accelerate launch "
                           "--use_fsdp (or launch without --use_fsdp and set train.fsdp=true)")
-    return bool(cfg.train.fsdp) or launched
+    return fsdp or launched
 
 
 def shard_model(model: Transformer, device: torch.device, world_size: int) -> Transformer:
@@ -51,15 +50,31 @@ def autocast_forward(model: nn.Module, accelerator: Accelerator) -> nn.Module:
     return model
 
 
-def main_copy(model: nn.Module, accelerator: Accelerator) -> nn.Module | None:
-    """A whole copy of the (not yet sharded) `model` on the main process, None on the others.
+class WholeModel:
+    """The whole, unwrapped model that spectra and QA read on the main process (`module`; None on the
+    other processes of an FSDP2 run).
 
-    Spectra and QA run on the main process alone; on the sharded model they would need every rank.
-    `copy_full_weights` refreshes the copy before each evaluation.
+    Without FSDP2 it is the training model itself. Under FSDP2 it is a copy made before sharding, and
+    `refresh()` gathers the sharded weights into it: a collective that every rank calls, in order.
     """
-    if not accelerator.is_main_process:
-        return None
-    return autocast_forward(copy.deepcopy(model).to(accelerator.device).requires_grad_(False), accelerator)
+
+    def __init__(self, module: nn.Module | None, sharded: FSDPModule | None = None) -> None:
+        self.module, self.sharded = module, sharded
+
+    @classmethod
+    def copy_for(cls, model: nn.Module, accelerator: Accelerator) -> WholeModel:
+        """A whole copy of the (not yet sharded) `model` on the main process, to be refreshed from
+        `sharded` once that is set."""
+        module = None
+        if accelerator.is_main_process:
+            module = copy.deepcopy(model).to(accelerator.device).requires_grad_(False)
+            module = autocast_forward(module, accelerator)
+        return cls(module)
+
+    def refresh(self) -> None:
+        """Copy the sharded model's current weights into the whole copy (no-op without FSDP2)."""
+        if self.sharded is not None:
+            copy_full_weights(self.sharded, self.module)
 
 
 @torch.no_grad()

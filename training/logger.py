@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
-from omegaconf import DictConfig, OmegaConf
+
+from common.rundir import RunDir
+from training.config import RunConfig, as_dict
 
 
 def wandb_mode(cfg_mode: str | None) -> str:
@@ -41,24 +43,24 @@ def wandb_run_id(run_dir: Path) -> str:
 class MetricsLogger:
     """Appends one JSON object per event to metrics.jsonl and mirrors it to the trackers."""
 
-    def __init__(self, accelerator: Accelerator, run_dir: Path, cfg: DictConfig, name: str):
+    def __init__(self, accelerator: Accelerator, run: RunDir, cfg: RunConfig, name: str):
         self.accelerator = accelerator
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = run.metrics
         self.use_wandb = bool(cfg.logging.wandb)
         if self.use_wandb:
             accelerator.init_trackers(
                 cfg.logging.wandb_project,
-                config=OmegaConf.to_container(cfg, resolve=True),
+                config=as_dict(cfg),
                 init_kwargs={"wandb": {
                     "name": name,
                     "group": cfg.logging.wandb_group,
                     "tags": list(cfg.logging.wandb_tags),
                     "mode": wandb_mode(cfg.logging.wandb_mode),
-                    "dir": str(run_dir),
+                    "dir": str(run.path),
                     # One wandb run per run directory: a resumed run continues it, while runs of the
                     # same name in other directories (other grids) stay separate.
                     "resume": "allow",
-                    "id": wandb_run_id(run_dir),
+                    "id": wandb_run_id(run.path),
                 }},
             )
 
@@ -80,16 +82,6 @@ class MetricsLogger:
         columns = ["name", "group", "optimizer", "shape", "numel"]
         table = wandb.Table(columns=columns, data=[[str(r[c]) for c in columns] for r in rows])
         self.accelerator.get_tracker("wandb", unwrap=True).log({"routing": table})
-
-
-def truncate_after(path: Path, step: int) -> None:
-    """Drop events logged after `step` (an interrupted run's tail, about to be replayed on resume)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
 
 
 def _jsonable(value: Any) -> Any:

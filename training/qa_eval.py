@@ -6,11 +6,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 
 from data.bios import BiosConfig, qa_items
 from data.tokenizer import load_tokenizer
 from metrics.qa import first_token_accuracy
+from training.config import MetricsSection
 
 
 def sample_qa_items(items: Iterable, max_per_group: int) -> list:
@@ -31,7 +31,7 @@ class QAEval:
         self.items, self.tokenizer, self.device, self.batch_size = items, tokenizer, device, batch_size
 
     @classmethod
-    def for_dataset(cls, meta: dict, data_dir: Path, metrics_cfg: DictConfig,
+    def for_dataset(cls, meta: dict, data_dir: Path, metrics_cfg: MetricsSection,
                     device: torch.device) -> QAEval | None:
         """The QA eval of a prepared dataset, or None when it holds no biographies (or QA is off)."""
         settings = meta.get("bios")

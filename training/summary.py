@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-
-def write_text(path: Path, text: str) -> None:
-    """Write a file atomically (temporary file, then rename): readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+from common.files import write_json
+from common.rundir import RunDir
 
 
-def write_json(path: Path, obj: object) -> None:
-    """Write JSON atomically."""
-    write_text(path, json.dumps(obj, indent=2))
-
-
-def write_summary(run_dir: Path, summary: dict) -> None:
-    """summary.json, whose presence marks the run as complete."""
-    write_json(Path(run_dir) / "summary.json", summary)
+def write_summary(run: RunDir, summary: dict) -> None:
+    """summary.json, whose presence marks the run as finished."""
+    write_json(run.summary, summary)
 
 
 def print_summary(run_dir: Path, summary: dict) -> None:

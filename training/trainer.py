@@ -11,20 +11,25 @@ Everything that can fail on bad input (config, data, model shape, routing) happe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from tqdm.auto import tqdm
 
+from common.errors import MissingFileError, UserError
+from common.files import write_json, write_text
+from common.rundir import RunDir
 from data.loader import TokenLoader, check_vocab, val_batches
 from data.prepare import ensure_prepared
 from metrics.spectra import model_spectra, snapshot_weights, update_spectra
@@ -33,52 +38,64 @@ from model import ModelConfig, Transformer
 from model.presets import resolve_model_config
 from optim.build import build_optimizer
 from optim.groups import format_routing_table, routing_json
-from optim.schedules import lr_multiplier
 from training.batching import BatchPlan
+from training.cadence import Cadence, Due
 from training.checkpoint import (
     WholeOptimizerState,
     checkpoint_whole_weights,
-    latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from training.config import ConfigError, resume_conflicts, run_dir, run_name
+from training.config import (
+    ConfigError,
+    DataSection,
+    RunConfig,
+    config_yaml,
+    load_config,
+    resume_conflicts,
+    run_dir,
+    run_name,
+    schedule_of,
+)
 from training.evaluate import Evaluator
-from training.fsdp import autocast_forward, copy_full_weights, fsdp_requested, main_copy, shard_model
-from training.logger import MetricsLogger, truncate_after
+from training.fsdp import WholeModel, autocast_forward, fsdp_requested, shard_model
+from training.logger import MetricsLogger
 from training.qa_eval import QAEval
-from training.summary import print_summary, write_json, write_summary, write_text
+from training.runtime import make_accelerator
+from training.summary import print_summary, write_summary
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError):
     """The training loss became NaN or infinite."""
 
 
-def make_accelerator(cfg: DictConfig) -> Accelerator:
-    precision = cfg.train.precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() else "fp32"
-    return Accelerator(
-        # Without a GPU, cpu=True is what makes accelerate see a torchrun launch as MULTI_CPU (gloo).
-        cpu=not torch.cuda.is_available(),
-        mixed_precision="bf16" if precision == "bf16" else "no",
-        log_with="wandb" if cfg.logging.wandb else None,
-    )
+@dataclass
+class LoopState:
+    """Where the loop is: steps done, wall time before this process started, the latest figures."""
+
+    step: int = 0
+    wall_before_s: float = 0.0  # wall time of the earlier attempts (a resumed run)
+    train_loss: float = math.nan
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+    def checkpoint_state(self, tokens_per_step: int, wall_time_s: float) -> dict:
+        """What a checkpoint records of the loop (its loop_state.json)."""
+        return {"step": self.step, "tokens": self.step * tokens_per_step, "wall_time_s": wall_time_s}
 
 
-def prepare_data(cfg: DictConfig, accelerator: Accelerator) -> Path:
+def prepare_data(data: DataSection, accelerator: Accelerator) -> Path:
     """The prepared dataset directory (the main process prepares it first, the others reuse it)."""
     with accelerator.main_process_first():
         return ensure_prepared(
-            cfg.data.source, cfg.data.dir, vocab_size=cfg.data.vocab_size, tokenizer=cfg.data.tokenizer,
-            tokens=cfg.data.tokens, val_tokens=cfg.data.val_tokens, text_field=cfg.data.text_field,
-            bios=OmegaConf.to_container(cfg.data.bios))
+            data.source, data.dir, vocab_size=data.vocab_size, tokenizer=data.tokenizer,
+            tokens=data.tokens, val_tokens=data.val_tokens, text_field=data.text_field,
+            bios=dict(data.bios))
 
 
-def model_config_for(cfg: DictConfig, meta: dict) -> ModelConfig:
+def model_config_for(cfg: RunConfig, meta: dict) -> ModelConfig:
     # The embedding table is padded to a multiple of 64 (GPT-2's 50257 -> 50304) for fast matmuls.
     vocab = -(-meta["vocab_size"] // 64) * 64
-    model_cfg = resolve_model_config(OmegaConf.to_container(cfg.model), vocab_size=vocab)
+    model_cfg = resolve_model_config(dataclasses.asdict(cfg.model), vocab_size=vocab)
     check_vocab(meta, model_cfg.vocab_size)
     if cfg.train.seq_len > model_cfg.max_seq_len:
         raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds model.max_seq_len="
@@ -87,65 +104,73 @@ def model_config_for(cfg: DictConfig, meta: dict) -> ModelConfig:
 
 
 class Trainer:
-    """One training run. `dry_run()` or `fit()` after construction."""
+    """One training run. `dry_run()` or `fit()` after construction.
 
-    def __init__(self, cfg: DictConfig):
+    Two model handles: `model` trains (wrapped by accelerate, compiled, or sharded by FSDP2) and
+    `whole` is the whole, unwrapped model that spectra and QA read on the main process.
+    """
+
+    def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.accelerator = accelerator = make_accelerator(cfg)
-        self.is_main = accelerator.is_main_process
-        self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.sharded = fsdp_requested(cfg) and self.world > 1  # one process: nothing to shard
-        self.out_dir = run_dir(cfg)
+        self.accelerator = acc = make_accelerator(cfg.train.precision, cfg.logging.wandb)
+        self.is_main = acc.is_main_process
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.sharded = fsdp_requested(cfg.train.fsdp) and self.world > 1  # one process: nothing to shard
+        self.run = RunDir(run_dir(cfg))
         self.plan = BatchPlan.of(cfg.train.batch_size, cfg.train.micro_batch_size, self.world)
-        self.data_dir = prepare_data(cfg, accelerator)
+        self.cadence = Cadence(cfg.train, cfg.metrics)
+        self.schedule = schedule_of(cfg)
+        self.data_dir = prepare_data(cfg.data, acc)
         self.meta = json.loads((self.data_dir / "meta.json").read_text())
         self.model_cfg = model_config_for(cfg, self.meta)
         set_seed(cfg.train.seed)
-        self.model = Transformer(self.model_cfg)
+        self.model: nn.Module = Transformer(self.model_cfg)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.routing = routing_json(self.optimizer.routing)
-        self.resume_from = _find_resume(cfg, self.out_dir)
-        self._build_evaluation()
+        self.resume_from = _find_resume(cfg, self.run)
+        self.evaluator = self._evaluator()
+        self.qa = QAEval.for_dataset(self.meta, self.data_dir, cfg.metrics, acc.device)
+        self.flops_per_token = flops_per_token(self.model_cfg, cfg.train.seq_len)
+        device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        self.peak_flops = peak_flops(device_name, override=cfg.metrics.peak_flops)
+        self.tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
+        # Set up by fit():
+        self.whole = WholeModel(None)
+        self.logger: MetricsLogger | None = None
+        self.loader: TokenLoader | None = None
+        self.state = LoopState()
+        self.run_start = 0.0  # perf_counter() at the start of the run, earlier attempts included
+        self.weights_before: dict[str, torch.Tensor] | None = None  # for the next `spectra_update/*`
 
     def dry_run(self) -> None:
         """Print the routing table and write routing.json; nothing else is written."""
         if self.is_main:
             print(format_routing_table(self.optimizer.routing))
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.out_dir / "routing.json", self.routing)
-            print(f"routing table written to {self.out_dir / 'routing.json'}")
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            write_json(self.run.routing, self.routing)
+            print(f"routing table written to {self.run.routing}")
 
     def fit(self) -> dict:
         """Train to `train.steps` (resuming if a checkpoint is there); returns the summary."""
         cfg, acc = self.cfg, self.accelerator
         self._start_run_dir()
-        # Under FSDP2 the main process evaluates spectra and QA on a whole copy of the model.
-        self.whole_copy = self.sharded and (cfg.metrics.spectra_every != 0 or self.qa is not None)
-        if self.sharded:
-            self._shard()
-        else:
-            model = torch.compile(self.model) if cfg.train.compile else self.model
-            self.model = acc.prepare(model)
-            self.raw_model = acc.unwrap_model(self.model)
+        self._wrap_model()
         acc.register_for_checkpointing(WholeOptimizerState(self.optimizer))
-        start, self.wall_before = 0, 0.0
         if self.resume_from is not None:
-            state = load_checkpoint(acc, self.resume_from)
-            start, self.wall_before = state["step"], state["wall_time_s"]
+            saved = load_checkpoint(acc, self.resume_from)
+            self.state = LoopState(step=saved["step"], wall_before_s=saved["wall_time_s"])
             if self.is_main:
-                truncate_after(self.out_dir / "metrics.jsonl", start)
-                print(f"resuming {self.out_dir} from {self.resume_from.name}")
-        self.logger = MetricsLogger(acc, self.out_dir, cfg, run_name(cfg))
+                self.run.truncate_metrics(self.state.step)
+                print(f"resuming {self.run.path} from {self.resume_from.name}")
+        start = self.state.step
+        self.logger = MetricsLogger(acc, self.run, cfg, run_name(cfg))
         self.logger.log_routing_table(self.routing)
         self.loader = TokenLoader(self.data_dir, "train", cfg.train.seq_len, cfg.train.batch_size,
                                   cfg.train.seed, rank=self.rank, world_size=self.world,
                                   aligned=cfg.data.bos_aligned)
-        self.last_eval: dict[str, float] = {}
-        self.weights_before: dict[str, torch.Tensor] | None = None
-        self.train_loss = float("nan")
-        self.run_start = time.perf_counter() - self.wall_before
+        self.run_start = time.perf_counter() - self.state.wall_before_s
         if start == 0:
-            self._evaluate_at(0)
+            self._evaluate(0, self.cadence.at(0))
         self._loop(start)
         return self._finish(start)
 
@@ -158,85 +183,76 @@ class Trainer:
         # or miss the checkpoints a fresh start deletes.
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            out = self.out_dir
-            out.mkdir(parents=True, exist_ok=True)
-            write_text(out / "config.yaml", OmegaConf.to_yaml(self.cfg))
-            write_json(out / "routing.json", self.routing)
-            (out / "summary.json").unlink(missing_ok=True)
+            run = self.run
+            run.path.mkdir(parents=True, exist_ok=True)
+            write_text(run.config, config_yaml(self.cfg))
+            write_json(run.routing, self.routing)
+            run.summary.unlink(missing_ok=True)
             if self.resume_from is None:
-                (out / "metrics.jsonl").unlink(missing_ok=True)
-                shutil.rmtree(out / "checkpoints", ignore_errors=True)
+                run.metrics.unlink(missing_ok=True)
+                shutil.rmtree(run.checkpoints_root, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
-    def _shard(self) -> None:
-        """FSDP2: shard the model over the processes and rebuild the optimizer on its parameters.
+    def _wrap_model(self) -> None:
+        """Make `model` the one that trains (prepared, compiled or sharded) and `whole` the one read whole.
 
-        The optimizer built in __init__ (which validated the routing) holds the parameters that
-        fully_shard replaced with DTensors. `raw_model` is the whole copy on the main process.
+        Under FSDP2 the optimizer built in __init__ (which validated the routing) holds the parameters
+        that fully_shard replaces with DTensors, so it is rebuilt on the sharded model; the main process
+        keeps a whole copy for spectra and QA when they are on.
         """
         cfg, acc = self.cfg, self.accelerator
-        self.main_copy = main_copy(self.model, acc) if self.whole_copy else None
-        self.sharded_model = autocast_forward(shard_model(self.model, acc.device, self.world), acc)
-        self.optimizer = build_optimizer(self.sharded_model, cfg.optim)
-        checkpoint_whole_weights(acc, self.sharded_model)
-        self.model = torch.compile(self.sharded_model) if cfg.train.compile else self.sharded_model
-        self.raw_model = self.main_copy if self.main_copy is not None else self.sharded_model
+        if not self.sharded:
+            self.model = acc.prepare(torch.compile(self.model) if cfg.train.compile else self.model)
+            self.whole = WholeModel(acc.unwrap_model(self.model))
+            return
+        needs_whole = cfg.metrics.spectra_every != 0 or self.qa is not None
+        whole = WholeModel.copy_for(self.model, acc) if needs_whole else WholeModel(None)
+        sharded = autocast_forward(shard_model(self.model, acc.device, self.world), acc)
+        self.optimizer = build_optimizer(sharded, cfg.optim)
+        checkpoint_whole_weights(acc, sharded)
+        self.model = torch.compile(sharded) if cfg.train.compile else sharded
+        if needs_whole:
+            whole.sharded = sharded
+        self.whole = whole
         if self.is_main:
             print(f"FSDP2: weights, gradients and optimizer state sharded over {self.world} processes")
 
-    def _build_evaluation(self) -> None:
-        """Validation rows, tail buckets, QA items, FLOP counts (no validation split: QA/spectra only)."""
-        cfg, acc = self.cfg, self.accelerator
-        self.evaluator = None
-        if self.meta["val_tokens"]:
-            val_rows = list(val_batches(self.data_dir, cfg.train.seq_len, cfg.train.eval_tokens,
-                                        cfg.train.batch_size, self.rank, self.world,
-                                        micro_batch_size=self.plan.micro))
-            counts = np.load(self.data_dir / "token_counts.npy")
-            self.evaluator = Evaluator(acc, val_rows, counts, cfg.metrics.tail_buckets, cfg.metrics.tail_mode)
-        self.qa = QAEval.for_dataset(self.meta, self.data_dir, cfg.metrics, acc.device)
-        self.flops_per_token = flops_per_token(self.model_cfg, cfg.train.seq_len)
-        device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-        self.peak_flops = peak_flops(device_name, override=cfg.metrics.peak_flops)
+    def _evaluator(self) -> Evaluator | None:
+        """Validation loss and tail buckets on this process's validation rows (None: no validation split)."""
+        cfg = self.cfg
+        if not self.meta["val_tokens"]:
+            return None
+        val_rows = list(val_batches(self.data_dir, cfg.train.seq_len, cfg.train.eval_tokens,
+                                    cfg.train.batch_size, self.rank, self.world,
+                                    micro_batch_size=self.plan.micro))
+        counts = np.load(self.data_dir / "token_counts.npy")
+        return Evaluator(self.accelerator, val_rows, counts, cfg.metrics.tail_buckets, cfg.metrics.tail_mode)
 
     # -- the loop ---------------------------------------------------------------------------
 
-    @property
-    def tokens_per_step(self) -> int:
-        return self.cfg.train.batch_size * self.cfg.train.seq_len
-
     def _loop(self, start: int) -> None:
-        cfg = self.cfg.train
+        steps = self.cfg.train.steps
         loss_sum = torch.zeros((), device=self.accelerator.device)
         window_steps, window_start = 0, time.perf_counter()
-        bar = tqdm(total=cfg.steps, initial=start, disable=not self.is_main, desc="train", unit="step",
+        bar = tqdm(total=steps, initial=start, disable=not self.is_main, desc="train", unit="step",
                    dynamic_ncols=True)
-        for step in range(start, cfg.steps):
-            grad_norm = self._step(step, loss_sum, snapshot=self._spectra_due(step + 1))
-            done, window_steps = step + 1, window_steps + 1
+        for step in range(start, steps):
+            done = step + 1
+            due = self.cadence.at(done)
+            grad_norm = self._step(step, loss_sum, snapshot=due.spectra)
+            self.state.step, window_steps = done, window_steps + 1
             bar.update(1)
-            every = cfg.checkpoint_every
-            checkpoint_due = done == cfg.steps or bool(every) and done % every == 0
-            if done % cfg.log_every == 0 or checkpoint_due:
+            if due.log:
                 tok_s = self.tokens_per_step * window_steps / (time.perf_counter() - window_start)
                 self._log_train(done, loss_sum / window_steps, grad_norm, tok_s)
-                bar.set_postfix(loss=f"{self.train_loss:.3f}", tok_s=f"{tok_s:,.0f}")
+                bar.set_postfix(loss=f"{self.state.train_loss:.3f}", tok_s=f"{tok_s:,.0f}")
                 loss_sum.zero_()
                 window_steps, window_start = 0, time.perf_counter()
-            if self._eval_due(done):
-                self._evaluate_at(done)
-            if checkpoint_due:
-                state = {"step": done, "tokens": done * self.tokens_per_step,
-                         "wall_time_s": time.perf_counter() - self.run_start}
-                save_checkpoint(self.accelerator, self.out_dir, done, state, cfg.keep_checkpoints)
+            if due.eval:
+                self._evaluate(done, due)
+            if due.checkpoint:
+                self._checkpoint()
         bar.close()
-
-    def _eval_due(self, step: int) -> bool:
-        every = self.cfg.train.eval_every
-        return bool(every) and step % every == 0 or step == self.cfg.train.steps
-
-    def _spectra_due(self, step: int) -> bool:
-        return self._eval_due(step) and _due(step, self.cfg.metrics.spectra_every, self.cfg.train.steps)
 
     def _step(self, step: int, loss_sum: torch.Tensor, snapshot: bool = False) -> torch.Tensor:
         """One optimizer step on the global batch at `step`; adds its loss to `loss_sum` (no sync).
@@ -245,8 +261,7 @@ class Trainer:
         `spectra_update/*` (the spectrum of this step's update).
         """
         cfg, acc, plan = self.cfg, self.accelerator, self.plan
-        mult = lr_multiplier(step, cfg.train.steps, cfg.optim.schedule, cfg.optim.warmup_steps,
-                             cfg.optim.min_lr_ratio, cfg.optim.decay_fraction)
+        mult = self.schedule.multiplier(step)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * mult
         batch = self.loader.batch(step)
@@ -262,66 +277,65 @@ class Trainer:
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip)
         if snapshot:
-            self._snapshot_weights()
+            self.whole.refresh()
+            if self.is_main:
+                self.weights_before = snapshot_weights(self.whole.module)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    def _snapshot_weights(self) -> None:
-        """The main process's copy of the hidden weights as they are now (under FSDP2 every rank gathers)."""
-        if self.whole_copy:
-            copy_full_weights(self.sharded_model, self.main_copy)
-        if self.is_main:
-            self.weights_before = snapshot_weights(self.raw_model)
-
     def _log_train(self, step: int, mean_loss: torch.Tensor, grad_norm: torch.Tensor, tok_s: float) -> None:
         # The only host-device synchronisation of the loop: at logging and checkpoint steps.
-        self.train_loss = self.accelerator.reduce(mean_loss, reduction="mean").item()
-        if not math.isfinite(self.train_loss):
-            good = latest_checkpoint(self.out_dir)
+        self.state.train_loss = self.accelerator.reduce(mean_loss, reduction="mean").item()
+        if not math.isfinite(self.state.train_loss):
+            good = self.run.latest_checkpoint()
             raise NonFiniteLossError(
-                f"training loss is {self.train_loss} at step {step}; last good checkpoint: {good or 'none'}. "
-                "Lower optim.adamw_lr/optim.muon_lr or set optim.grad_clip, then rerun (train.resume=auto)")
-        metrics = {"train/loss": self.train_loss, "train/lr": self.optimizer.param_groups[0]["lr"],
+                f"training loss is {self.state.train_loss} at step {step}; last good checkpoint: "
+                f"{good or 'none'}. Lower optim.adamw_lr/optim.muon_lr or set optim.grad_clip, then rerun "
+                "(train.resume=auto)")
+        metrics = {"train/loss": self.state.train_loss, "train/lr": self.optimizer.param_groups[0]["lr"],
                    "train/grad_norm": grad_norm.item(), "perf/tokens_per_s": tok_s}
         if (u := mfu(tok_s, self.flops_per_token, self.world, self.peak_flops)) is not None:
             metrics["perf/mfu"] = u
         self.logger.log(metrics, step)
 
-    def _evaluate(self, step: int) -> None:
-        cfg = self.cfg
+    def _evaluate(self, step: int, due: Due) -> None:
+        """Validation loss and tail buckets on every process; spectra and QA, when due, on the main one."""
+        self.whole.refresh()
         metrics = self.evaluator.loss_and_tail(self.model) if self.evaluator else {}
-        # Spectra and QA run on the main process only: they read the (replicated) weights.
-        if self.is_main and _due(step, cfg.metrics.spectra_every, cfg.train.steps):
-            metrics.update(model_spectra(self.raw_model))
+        whole = self.whole.module
+        if self.is_main and due.spectra:
+            metrics.update(model_spectra(whole))
             if self.weights_before is not None:  # the last step's update (none before the first step)
-                metrics.update(update_spectra(self.weights_before, self.raw_model))
+                metrics.update(update_spectra(self.weights_before, whole))
                 self.weights_before = None
-        if self.is_main and self.qa is not None and _due(step, cfg.metrics.qa_every, cfg.train.steps):
-            metrics.update(self.qa(self.raw_model))
-        self.last_eval = metrics
+        if self.is_main and self.qa is not None and due.qa:
+            metrics.update(self.qa(whole))
+        self.state.last_eval = metrics
         self.logger.log(metrics, step)
 
-    def _evaluate_at(self, step: int) -> None:
-        """`_evaluate`, after the main process's whole copy is refreshed (FSDP2; every rank gathers)."""
-        if self.whole_copy:
-            copy_full_weights(self.sharded_model, self.main_copy)
-        self._evaluate(step)
+    def _checkpoint(self) -> None:
+        wall = time.perf_counter() - self.run_start
+        loop_state = self.state.checkpoint_state(self.tokens_per_step, wall)
+        keep = self.cfg.train.keep_checkpoints
+        save_checkpoint(self.accelerator, self.run, self.state.step, loop_state, keep)
 
     def _finish(self, start: int) -> dict:
-        cfg = self.cfg.train
+        cfg, state = self.cfg.train, self.state
         wall = time.perf_counter() - self.run_start
+        this_attempt_s = max(wall - state.wall_before_s, 1e-9)
         summary = {
             "run": run_name(self.cfg), "processes": self.world, "steps": cfg.steps,
             "tokens": cfg.steps * self.tokens_per_step, "wall_time_s": wall,
-            "tokens_per_s": (cfg.steps - start) * self.tokens_per_step / max(wall - self.wall_before, 1e-9),
-            "final/train_loss": self.train_loss, "final/eval_loss": self.last_eval.get("eval/loss"),
-            **{k: v for k, v in self.last_eval.items() if "/layer" not in k},
+            "tokens_per_s": (cfg.steps - start) * self.tokens_per_step / this_attempt_s,
+            "final/train_loss": state.train_loss, "final/eval_loss": state.last_eval.get("eval/loss"),
+            **{k: v for k, v in state.last_eval.items() if "/layer" not in k},
         }
         if self.is_main:
-            summary["initial/eval_loss"] = _first_eval_loss(self.out_dir)
-            write_summary(self.out_dir, summary)
-            print_summary(self.out_dir, summary)
+            summary["initial/eval_loss"] = next(
+                (e["eval/loss"] for e in self.run.events() if "eval/loss" in e), None)
+            write_summary(self.run, summary)
+            print_summary(self.run.path, summary)
         # Finishes the trackers and destroys the process group: a gloo/NCCL group left alive at exit
         # can abort a rank ("terminate called without an active exception").
         self.accelerator.wait_for_everyone()
@@ -329,7 +343,7 @@ class Trainer:
         return summary
 
 
-def train(cfg: DictConfig, dry_run: bool = False) -> dict | None:
+def train(cfg: RunConfig, dry_run: bool = False) -> dict | None:
     """Run (or, with dry_run, only build and print) the training job described by `cfg`."""
     trainer = Trainer(cfg)
     if dry_run:
@@ -338,37 +352,20 @@ def train(cfg: DictConfig, dry_run: bool = False) -> dict | None:
     return trainer.fit()
 
 
-def _find_resume(cfg: DictConfig, out_dir: Path) -> Path | None:
+def _find_resume(cfg: RunConfig, run: RunDir) -> Path | None:
     """The checkpoint to resume from, after checking that it belongs to the same experiment."""
     mode = cfg.train.resume
     if mode == "none":
-        if latest_checkpoint(out_dir):
-            raise ConfigError(f"{out_dir} already holds checkpoints and train.resume=none; choose another "
+        if run.latest_checkpoint():
+            raise ConfigError(f"{run.path} already holds checkpoints and train.resume=none; choose another "
                               "run.name/run.dir, delete it, or resume with train.resume=auto")
         return None
-    ckpt = latest_checkpoint(out_dir) if mode == "auto" else Path(mode)
+    ckpt = run.latest_checkpoint() if mode == "auto" else Path(mode)
     if ckpt is None:
         return None
     if not ckpt.is_dir():
-        raise FileNotFoundError(f"train.resume={mode}: no such checkpoint directory")
-    saved = out_dir / "config.yaml"
-    if saved.is_file() and (diff := resume_conflicts(OmegaConf.load(saved), cfg)):
-        raise ConfigError(f"cannot resume {out_dir}: its config differs in {', '.join(diff)}; "
+        raise MissingFileError(f"train.resume={mode}: no such checkpoint directory")
+    if run.config.is_file() and (diff := resume_conflicts(load_config([str(run.config)]), cfg)):
+        raise ConfigError(f"cannot resume {run.path}: its config differs in {', '.join(diff)}; "
                           "use another run.name or train.resume=none in a fresh directory")
     return ckpt
-
-
-def _due(step: int, every: int | None, total: int) -> bool:
-    """Whether an optional eval metric is due at `step` (None: at every eval; 0: never)."""
-    if every is None:
-        return True
-    return bool(every) and (step % every == 0 or step == total)
-
-
-def _first_eval_loss(out_dir: Path) -> float | None:
-    with (out_dir / "metrics.jsonl").open() as f:
-        for line in f:
-            event = json.loads(line)
-            if "eval/loss" in event:
-                return event["eval/loss"]
-    return None

@@ -1,0 +1,153 @@
+"""A run directory's layout, in one place: its file names, its checkpoints and what "complete" means.
+
+    runs/<name>/
+      config.yaml        the resolved config (written at start)
+      routing.json       parameter -> group -> optimizer
+      tokenizer.json     the run's tokenizer, copied from the prepared dataset
+      data.json          the prepared dataset's manifest (meta.json), copied
+      metrics.jsonl      one JSON object per logging event, each with "step"
+      summary.json       final metrics; its presence marks the run as finished
+      checkpoints/step_<N>/   accelerate's state; complete once loop_state.json is in it
+
+train.py, the checkpoint code, the logger, the exporter, the spectra report, evaluation and the
+ablation runner all read and write run directories through `RunDir`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.errors import MissingFileError
+from common.files import write_text
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+CHECKPOINT_MARKER = "loop_state.json"  # written last into a checkpoint: its presence makes it complete
+WEIGHTS_FILE = "model.safetensors"  # accelerate.save_state's file name for the first model
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The directory of one training run (it need not exist yet)."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def routing(self) -> Path:
+        return self.path / "routing.json"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.path / "tokenizer.json"
+
+    @property
+    def data_manifest(self) -> Path:
+        return self.path / "data.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def checkpoints_root(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint(self, step: int) -> Path:
+        """Where the checkpoint of `step` lives (complete or not)."""
+        return self.checkpoints_root / f"step_{step}"
+
+    # -- state ------------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """Whether train.py has started a run here (its config is written first)."""
+        return self.config.is_file()
+
+    def is_finished(self) -> bool:
+        """Whether the run completed: summary.json is written last."""
+        return self.summary.is_file()
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.checkpoints_root.is_dir():
+            return []
+        found = [(step, p) for p in self.checkpoints_root.iterdir()
+                 if (step := checkpoint_step(p)) is not None and is_complete_checkpoint(p)]
+        return [p for _, p in sorted(found)]
+
+    def latest_checkpoint(self) -> Path | None:
+        dirs = self.checkpoints()
+        return dirs[-1] if dirs else None
+
+    # -- metrics.jsonl ----------------------------------------------------------------------
+
+    def _lines(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(line, event) per logged event; a line that is not JSON (a run killed mid-write) is skipped."""
+        if not self.metrics.is_file():
+            return
+        for i, line in enumerate(self.metrics.read_text().splitlines()):
+            if not line.strip():
+                continue
+            try:
+                yield line, json.loads(line)
+            except json.JSONDecodeError:
+                warnings.warn(f"{self.metrics}:{i + 1}: skipping a line that is not JSON", stacklevel=3)
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """The logged events, in order."""
+        return (event for _, event in self._lines())
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop events logged after `step` (an interrupted run's tail, about to be replayed on resume)."""
+        if self.metrics.is_file():
+            kept = [line for line, event in self._lines() if event["step"] <= step]
+            write_text(self.metrics, "".join(line + "\n" for line in kept))
+
+    def read_summary(self) -> dict[str, Any] | None:
+        return json.loads(self.summary.read_text()) if self.summary.is_file() else None
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """N for a directory named step_<N>, else None."""
+    match = _STEP_DIR.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """The one definition of a complete checkpoint: its marker, written last, is there."""
+    return (Path(path) / CHECKPOINT_MARKER).is_file()
+
+
+def locate(path: str | Path) -> tuple[RunDir, Path]:
+    """(run directory, checkpoint) for a run directory (its newest complete checkpoint) or a checkpoint.
+
+    Raises MissingFileError naming what was expected when `path` is neither.
+    """
+    path = Path(path)
+    if is_complete_checkpoint(path):
+        return RunDir(path.parent.parent), path
+    ckpt = RunDir(path).latest_checkpoint()
+    if ckpt is None:
+        raise MissingFileError(
+            f"{path} is neither a checkpoint directory (with {CHECKPOINT_MARKER}) nor a run directory with "
+            f"a complete checkpoints/step_<N>; pass runs/<name> or runs/<name>/checkpoints/step_<N>")
+    return RunDir(path), ckpt

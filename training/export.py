@@ -1,0 +1,140 @@
+"""`python -m training.export export RUN_DIR_OR_CHECKPOINT OUT_DIR`: a run's checkpoint as a transformers
+directory that `AutoModelForCausalLM.from_pretrained(OUT_DIR)` (and `AutoTokenizer`) load.
+
+The conversion itself is `model.hf.to_hf`; this module finds the checkpoint, the run's config and its
+tokenizer through the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from common.errors import MissingFileError, UserError
+from common.rundir import WEIGHTS_FILE, RunDir, locate
+from data.prepare import dataset_dir_for
+from model.hf import WRAPPER_PREFIXES, to_hf
+from model.presets import resolve_model_config
+from model.transformer import Transformer
+
+
+def _load_run_config(run: RunDir) -> dict[str, Any]:
+    from omegaconf import OmegaConf  # only the CLI needs it
+
+    if not run.config.is_file():
+        raise MissingFileError(f"no {run.config}; the run's resolved config is needed")
+    cfg = OmegaConf.to_container(OmegaConf.load(run.config), resolve=True)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise UserError(f"{run.config} has no `model` section; is it a muonlab run config?")
+    return cfg
+
+
+def load_checkpoint(path: str | Path) -> tuple[Transformer, dict[str, Any], Path]:
+    """(model with the checkpoint's weights, the run config, checkpoint dir) for a run or checkpoint dir."""
+    from safetensors.torch import load_file
+
+    run, ckpt = locate(path)
+    run_cfg = _load_run_config(run)
+    state = {}
+    for name, tensor in load_file(ckpt / WEIGHTS_FILE).items():
+        for prefix in WRAPPER_PREFIXES:
+            name = name.removeprefix(prefix)
+        state[name] = tensor
+    if "model.embed_tokens.weight" not in state:
+        raise UserError(f"{ckpt / WEIGHTS_FILE} has no model.embed_tokens.weight; not a muonlab checkpoint")
+    # The embedding's row count is the vocabulary the run trained with, whatever the data config says.
+    vocab_size = state["model.embed_tokens.weight"].shape[0]
+    cfg = resolve_model_config({**run_cfg["model"], "vocab_size": vocab_size})
+    model = Transformer(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise UserError(f"{ckpt / WEIGHTS_FILE} does not match the run's model config: {first}") from None
+    return model, run_cfg, ckpt
+
+
+def run_tokenizer(run: RunDir, run_cfg: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
+    """(tokenizer.json, dataset manifest) of a run: the copies in its run directory, else those of
+    `data.dir` or of the cache directory train.py derived from the data settings (runs made before
+    run directories kept them); None when none has one."""
+    if run.tokenizer.is_file():
+        meta = json.loads(run.data_manifest.read_text()) if run.data_manifest.is_file() else {}
+        return run.tokenizer, meta
+    data = run_cfg.get("data") or {}
+    candidates = []
+    if data.get("dir"):
+        candidates.append(Path(data["dir"]))
+    elif data.get("source"):
+        settings = ("vocab_size", "tokenizer", "tokens", "val_tokens", "text_field", "bios")
+        # Same keywords as train.py's ensure_prepared call; settings this version of data/ does not
+        # understand mean exporting without the tokenizer, not failing the export.
+        with contextlib.suppress(TypeError, ValueError):
+            candidates.append(dataset_dir_for(data["source"], **{k: data[k] for k in settings if k in data}))
+    for data_dir in candidates:
+        if (data_dir / "tokenizer.json").is_file():
+            meta_file = data_dir / "meta.json"
+            meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+            return data_dir / "tokenizer.json", meta
+    return None
+
+
+def _save_tokenizer(tokenizer_file: Path, meta: dict[str, Any], out_dir: Path) -> None:
+    """Save the run's tokenizer for AutoTokenizer, with its BOS/EOS tokens named when meta.json has them."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
+    special = {}
+    for key, role in (("bos_id", "bos_token"), ("eos_id", "eos_token")):
+        if meta.get(key) is not None:
+            special[role] = tokenizer.convert_ids_to_tokens(meta[key])
+    tokenizer.add_special_tokens(special)
+    tokenizer.save_pretrained(out_dir)
+
+
+def export(src: str | Path, out_dir: str | Path) -> str:
+    """Convert a run's newest (or the given) checkpoint to a transformers directory; returns a summary."""
+    out_dir = Path(out_dir)
+    # disable=None: a bar on a terminal, silent in logs; the context closes it before any error line.
+    with tqdm(total=3, desc="export", unit="stage", disable=None) as stages:
+        run, _ = locate(src)
+        model, run_cfg, ckpt = load_checkpoint(src)
+        stages.update()
+        tokenizer = run_tokenizer(run, run_cfg)
+        meta = tokenizer[1] if tokenizer else {}
+        hf_model = to_hf(model, bos_token_id=meta.get("bos_id"), eos_token_id=meta.get("eos_id"))
+        stages.update()
+        hf_model.save_pretrained(out_dir)
+        if tokenizer is not None:
+            _save_tokenizer(tokenizer[0], meta, out_dir)
+        stages.update()
+    tokenizer_note = "with tokenizer" if tokenizer is not None else "without tokenizer (none found)"
+    return (
+        f"exported {ckpt} ({model.num_params() / 1e6:.1f}M params) as {type(hf_model).__name__} "
+        f"to {out_dir}, {tokenizer_note}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export", help="write a transformers checkpoint directory")
+    exp.add_argument("src", help="runs/<name> (newest checkpoint) or runs/<name>/checkpoints/step_<N>")
+    exp.add_argument("out_dir", help="output directory for save_pretrained")
+    args = parser.parse_args(argv)
+    try:
+        print(export(args.src, args.out_dir))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
