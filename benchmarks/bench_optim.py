@@ -65,17 +65,18 @@ from benchmarks.common import (
 from model import PRESETS, Transformer, get_preset
 from optim import dist_muon, newton_schulz
 from optim.build import build_optimizer
+from optim.config import OptimConfig
 from optim.groups import ALIASES, group_of
 from optim.muon import Muon
 from optim.newton_schulz import default_ns_dtype
-from training.config import OptimSection
 from training.runtime import keep_freed_memory
 
 MUON_KW = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True, adjust_lr_fn="match_rms_adamw")
 TARGET_SPEEDUP = 10.0  # issue 5: muonlab's Muon step >= 10x torch.optim.Muon's on CPU
 TARGET_NS_RATIO = 0.6  # issue 5: at 2 ranks each rank's NS time <= 0.6x the 1-rank time
 # distributed layouts: mode -> (the collective that shares the NS work, the Muon method doing NS + it)
-MODES = {"ddp": ("all_gather", "_orthogonalize"), "fsdp2": ("all_to_all_single", "_sharded_updates")}
+MODES = {"ddp": ("all_gather", "_orthogonalize_buckets"),
+         "fsdp2": ("all_to_all_single", "_row_sharded_updates")}
 DEFAULTS = {  # per device type
     "cpu": dict(preset="tiny", rounds=5, batch=16, seq=128),
     "cuda": dict(preset="gpt2-160m", rounds=20, batch=16, seq=1024),
@@ -156,7 +157,7 @@ def bench_share(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     cfg = get_preset(args.preset, max_seq_len=max(args.seq, get_preset(args.preset).max_seq_len))
     model = Transformer(cfg).to(args.device).train()
-    opt = build_optimizer(model, OmegaConf.structured(OptimSection(muon="hidden")))
+    opt = build_optimizer(model, OmegaConf.structured(OptimConfig(muon="hidden")))
     gen = torch.Generator().manual_seed(1)
     batch = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), generator=gen).to(args.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.type == "cuda")

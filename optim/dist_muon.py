@@ -1,21 +1,24 @@
 """Newton–Schulz work shared across ranks: replicated matrices (DDP) and row-sharded ones (FSDP2).
 
-DDP: after the all-reduce every rank holds the same gradients, and `Muon` updates the momentum of
+`Muon` computes on plain tensors only: `local_matrix` is the one place that looks through an FSDP2
+DTensor, to this rank's rows of it (every part of the update but orthogonalization is elementwise).
+
+Replicated (DDP): after the all-reduce every rank holds the same gradients, and `Muon` updates the momentum of
 every matrix on every rank (cheap, elementwise), so the optimizer state is complete and identical
 everywhere and a checkpoint resumes on any world size. Only the expensive part, orthogonalization,
 is split: every bucket of same-shape matrices is cut into one contiguous chunk per rank (chunk sizes
 differ by at most one; the larger chunks go to the ranks with the least work so far), each rank
 orthogonalizes its chunks in one batched call per bucket, and a single all_gather of the flattened
 results (padded to the longest rank's) gives every rank every update. Every rank then applies all
-updates, so the parameters stay identical without a broadcast (`sharded_orthogonalize`).
+updates, so the parameters stay identical without a broadcast (`replicated_orthogonalize`).
 
-FSDP2 (`fully_shard`: parameters, gradients and momentum are DTensors sharded by rows, `Shard(0)`,
-over a 1-D mesh): every matrix gets one owner rank, the flops balanced as above but whole matrices
-only (same-shape matrices are consecutive, so an owner's share of a shape is one batched call). One
+Row-sharded (FSDP2, `fully_shard`: parameters, gradients and momentum are DTensors sharded by rows,
+`Shard(0)`, over a 1-D mesh): every matrix gets one owner rank, the flops balanced as above but whole
+matrices only (same-shape matrices are consecutive, so an owner's share of a shape is one batched call). One
 `all_to_all_single` sends each rank's rows of the Muon input of every matrix to the matrix's owner;
 the owner stacks the whole matrices by shape, orthogonalizes each stack, and a second
 `all_to_all_single` sends every rank its rows of the results; each rank then updates its own shard
-(`owner_orthogonalize`). The momentum stays sharded. Per step a rank sends and receives about
+(`row_sharded_orthogonalize`). The momentum stays sharded. Per step a rank sends and receives about
 2 (W-1)/W^2 of the Muon matrices' elements (W ranks): 1/W of gathering every matrix on every rank.
 This is microsoft/dion's scheme, with variable split sizes instead of padding to W matrices.
 """
@@ -24,14 +27,37 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Shard
 
-from optim.newton_schulz import BucketFn, default_ns_dtype, orthogonalize
+from optim.newton_schulz import BucketFn, BucketKey, NSConfig, orthogonalize
+
+
+@dataclass(frozen=True)
+class LocalMatrix:
+    """A Muon matrix on this rank as plain tensors: parameter, gradient (fp32) and momentum buffer.
+
+    They are the whole [rows, cols] matrix (a plain parameter, replicated across ranks under DDP) or,
+    for an FSDP2 DTensor, this rank's rows of it; `mesh` is then the 1-D mesh the rows are sharded over.
+    """
+
+    param: Tensor
+    grad: Tensor
+    buf: Tensor
+    rows: int  # the whole matrix's
+    mesh: DeviceMesh | None = None
+
+
+def local_matrix(param: Tensor, buf: Tensor) -> LocalMatrix:
+    """`param`, its gradient and its momentum buffer `buf` as this rank holds them (see `LocalMatrix`)."""
+    if isinstance(param, DTensor):
+        local_grad = param.grad.to_local().float()
+        return LocalMatrix(param.to_local(), local_grad, buf.to_local(), param.shape[0], param.device_mesh)
+    return LocalMatrix(param, param.grad.float(), buf, param.shape[0])
 
 
 @dataclass(frozen=True)
@@ -71,18 +97,16 @@ def plan_chunks(sizes: dict[Hashable, tuple[int, int]], world_size: int) -> list
     return chunks
 
 
-def sharded_orthogonalize(
-    buckets: dict[Hashable, Tensor],
-    settings: dict[Hashable, dict[str, Any]],
-    group: dist.ProcessGroup | None = None,
-) -> dict[Hashable, Tensor]:
-    """Orthogonalize each bucket [N, m, n] with the work split across the ranks of `group`."""
+def replicated_orthogonalize(
+    buckets: dict[BucketKey, Tensor], group: dist.ProcessGroup | None = None
+) -> dict[BucketKey, Tensor]:
+    """Orthogonalize each bucket [N, m, n] of replicated matrices, the work split across `group`'s ranks."""
     world_size, rank = dist.get_world_size(group), dist.get_rank(group)
     sizes = {key: (N, ns_cost(m, n)) for key, (N, m, n) in ((k, s.shape) for k, s in buckets.items())}
     chunks = plan_chunks(sizes, world_size)
     first = next(iter(buckets.values()))
     # one dtype for the one all_gather buffer (all buckets live on the same device under DDP)
-    dtype = next(iter(settings.values()))["dtype"] or default_ns_dtype(first.device)
+    dtype = next(iter(buckets)).ns.dtype
     lengths = [0] * world_size
     for c in chunks:
         _, m, n = buckets[c.key].shape
@@ -91,12 +115,12 @@ def sharded_orthogonalize(
     offset = 0
     for c in chunks:
         if c.rank == rank and c.stop > c.start:
-            out = orthogonalize(buckets[c.key][c.start : c.stop], **(settings[c.key] | {"dtype": dtype}))
+            out = orthogonalize(buckets[c.key][c.start : c.stop], **c.key.ns._replace(dtype=dtype)._asdict())
             send[offset : offset + out.numel()].view_as(out).copy_(out)
             offset += out.numel()
     gathered = [torch.empty_like(send) for _ in range(world_size)]
     dist.all_gather(gathered, send, group=group)
-    parts: dict[Hashable, list[Tensor]] = {key: [] for key in buckets}
+    parts: dict[BucketKey, list[Tensor]] = {key: [] for key in buckets}
     offsets = [0] * world_size
     for c in chunks:  # chunks of a bucket are in rank order = index order
         _, m, n = buckets[c.key].shape
@@ -107,14 +131,14 @@ def sharded_orthogonalize(
 
 
 def distributed_bucket_fn(enabled: bool | None) -> BucketFn | None:
-    """The sharded bucket function when enabled (None = when torch.distributed runs with > 1 rank)."""
+    """The replicated bucket function when enabled (None = when torch.distributed runs with > 1 rank)."""
     running = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     if enabled is False or not running:
         return None
-    return sharded_orthogonalize
+    return replicated_orthogonalize
 
 
-# -- FSDP2: row shards, each matrix orthogonalized by its owner ---------------------------------
+# -- row-sharded (FSDP2): each matrix orthogonalized by its owner ------------------------------
 
 
 def check_row_sharded(p: Tensor) -> None:
@@ -131,28 +155,22 @@ def check_row_sharded(p: Tensor) -> None:
 class RowShard:
     """This rank's rows (`local`, [its rows, cols]) of the Muon input of a [rows, cols] matrix.
 
-    The matrix is orthogonalized as `heads` blocks of [rows // heads, cols] with the `orthogonalize`
-    keywords `ns` (dtype resolved).
+    The matrix is orthogonalized as `heads` blocks of [rows // heads, cols] with `ns`.
     """
 
     local: Tensor
     rows: int
     heads: int
-    ns: dict[str, Any]
+    ns: NSConfig
 
     @property
     def cols(self) -> int:
         return self.local.shape[1]
 
     @property
-    def key(self) -> Hashable:
-        """Matrices whose blocks have equal keys are orthogonalized in one batched call."""
-        return (self.rows // self.heads, self.cols, *ns_key(self.ns))
-
-
-def ns_key(ns: dict[str, Any]) -> tuple:
-    """The `orthogonalize` keywords as a hashable tuple, dtype first (batching needs them equal)."""
-    return tuple(ns[k] for k in ("dtype", "steps", "coefficients", "eps"))
+    def key(self) -> BucketKey:
+        """The owner stacks the blocks of its matrices by key and orthogonalizes each stack in one call."""
+        return BucketKey(self.rows // self.heads, self.cols, self.local.device, self.ns)
 
 
 def row_ranges(rows: int, world_size: int) -> list[range]:
@@ -177,7 +195,9 @@ def assign_owners(shards: Sequence[RowShard], world_size: int) -> list[int]:
     return owners
 
 
-def owner_orthogonalize(shards: Sequence[RowShard], group: dist.ProcessGroup | None = None) -> list[Tensor]:
+def row_sharded_orthogonalize(
+    shards: Sequence[RowShard], group: dist.ProcessGroup | None = None
+) -> list[Tensor]:
     """This rank's rows of each orthogonalized matrix, each matrix orthogonalized by its owner only.
 
     Every rank passes its shards of the same matrices in the same order. Two all_to_all_single calls:
@@ -196,7 +216,7 @@ def owner_orthogonalize(shards: Sequence[RowShard], group: dist.ProcessGroup | N
     sent = [sum(len(ranges[i][rank]) * shards[i].cols for i in to_owners if owners[i] == dst)
             for dst in range(world_size)]
     received = [sum(len(ranges[i][src]) * shards[i].cols for i in mine) for src in range(world_size)]
-    dtype, device = shards[0].ns["dtype"], shards[0].local.device
+    dtype, device = shards[0].ns.dtype, shards[0].local.device
     recv = torch.empty(sum(received), dtype=dtype, device=device)
     send = _flat([shards[i].local for i in to_owners], dtype, device)
     dist.all_to_all_single(recv, send, received, sent, group=group)
@@ -225,13 +245,13 @@ def _orthogonalize_owned(
 ) -> list[Tensor]:
     """The owned matrices assembled from every rank's rows in `recv` (by source rank, then matrix) into
     one stack per block shape, orthogonalized one call per stack; returned whole, [rows, cols] each."""
-    counts: dict[Hashable, int] = {}
+    counts: dict[BucketKey, int] = {}
     blocks = []  # each owned matrix's blocks in its stack
     for s in owned:
         first = counts.get(s.key, 0)
         blocks.append(slice(first, first + s.heads))
         counts[s.key] = first + s.heads
-    stacks = {key: recv.new_empty(count, key[0], key[1]) for key, count in counts.items()}
+    stacks = {key: recv.new_empty(count, key.rows, key.cols) for key, count in counts.items()}
     matrices = [stacks[s.key][b].view(s.rows, s.cols) for s, b in zip(owned, blocks, strict=True)]
     offset = 0
     for src in range(world_size):
@@ -239,6 +259,5 @@ def _orthogonalize_owned(
             size = len(r[src]) * matrix.shape[1]
             matrix[r[src].start : r[src].stop] = recv[offset : offset + size].view(-1, matrix.shape[1])
             offset += size
-    ns = {s.key: s.ns for s in owned}
-    results = {key: orthogonalize(stack, **ns[key]) for key, stack in stacks.items()}
+    results = {key: orthogonalize(stack, **key.ns._asdict()) for key, stack in stacks.items()}
     return [results[s.key][b].reshape(s.rows, s.cols) for s, b in zip(owned, blocks, strict=True)]

@@ -1,5 +1,8 @@
 """Muon: momentum SGD whose update is orthogonalized by a Newton–Schulz iteration.
 
+`muon_update` is the rule for one matrix, written with the pieces (`update_momentum`, `momentum_input`,
+`orthogonalize`, `adjusted_lr`, `apply_update`) that `Muon.step` calls on many matrices at once.
+
 `Muon` takes the same constructor keywords as `torch.optim.Muon` (torch 2.13) and applies the same
 update, so it is a drop-in replacement, but faster: same-shape matrices are stacked into one bucket
 and orthogonalized by one call (batched, except large matrices on CPU, where a loop of 2-D matmuls is
@@ -13,20 +16,80 @@ matrix's owner rank receives its rows from the others and sends back theirs of t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributed.tensor import DTensor
 
-from optim.dist_muon import RowShard, check_row_sharded, distributed_bucket_fn, ns_key, owner_orthogonalize
-from optim.newton_schulz import DEFAULT_COEFFICIENTS, default_ns_dtype, orthogonalize, orthogonalize_buckets
+from optim.dist_muon import (
+    LocalMatrix,
+    RowShard,
+    check_row_sharded,
+    distributed_bucket_fn,
+    local_matrix,
+    row_sharded_orthogonalize,
+)
+from optim.newton_schulz import (
+    DEFAULT_COEFFICIENTS,
+    BucketKey,
+    NSConfig,
+    default_ns_dtype,
+    orthogonalize,
+    orthogonalize_buckets,
+)
 
-__all__ = ["DEFAULT_COEFFICIENTS", "Muon", "adjusted_lr", "orthogonalize"]
+__all__ = ["DEFAULT_COEFFICIENTS", "Muon", "adjusted_lr", "muon_update", "orthogonalize"]
 
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
+
+
+# -- the rule, per matrix: `muon_update`, built from the pieces that `Muon`'s batched step calls too --
+
+
+def muon_update(
+    param: Tensor,
+    grad: Tensor,
+    buf: Tensor,
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    nesterov: bool = True,
+    ns_coefficients: tuple[float, float, float] = DEFAULT_COEFFICIENTS,
+    eps: float = 1e-7,
+    ns_steps: int = 5,
+    adjust_lr_fn: str | None = None,
+    ns_dtype: torch.dtype | None = None,
+    heads: int = 1,
+) -> None:
+    """One Muon step on one [heads * rows, cols] matrix, in place on `param` and its fp32 momentum `buf`.
+
+    The reference that `Muon` batches (its step gives the same result up to matmul rounding). The
+    matrix is orthogonalized as `heads` [rows, cols] blocks; the keywords are `Muon`'s.
+    """
+    grad = grad.float()
+    update_momentum([buf], [grad], momentum)
+    rows, cols = param.shape[0] // heads, param.shape[1]
+    blocks = momentum_input(grad, buf, momentum, nesterov).view(heads, rows, cols)
+    update = orthogonalize(blocks, steps=ns_steps, coefficients=ns_coefficients, eps=eps, dtype=ns_dtype)
+    scale = adjusted_lr(lr, adjust_lr_fn, rows, cols)
+    apply_update(param.view(heads, rows, cols), update, lr, weight_decay, scale)
+
+
+def update_momentum(bufs: list[Tensor], grads: list[Tensor], momentum: float) -> None:
+    """buf <- lerp(buf, grad, 1 - momentum) for every pair, in one foreach call."""
+    torch._foreach_lerp_(bufs, grads, 1 - momentum)
+
+
+def momentum_input(
+    grad: Tensor, buf: Tensor, momentum: float, nesterov: bool, out: Tensor | None = None
+) -> Tensor:
+    """What is orthogonalized: lerp(grad, buf, momentum) with Nesterov, else buf (into `out` if given)."""
+    if nesterov:
+        return torch.lerp(grad, buf, momentum, out=out)
+    return buf if out is None else out.copy_(buf)
 
 
 def adjusted_lr(lr: float, adjust_lr_fn: str | None, rows: int, cols: int) -> float:
@@ -42,76 +105,67 @@ def adjusted_lr(lr: float, adjust_lr_fn: str | None, rows: int, cols: int) -> fl
     raise ValueError(f"adjust_lr_fn must be one of {ADJUST_LR_FNS}, got {adjust_lr_fn!r}")
 
 
+def apply_update(param: Tensor, update: Tensor, lr: float, weight_decay: float, scale: float) -> None:
+    """param <- param * (1 - lr * weight_decay) - scale * update (decoupled weight decay, plain lr)."""
+    param.mul_(1 - lr * weight_decay)
+    param.add_(update, alpha=-scale)
+
+
+# -- the batched engine ----------------------------------------------------------------------------
+
+
 @dataclass
 class _Work:
-    """One parameter's pending update: `heads` (1 unless split per head) [rows, cols] blocks.
+    """One matrix's step on this rank: its plain tensors and its param group's settings.
 
-    The Muon input is lerp(source, buf, weight) (Nesterov) or `source` (buf None). For a plain
-    parameter it is the whole matrix, written straight into its bucket's [heads, rows, cols] slot, cast
-    to the Newton–Schulz dtype; for a DTensor (FSDP2) `source` is this rank's rows of it (buf None).
+    The matrix is `heads` (1 unless split per head) blocks of [rows, cols]. `tall`, `key` and `blocks`
+    serve the buckets of whole matrices (row-sharded ones are stacked by their owner rank instead).
     """
 
-    param: Tensor
-    source: Tensor
-    buf: Tensor | None
-    weight: float
+    matrix: LocalMatrix
     heads: int
     lr: float
     weight_decay: float
+    momentum: float
+    nesterov: bool
     adjust_lr_fn: str | None
-    ns: dict[str, Any]  # orthogonalize() keywords, dtype resolved
+    ns: NSConfig
 
     @property
     def rows(self) -> int:
-        return self.param.shape[0] // self.heads  # a DTensor's shape is the whole matrix's
+        return self.matrix.rows // self.heads
 
     @property
     def cols(self) -> int:
-        return self.param.shape[1]
+        return self.matrix.param.shape[1]
+
+    @property
+    def scale(self) -> float:
+        return adjusted_lr(self.lr, self.adjust_lr_fn, self.rows, self.cols)
 
     @property
     def tall(self) -> bool:
-        """A plain tall block is bucketed transposed: [d, 4d] and [4d, d] matrices share one batched call."""
-        return self.rows > self.cols and not isinstance(self.param, DTensor)
+        """A tall block is bucketed transposed: [d, 4d] and [4d, d] matrices share one batched call."""
+        return self.rows > self.cols
 
     @property
-    def key(self) -> Hashable:
-        """Matrices with equal keys are orthogonalized in one batched call, as [heads, *key[:2]] blocks."""
-        shape = (self.cols, self.rows) if self.tall else (self.rows, self.cols)
-        return (*shape, self.param.device, *ns_key(self.ns))
+    def key(self) -> BucketKey:
+        """The bucket of a whole matrix's blocks (see `blocks`)."""
+        rows, cols = (self.cols, self.rows) if self.tall else (self.rows, self.cols)
+        return BucketKey(rows, cols, self.matrix.param.device, self.ns)
 
     def blocks(self, t: Tensor) -> Tensor:
-        """`t` ([heads * rows, cols]) as [heads, rows, cols], transposed to [heads, cols, rows] if tall."""
+        """A whole matrix's `t` ([heads * rows, cols]) as [heads, rows, cols], transposed if tall."""
         blocks = t.view(self.heads, self.rows, self.cols)
         return blocks.mT if self.tall else blocks
-
-    def write_input(self, slot: Tensor) -> None:
-        """Write the Muon input into `slot` (the bucket's [heads, *key[:2]], NS dtype)."""
-        if self.buf is None:
-            slot.copy_(self.blocks(self.source))
-        else:
-            torch.lerp(self.blocks(self.source), self.blocks(self.buf), self.weight, out=slot)
-
-    def apply(self, update: Tensor) -> None:
-        """p <- p * (1 - lr * weight_decay) - adjusted_lr * update (for a DTensor: its rows of the update).
-
-        `update` is the bucket's slot ([heads, *key[:2]]) for a plain parameter, rows for a DTensor.
-        """
-        local = self.param.to_local() if isinstance(self.param, DTensor) else self.param
-        local.mul_(1 - self.lr * self.weight_decay)
-        scale = adjusted_lr(self.lr, self.adjust_lr_fn, self.rows, self.cols)
-        if isinstance(self.param, DTensor):
-            local.add_(update.reshape(local.shape), alpha=-scale)
-        else:
-            self.blocks(local).add_(update, alpha=-scale)  # in place through the (transposed) view
 
 
 class Muon(torch.optim.Optimizer):
     """Muon with the constructor keywords and update rule of `torch.optim.Muon`.
 
-    Per step and matrix: buf <- lerp(buf, grad, 1 - momentum) (fp32 state); update = lerp(grad, buf,
-    momentum) with Nesterov, else buf; O = orthogonalize(update); p <- p * (1 - lr * weight_decay)
-    - adjusted_lr(lr) * O. Extra keywords beyond torch's:
+    Each step applies `muon_update` to every matrix with a gradient (momentum in fp32 state), batched:
+    one foreach call per group for the momentum, one Newton–Schulz call per bucket of same-shape blocks.
+    Extra keywords beyond torch's:
 
     - `ns_dtype`: dtype of the Newton–Schulz iteration (default `optim.newton_schulz.default_ns_dtype`:
       bf16 on CUDA and on CPUs with native bf16 matmul, fp32 on other CPUs).
@@ -184,15 +238,26 @@ class Muon(torch.optim.Optimizer):
                     f"shape {tuple(p.shape)}; set split_heads to the number of heads of that projection"
                 )
 
-    def _orthogonalize(
-        self, buckets: dict[Hashable, Tensor], settings: dict[Hashable, dict[str, Any]]
-    ) -> dict[Hashable, Tensor]:
-        """Orthogonalize the buckets here, or shared across the DDP ranks when distributed."""
-        fn = distributed_bucket_fn(self.distributed) or orthogonalize_buckets
-        return fn(buckets, settings)
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one optimization step: `muon_update` on every matrix with a gradient, batched."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = self._update_momenta()  # 1. momentum, on this rank's tensors
+        # 2. the Nesterov inputs orthogonalized: whole matrices in buckets (each rank its share under DDP,
+        # then all_gather), row-sharded ones by their owner rank (all_to_all there and back)
+        replicated = [w for w in work if w.matrix.mesh is None]
+        row_sharded = [w for w in work if w.matrix.mesh is not None]
+        updates = self._replicated_updates(replicated) + self._row_sharded_updates(row_sharded)
+        for w, update in updates:  # 3. weight decay and the update, on this rank's tensors
+            # `update`: the matrix's [heads, rows, cols] blocks, or this rank's rows of a row-sharded one
+            apply_update(w.matrix.param.view_as(update), update, w.lr, w.weight_decay, w.scale)
+        return loss
 
-    def _collect(self) -> list[_Work]:
-        """Update the momentum of every parameter with a gradient; return the matrices to orthogonalize."""
+    def _update_momenta(self) -> list[_Work]:
+        """Update the momentum of every matrix with a gradient (one foreach call per group); return them."""
         work: list[_Work] = []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
@@ -203,71 +268,58 @@ class Muon(torch.optim.Optimizer):
                     raise RuntimeError("Muon does not support sparse gradients")
                 if "momentum_buffer" not in self.state[p]:
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
-            grads = [p.grad.float() for p in params]
-            bufs = [self.state[p]["momentum_buffer"] for p in params]
-            momentum, nesterov = group["momentum"], group["nesterov"]
-            torch._foreach_lerp_(bufs, grads, 1 - momentum)
-            ns = dict(steps=group["ns_steps"], coefficients=tuple(group["ns_coefficients"]), eps=group["eps"])
-            for p, g, buf in zip(params, grads, bufs, strict=True):
-                if isinstance(p, DTensor):  # FSDP2: this rank's rows, sent to the matrix's owner
-                    source, buf_arg = (torch.lerp(g, buf, momentum) if nesterov else buf).to_local(), None
-                else:
-                    source, buf_arg = (g, buf) if nesterov else (buf, None)
-                work.append(
-                    _Work(
-                        param=p,
-                        source=source,
-                        buf=buf_arg,
-                        weight=momentum,
-                        heads=group["split_heads"] or 1,
-                        lr=float(group["lr"]),
-                        weight_decay=group["weight_decay"],
-                        adjust_lr_fn=group["adjust_lr_fn"],
-                        ns=ns | {"dtype": self.ns_dtype or default_ns_dtype(p.device)},
-                    )
+            matrices = [local_matrix(p, self.state[p]["momentum_buffer"]) for p in params]
+            update_momentum([m.buf for m in matrices], [m.grad for m in matrices], group["momentum"])
+            steps, coefficients, eps = group["ns_steps"], tuple(group["ns_coefficients"]), group["eps"]
+            work += [
+                _Work(
+                    matrix=m,
+                    heads=group["split_heads"] or 1,
+                    lr=float(group["lr"]),
+                    weight_decay=group["weight_decay"],
+                    momentum=group["momentum"],
+                    nesterov=group["nesterov"],
+                    adjust_lr_fn=group["adjust_lr_fn"],
+                    ns=NSConfig(steps, coefficients, eps, self.ns_dtype or default_ns_dtype(m.param.device)),
                 )
+                for m in matrices
+            ]
         return work
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Perform one optimization step (same-shape matrices stacked and orthogonalized together)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        work = self._collect()
-        whole = [w for w in work if not isinstance(w.param, DTensor)]
-        sharded = [w for w in work if isinstance(w.param, DTensor)]
-        for w, update in self._whole_updates(whole) + self._sharded_updates(sharded):
-            w.apply(update)
-        return loss
-
-    def _whole_updates(self, work: list[_Work]) -> list[tuple[_Work, Tensor]]:
-        """Each plain matrix with its orthogonalized update, [heads, rows, cols] (shared across DDP ranks)."""
-        by_key: dict[Hashable, list[_Work]] = {}
+    def _replicated_updates(self, work: list[_Work]) -> list[tuple[_Work, Tensor]]:
+        """Each whole matrix with its update, [heads, rows, cols]: the Muon inputs are written straight
+        into their buckets' slots, each bucket orthogonalized by one call (shared across DDP ranks)."""
+        by_key: dict[BucketKey, list[_Work]] = {}
         for w in work:
             by_key.setdefault(w.key, []).append(w)
-        buckets, settings = {}, {}
+        buckets = {}
         for key, ws in by_key.items():
-            rows, cols, device, dtype = key[:4]
-            buckets[key] = torch.empty(sum(w.heads for w in ws), rows, cols, dtype=dtype, device=device)
+            buckets[key] = torch.empty(
+                sum(w.heads for w in ws), key.rows, key.cols, dtype=key.ns.dtype, device=key.device
+            )
             for w, slot in zip(ws, buckets[key].split([w.heads for w in ws]), strict=True):
-                w.write_input(slot)
-            settings[key] = ws[0].ns
-        results = self._orthogonalize(buckets, settings) if buckets else {}
-        return [pair for key, ws in by_key.items()
-                for pair in zip(ws, results[key].split([w.heads for w in ws]), strict=True)]
+                grad, buf = w.blocks(w.matrix.grad), w.blocks(w.matrix.buf)
+                momentum_input(grad, buf, w.momentum, w.nesterov, out=slot)
+        results = self._orthogonalize_buckets(buckets) if buckets else {}
+        return [(w, slot.mT if w.tall else slot) for key, ws in by_key.items()
+                for w, slot in zip(ws, results[key].split([w.heads for w in ws]), strict=True)]
+
+    def _orthogonalize_buckets(self, buckets: dict[BucketKey, Tensor]) -> dict[BucketKey, Tensor]:
+        """Orthogonalize the buckets here, or shared across the DDP ranks when distributed."""
+        fn = distributed_bucket_fn(self.distributed) or orthogonalize_buckets
+        return fn(buckets)
 
     @staticmethod
-    def _sharded_updates(work: list[_Work]) -> list[tuple[_Work, Tensor]]:
-        """Each DTensor matrix with this rank's rows of its orthogonalized update (made by its owner)."""
+    def _row_sharded_updates(work: list[_Work]) -> list[tuple[_Work, Tensor]]:
+        """Each row-sharded matrix with this rank's rows of its update (orthogonalized by its owner)."""
         if not work:
             return []
-        mesh = work[0].param.device_mesh
-        if any(w.param.device_mesh != mesh for w in work):
+        mesh = work[0].matrix.mesh
+        if any(w.matrix.mesh != mesh for w in work):
             raise ValueError("Muon's DTensor parameters must all be sharded over one device mesh")
-        shards = [RowShard(w.source, w.param.shape[0], w.heads, w.ns) for w in work]
-        return list(zip(work, owner_orthogonalize(shards, mesh.get_group()), strict=True))
+        shards = [RowShard(momentum_input(w.matrix.grad, w.matrix.buf, w.momentum, w.nesterov), w.matrix.rows,
+                           w.heads, w.ns) for w in work]
+        return list(zip(work, row_sharded_orthogonalize(shards, mesh.get_group()), strict=True))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load state, keeping momentum buffers in fp32 (torch would cast them to the param dtype)."""

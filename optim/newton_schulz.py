@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -97,12 +97,28 @@ def _iterate(X: Tensor, steps: int, coefficients: Sequence[float]) -> Tensor:
     return X
 
 
-# Orthogonalizes buckets of stacked matrices: {key: [N, m, n]} -> {key: result} (local or across ranks).
-BucketFn = Callable[[dict[Hashable, Tensor], dict[Hashable, dict[str, Any]]], dict[Hashable, Tensor]]
+class NSConfig(NamedTuple):
+    """The keywords of `orthogonalize`, dtype resolved; matrices are batched together only if equal."""
+
+    steps: int
+    coefficients: tuple[float, float, float]
+    eps: float
+    dtype: torch.dtype
 
 
-def orthogonalize_buckets(
-    buckets: dict[Hashable, Tensor], settings: dict[Hashable, dict[str, Any]]
-) -> dict[Hashable, Tensor]:
+class BucketKey(NamedTuple):
+    """Blocks with equal keys are stacked into one [N, rows, cols] bucket and orthogonalized by one call."""
+
+    rows: int
+    cols: int
+    device: torch.device
+    ns: NSConfig
+
+
+# Orthogonalizes buckets of stacked blocks: {key: [N, rows, cols]} -> {key: result} (local or across ranks).
+BucketFn = Callable[[dict[BucketKey, Tensor]], dict[BucketKey, Tensor]]
+
+
+def orthogonalize_buckets(buckets: dict[BucketKey, Tensor]) -> dict[BucketKey, Tensor]:
     """Orthogonalize every bucket locally, one batched call each."""
-    return {key: orthogonalize(stack, **settings[key]) for key, stack in buckets.items()}
+    return {key: orthogonalize(stack, **key.ns._asdict()) for key, stack in buckets.items()}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from optim import newton_schulz
-from optim.muon import Muon, adjusted_lr, orthogonalize
+from optim.muon import Muon, adjusted_lr, muon_update, orthogonalize
 
 
 def _polar(G: torch.Tensor) -> torch.Tensor:
@@ -201,3 +201,38 @@ def test_params_without_grad_are_skipped():
     opt.step()
     assert torch.equal(B, torch.ones(8, 4)) and B not in opt.state
     assert not torch.equal(A, torch.ones(8, 4))
+
+
+def test_batched_step_equals_the_rule_per_matrix():
+    """Muon's step (foreach momentum, same-shape buckets, a tall matrix transposed into its wide twin's
+    bucket, per-head blocks) is `muon_update` applied to each matrix on its own. The momentum and the
+    Nesterov input are the same elementwise ops, so the buffers are bit-identical; Newton–Schulz is fp32
+    here, and a batched or transposed matmul may sum in another order than one matrix's, so the
+    parameters agree to fp32 rounding (1e-6 absolute on entries of size ~1), not bit for bit."""
+    shapes = [(24, 40), (24, 40), (40, 24), (16, 16), (32, 16), (24, 16)]
+    groups = [  # (indices of the shapes, the group's keywords)
+        ([0, 1, 2], dict(adjust_lr_fn="match_rms_adamw")),
+        ([3], dict(nesterov=False, weight_decay=0.0)),
+        ([4], dict(split_heads=4)),  # heads [8, 16]
+        ([5], dict(split_heads=3, momentum=0.8)),  # heads [8, 16]: the same bucket as the 4 above
+    ]
+    defaults = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True, adjust_lr_fn=None)
+    gen = torch.Generator().manual_seed(5)
+    start = [torch.randn(s, generator=gen) for s in shapes]
+    batched = [p.clone().requires_grad_() for p in start]
+    opt = Muon([{"params": [batched[i] for i in idx], **kw} for idx, kw in groups], **defaults,
+               ns_dtype=torch.float32)
+    alone = [p.clone() for p in start]
+    bufs = [torch.zeros_like(p) for p in start]
+    rules = {}  # each matrix's muon_update keywords: Muon's defaults with its group's overrides
+    for idx, kw in groups:
+        rule = defaults | {k: v for k, v in kw.items() if k != "split_heads"}
+        rules.update({i: rule | {"heads": kw.get("split_heads", 1), "ns_dtype": torch.float32} for i in idx})
+    for _ in range(3):
+        for i, p in enumerate(batched):
+            p.grad = torch.randn(p.shape, generator=gen)
+            muon_update(alone[i], p.grad.clone(), bufs[i], **rules[i])
+        opt.step()
+    for p, a, buf in zip(batched, alone, bufs, strict=True):
+        assert torch.equal(opt.state[p]["momentum_buffer"], buf)
+        torch.testing.assert_close(p.detach(), a, rtol=0, atol=1e-6)
