@@ -15,7 +15,6 @@ workers are recorded too. Writes benchmarks/results/prepare.json and prints a ta
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -27,9 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo-root imports
 
+from common.files import write_json  # noqa: E402
 from data import shakespeare  # noqa: E402
+from data.encode import usable_cpus  # noqa: E402
 from data.manifest import load_meta  # noqa: E402
-from data.prepare import _cpu_count, prepare  # noqa: E402
+from data.prepare import prepare  # noqa: E402
 from data.tokenizer import save_tokenizer, train_bpe  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prepare.json"
@@ -75,7 +76,7 @@ def run(corpus: Path, tokenizer: Path, out: Path, workers: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=4, help="copies of the corpus (~4.6 MB each)")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, _cpu_count()])
+    p.add_argument("--workers", type=int, nargs="+", default=[1, usable_cpus()])
     p.add_argument("--trials", type=int, default=3, help="runs per worker count; the fastest counts")
     p.add_argument("--vocab-size", type=int, default=4096)
     a = p.parse_args()
@@ -100,7 +101,7 @@ def main() -> None:
     result = {
         "benchmark": "prepare",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "usable_cpus": _cpu_count(), "processor": platform.processor(),
+        "machine": {"cpus": os.cpu_count(), "usable_cpus": usable_cpus(), "processor": platform.processor(),
                     "python": platform.python_version(), "load_average_at_start": load},
         "corpus": {"source": f"shakespeare train works x{a.repeat} (.txt)", "chars": chars},
         "tokenizer": f"byte-level BPE, vocab {a.vocab_size}",
@@ -108,8 +109,8 @@ def main() -> None:
         "results": rows,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nprepare: {chars / 1e6:.1f} M chars, {result['tokenizer']}, {_cpu_count()} usable CPUs")
+    write_json(RESULTS, result)
+    print(f"\nprepare: {chars / 1e6:.1f} M chars, {result['tokenizer']}, {usable_cpus()} usable CPUs")
     print(f"{'workers':>8} {'tokens':>11} {'wall s':>8} {'tokens/s':>10} {'speedup':>8} {'target':>7} "
           f"{'main cpu s':>10} {'worker cpu s':>12} {'tok/worker-cpu-s':>16} {'cpu eff.':>8}")
     for r in rows:

@@ -31,9 +31,12 @@ documents (in the same order) and QA items.
 from __future__ import annotations
 
 import random
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
+
+from common.errors import UserError
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "employer", "employer_city")
 
@@ -173,21 +176,21 @@ class BiosConfig:
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"data.bios.{name} must be an integer, got {value!r}")
+                raise UserError(f"data.bios.{name} must be an integer, got {value!r}")
         for name in ("qa_in_train", "shuffle_sentences"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"data.bios.{name} must be true or false, got {getattr(self, name)!r}")
+                raise UserError(f"data.bios.{name} must be true or false, got {getattr(self, name)!r}")
         if not 1 <= self.n_groups <= self.n_people <= MAX_PEOPLE:
-            raise ValueError(f"data.bios needs 1 <= n_groups ({self.n_groups}) <= n_people ({self.n_people}) "
-                             f"<= {MAX_PEOPLE} (the number of distinct names)")
+            raise UserError(f"data.bios needs 1 <= n_groups ({self.n_groups}) <= n_people ({self.n_people}) "
+                            f"<= {MAX_PEOPLE} (the number of distinct names)")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or self.alpha < 0:
-            raise ValueError(f"data.bios.alpha must be a number >= 0, got {self.alpha!r}")
+            raise UserError(f"data.bios.alpha must be a number >= 0, got {self.alpha!r}")
         if not 1 <= self.min_exposures <= self.max_exposures:
-            raise ValueError(f"data.bios needs 1 <= min_exposures ({self.min_exposures}) <= max_exposures "
-                             f"({self.max_exposures})")
+            raise UserError(f"data.bios needs 1 <= min_exposures ({self.min_exposures}) <= max_exposures "
+                            f"({self.max_exposures})")
         if not 1 <= self.n_templates <= len(TEMPLATES["birth_date"]):
-            raise ValueError(f"data.bios.n_templates must be in 1..{len(TEMPLATES['birth_date'])}, "
-                             f"got {self.n_templates}")
+            raise UserError(f"data.bios.n_templates must be in 1..{len(TEMPLATES['birth_date'])}, "
+                            f"got {self.n_templates}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -302,26 +305,13 @@ def qa_items(cfg: BiosConfig) -> list[QAItem]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m data.bios [key=value ...]``: the group table of a config and a sample document."""
-    import sys
-
     from rich.console import Console
     from rich.table import Table
 
-    overrides = {}
-    for arg in sys.argv[1:] if argv is None else argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in BiosConfig.field_names():
-            raise SystemExit(f"bad argument {arg!r}: use key=value with key one of "
-                             f"{', '.join(BiosConfig.field_names())}")
-        default = getattr(BiosConfig, key)
-        try:
-            overrides[key] = value.lower() == "true" if isinstance(default, bool) else type(default)(value)
-        except ValueError:
-            raise SystemExit(f"bad value in {arg!r}: expected a {type(default).__name__}") from None
     try:
-        cfg = BiosConfig(**overrides)
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
+        cfg = _config_from_args(sys.argv[1:] if argv is None else argv)
+    except UserError as e:  # bad input: one line; anything else keeps its traceback
+        raise SystemExit(f"error: {e}") from None
     exposures = group_exposures(cfg)
     counts = Counter(group_of_index(i, cfg) for i in range(cfg.n_people))
     sizes = [counts[j] for j in range(cfg.n_groups)]
@@ -337,6 +327,22 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"{total} documents (~{total * 73 / 1e6:.1f}M tokens at ~73 BPE tokens per document)")
     console.print(next(documents(cfg)))
     return 0
+
+
+def _config_from_args(args: list[str]) -> BiosConfig:
+    """The config that ``key=value`` arguments describe."""
+    overrides = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in BiosConfig.field_names():
+            raise UserError(f"bad argument {arg!r}: use key=value with key one of "
+                            f"{', '.join(BiosConfig.field_names())}")
+        default = getattr(BiosConfig, key)
+        try:
+            overrides[key] = value.lower() == "true" if isinstance(default, bool) else type(default)(value)
+        except ValueError:
+            raise UserError(f"bad value in {arg!r}: expected a {type(default).__name__}") from None
+    return BiosConfig(**overrides)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.errors import UserError
 from data.manifest import load_meta
 from data.shards import read_shard
 
@@ -30,7 +31,7 @@ class _Windows:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+            raise UserError(f"seq_len must be >= 1, got {seq_len}")
         self.meta = load_meta(data_dir)
         self.seq_len = seq_len
         entries = self.meta["shards" if split == "train" else "val_shards"]
@@ -49,12 +50,12 @@ class _Windows:
         self.starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
         total = sum(t.size for t in self.shards)
         if total == 0:
-            raise ValueError(
+            raise UserError(
                 f"{data_dir} has no {split} tokens (source {self.meta['source']!r}; `bios` alone is "
                 "training-only); add a source with text to validate on, e.g. builtin:shakespeare+bios"
             )
         if self.starts.size == 0:
-            raise ValueError(
+            raise UserError(
                 f"{data_dir}: the {split} split ({total:,} tokens, {len(self.shards)} shards) has no "
                 f"window of seq_len + 1 = {seq_len + 1} tokens{' starting after an EOS' if aligned else ''}; "
                 "use a smaller seq_len or prepare more data"
@@ -77,7 +78,7 @@ def _check_split(batch_size: int, rank: int, world_size: int) -> int:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     if batch_size < 1 or batch_size % world_size:
-        raise ValueError(
+        raise UserError(
             f"global batch_size {batch_size} must be a positive multiple of world_size {world_size}; "
             "change train.batch_size or the number of processes"
         )
@@ -150,7 +151,7 @@ def val_batches(
             stacklevel=2,
         )
     if len(windows) < batch_size:
-        raise ValueError(
+        raise UserError(
             f"validation split has {len(windows)} windows of seq_len {seq_len}, fewer than one eval batch of "
             f"{batch_size}; lower the eval batch size or seq_len, or prepare more validation data"
         )
@@ -164,7 +165,7 @@ def val_batches(
 def check_vocab(meta: dict[str, Any], model_vocab_size: int) -> None:
     """Raise a clear error when the model cannot embed every token id of the dataset."""
     if model_vocab_size < meta["vocab_size"]:
-        raise ValueError(
+        raise UserError(
             f"model vocab_size {model_vocab_size} is smaller than the dataset's tokenizer vocabulary "
             f"{meta['vocab_size']} (tokenizer {meta['tokenizer']!r}, source {meta['source']!r}); set "
             f"model.vocab_size >= {meta['vocab_size']} or use data prepared with a smaller vocabulary"

@@ -7,16 +7,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from common.errors import MissingFileError, UserError
+from common.files import write_json
+
 META_FILE = "meta.json"
 FORMAT = "muonlab-tokens/1"
 
 
 def write_meta(data_dir: Path, meta: dict[str, Any]) -> None:
     """Write ``meta.json`` atomically (its presence marks the dataset as complete)."""
-    path = data_dir / META_FILE
-    tmp = path.with_name(f".{META_FILE}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(data_dir / META_FILE, meta)
 
 
 def read_meta(data_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -26,7 +26,7 @@ def read_meta(data_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None
     meta = json.loads(path.read_text())
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown dataset format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise UserError(f"{path}: unknown dataset format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta
 
 
@@ -34,7 +34,7 @@ def load_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a complete dataset; a clear error when the directory is not one."""
     meta = read_meta(data_dir)
     if meta is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{data_dir} is not a prepared dataset (no {META_FILE}); run "
             f"`python -m data.prepare --source SRC --out {data_dir}` (re-run finishes an interrupted one)"
         )

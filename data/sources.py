@@ -23,10 +23,27 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from common.errors import MissingFileError, UserError
+
 VAL, TRAIN, AUTO = "val", "train", "auto"
 FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
 
 Document = tuple[str, str]  # (destination, text)
+
+
+class MissingFieldError(UserError, KeyError):
+    """A record without the text field: a KeyError, and the user's to fix (--text-field)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # KeyError's str() would quote the message
+
+
+class FieldTypeError(UserError, TypeError):
+    """A text field that holds something other than a string."""
+
+
+class MissingPackageError(UserError, ImportError):
+    """A source that needs an optional package that is not installed."""
 
 
 @dataclass(frozen=True)
@@ -41,10 +58,10 @@ class Part:
 def parse_source(
     source: str, *, text_field: str = "text", bios: dict[str, Any] | None = None
 ) -> list[Part]:
-    """Split a source spec on ``+`` and resolve each piece; raises ValueError/FileNotFoundError."""
+    """Split a source spec on ``+`` and resolve each piece; a UserError for a bad spec or missing file."""
     specs = [s.strip() for s in source.split("+")]
     if not source.strip() or not all(specs):
-        raise ValueError(f"empty source in {source!r}; use e.g. 'builtin:shakespeare' or 'data/*.jsonl'")
+        raise UserError(f"empty source in {source!r}; use e.g. 'builtin:shakespeare' or 'data/*.jsonl'")
     return [_part(spec, text_field, bios or {}) for spec in specs]
 
 
@@ -73,7 +90,7 @@ def _part(spec: str, text_field: str, bios: dict[str, Any]) -> Part:
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
         if name != "shakespeare":
-            raise ValueError(f"unknown builtin corpus {name!r}; the only one is 'builtin:shakespeare'")
+            raise UserError(f"unknown builtin corpus {name!r}; the only one is 'builtin:shakespeare'")
         return Part(spec, _shakespeare, auto=False)
     if spec == "bios":
         config = _bios_config(bios)
@@ -81,7 +98,7 @@ def _part(spec: str, text_field: str, bios: dict[str, Any]) -> Part:
     if spec.startswith("hf:"):
         name, _, config = spec.removeprefix("hf:").partition(":")
         if not name:
-            raise ValueError(f"{spec!r}: expected hf:NAME or hf:NAME:CONFIG")
+            raise UserError(f"{spec!r}: expected hf:NAME or hf:NAME:CONFIG")
         return Part(spec, lambda: _hf(name, config or None, text_field))
     files = resolve_files(spec)
     return Part(spec, lambda: _files(files, text_field))
@@ -97,13 +114,13 @@ def resolve_files(spec: str) -> list[Path]:
     elif path.exists():
         candidates = [path]
     else:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"source {spec!r}: no such file or directory (expected builtin:shakespeare, bios, "
             f"hf:NAME[:CONFIG], or a path/glob of {', '.join(FILE_SUFFIXES)} files)"
         )
     files = sorted(p for p in candidates if p.is_file() and p.name.endswith(FILE_SUFFIXES))
     if not files:
-        raise FileNotFoundError(f"source {spec!r} matches no {', '.join(FILE_SUFFIXES)} files")
+        raise MissingFileError(f"source {spec!r} matches no {', '.join(FILE_SUFFIXES)} files")
     return files
 
 
@@ -126,7 +143,7 @@ def _bios_config(settings: dict[str, Any]) -> Any:
     valid = BiosConfig.field_names()
     unknown = set(settings) - set(valid)
     if unknown:
-        raise ValueError(f"unknown bios settings {sorted(unknown)}; valid: {', '.join(valid)}")
+        raise UserError(f"unknown bios settings {sorted(unknown)}; valid: {', '.join(valid)}")
     return BiosConfig(**settings)
 
 
@@ -141,8 +158,13 @@ def _hf(name: str, config: str | None, text_field: str) -> Iterator[Document]:
     try:
         import datasets  # imported here: training on prepared shards must not need `datasets`
     except ImportError as e:
-        raise ImportError("hf: sources need the `datasets` package: pip install datasets") from e
-    rows = datasets.load_dataset(name, config, split="train", streaming=True)
+        raise MissingPackageError("hf: sources need the `datasets` package: pip install datasets") from e
+    try:
+        rows = datasets.load_dataset(name, config, split="train", streaming=True)
+    except FileNotFoundError as e:  # no such dataset, on the hub or on disk
+        raise MissingFileError(str(e)) from e
+    except ValueError as e:  # e.g. a config the dataset does not have
+        raise UserError(str(e)) from e
     if rows.column_names is not None:  # known up front: fail fast, and read only the text column
         if text_field not in rows.column_names:
             raise _no_field(f"hf:{name}", text_field, rows.column_names)
@@ -181,11 +203,13 @@ def _field(row: dict[str, Any], text_field: str, where: str) -> str:
     return _text(row[text_field], where)
 
 
-def _no_field(where: str, text_field: str, available: Iterable[str]) -> KeyError:
-    return KeyError(f"{where} has no field {text_field!r} (fields: {sorted(available)}); set --text-field")
+def _no_field(where: str, text_field: str, available: Iterable[str]) -> MissingFieldError:
+    fields = sorted(available)
+    return MissingFieldError(f"{where} has no field {text_field!r} (fields: {fields}); set --text-field")
 
 
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"{where}: the text field holds {type(value).__name__}, not str; check --text-field")
+        kind = type(value).__name__
+        raise FieldTypeError(f"{where}: the text field holds {kind}, not str; check --text-field")
     return value

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from common.errors import MissingFileError, UserError
+from common.files import write_text
+
 EOS_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|beginoftext|>"
 # Names that pretrained tokenizers use for their end/begin-of-document tokens.
@@ -21,7 +24,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, bos: bool = False) -> To
     counting the special tokens: ``<|endoftext|>`` (id 0) and, with ``bos``, ``<|beginoftext|>``."""
     specials = [EOS_TOKEN, BOS_TOKEN] if bos else [EOS_TOKEN]
     if vocab_size < 256 + len(specials):
-        raise ValueError(f"vocab_size {vocab_size} too small: byte-level BPE needs >= {256 + len(specials)}")
+        raise UserError(f"vocab_size {vocab_size} too small: byte-level BPE needs >= {256 + len(specials)}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -54,7 +57,7 @@ def load_pretrained(name_or_path: str) -> Tokenizer:
 
             return AutoTokenizer.from_pretrained(name_or_path).backend_tokenizer
         except Exception as e:
-            raise ValueError(
+            raise UserError(
                 f"could not load tokenizer {name_or_path!r}: not a tokenizer.json path and the hub "
                 f"lookup failed ({type(hub_error).__name__}). Give a local tokenizer.json, or omit "
                 f"--tokenizer to train a BPE."
@@ -67,7 +70,7 @@ def load_tokenizer(dir_or_path: str | os.PathLike) -> Tokenizer:
     if path.is_dir():
         path = path / FILE_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no tokenizer at {path}; prepare the dataset first (python -m data.prepare)")
+        raise MissingFileError(f"no tokenizer at {path}; prepare the dataset first (python -m data.prepare)")
     return Tokenizer.from_file(str(path))
 
 
@@ -75,12 +78,12 @@ def special_ids(tok: Tokenizer, *, bos: bool = False) -> tuple[int, int | None]:
     """(eos_id, bos_id): the document separator and, when ``bos`` is asked for, the BOS token."""
     eos_id = _first_id(tok, EOS_CANDIDATES)
     if eos_id is None:
-        raise ValueError(f"tokenizer has none of the end-of-text tokens {EOS_CANDIDATES}; use another one")
+        raise UserError(f"tokenizer has none of the end-of-text tokens {EOS_CANDIDATES}; use another one")
     if not bos:
         return eos_id, None
     bos_id = _first_id(tok, BOS_CANDIDATES)
     if bos_id is None or bos_id == eos_id:
-        raise ValueError(
+        raise UserError(
             f"tokenizer has no BOS token distinct from its EOS (looked for {BOS_CANDIDATES}); drop --bos "
             "(documents are already separated by EOS, and the loader can align windows to it)"
         )
@@ -90,9 +93,7 @@ def special_ids(tok: Tokenizer, *, bos: bool = False) -> tuple[int, int | None]:
 def save_tokenizer(tok: Tokenizer, out_dir: Path) -> Path:
     """Write ``tokenizer.json`` into ``out_dir`` atomically."""
     path = out_dir / FILE_NAME
-    tmp = path.with_name(f".{FILE_NAME}.tmp{os.getpid()}")
-    tok.save(str(tmp))
-    os.replace(tmp, path)
+    write_text(path, tok.to_str(pretty=True))  # what tok.save(path) writes, but atomically
     return path
 
 

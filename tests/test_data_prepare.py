@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 from test_data_corpus import make_docs, write_jsonl, write_parquet
 
-import data.prepare as prep
+import data.pipeline as prep
+from common.errors import MissingFileError, UserError
 from data.bios import BiosConfig, documents
 from data.loader import TokenLoader
 from data.manifest import load_meta
-from data.prepare import STATE_FILE, dataset_dir_for, ensure_prepared, main, prepare
+from data.pipeline import STATE_FILE
+from data.prepare import dataset_dir_for, ensure_prepared, main, prepare
 from data.shards import read_shard
 from data.tokenizer import load_tokenizer
 
@@ -205,3 +207,39 @@ def test_cli(corpus, tmp_path, capsys):
     assert len(load_meta(tmp_path / "cli")["shards"]) > 10
     with pytest.raises(SystemExit, match="no such file"):
         main(["--source", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "cli2")])
+
+
+def test_cache_directories_of_existing_datasets_do_not_move():
+    """The settings' key names the cache directory: the same settings must keep finding their dataset."""
+    assert dataset_dir_for("builtin:shakespeare").name == "builtin-shakespeare-54c9c49fa3d1"
+    fineweb = dataset_dir_for("hf:HuggingFaceFW/fineweb-edu:sample-10BT", tokenizer="gpt2", tokens=5.3e9,
+                              val_tokens=1.1e7)
+    assert fineweb.name == "hf-HuggingFaceFW-fineweb-edu-sample-10BT-853637ad897c"
+
+
+def test_bad_input_is_a_user_error(corpus, prepared, tmp_path):
+    with pytest.raises(UserError, match="shard_tokens"):
+        prepare(str(corpus["jsonl"]), tmp_path / "x", shard_tokens=0)
+    with pytest.raises(MissingFileError, match="no such file"):
+        prepare(str(tmp_path / "missing.jsonl"), tmp_path / "y")
+    with pytest.raises(UserError, match=r"^\S+ has no field 'body'"):  # unquoted, unlike a plain KeyError
+        prepare(str(corpus["parquet"]), tmp_path / "z", text_field="body", **SETTINGS)
+    with pytest.raises(UserError, match="other settings"):
+        prepare(str(corpus["jsonl"]), prepared, workers=1, **{**SETTINGS, "vocab_size": 300})
+
+
+def test_cli_prints_a_user_error_as_one_line(corpus, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--source", str(corpus["parquet"]), "--text-field", "body", "--out", str(tmp_path / "o")])
+    message = exit_info.value.code  # a string: printed to stderr, exit status 1
+    assert message.startswith(f"error: {corpus['parquet']} has no field 'body'") and "\n" not in message
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyError, TypeError, ValueError, FileNotFoundError])
+def test_cli_keeps_the_traceback_of_anything_but_a_user_error(corpus, tmp_path, monkeypatch, error):
+    def broken(*args, **kwargs):
+        raise error("an internal invariant failed")
+
+    monkeypatch.setattr("data.prepare.prepare_dataset", broken)
+    with pytest.raises(error, match="an internal invariant failed"):
+        main(["--source", str(corpus["jsonl"]), "--out", str(tmp_path / "o")])
