@@ -6,11 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from ablations.grid import load_grid
+from ablations.grid import load_grid, with_overrides
 from ablations.report import build_report
 from ablations.runner import plan_lines, print_outcomes, run_grid
 from ablations.slurm import SlurmOptions, manifest_text, sbatch_script, write_slurm
 from common.errors import UserError
+from training.stop import STOPPED_EXIT_CODE
 
 
 def parser() -> argparse.ArgumentParser:
@@ -18,6 +19,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="expand a grid and run it (or write a SLURM array job)")
     run.add_argument("grid", help="grid YAML file, or the name of a shipped grid (e.g. smoke)")
+    run.add_argument("overrides", nargs="*", metavar="key=value",
+                     help="config overrides for every run (e.g. train.steps=50); the grid's name, and so "
+                          "its default --out, gets a hash of them")
     run.add_argument("--launcher", choices=("local", "slurm"), default="local")
     run.add_argument("--dry-run", action="store_true", help="print the plan (and the sbatch script) only")
     run.add_argument("--out", type=Path, help="output directory (default: runs/<grid name>)")
@@ -38,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    grid = load_grid(args.grid)
+    grid = with_overrides(load_grid(args.grid), args.overrides)
     out = args.out or Path("runs") / grid.name
     print("\n".join(plan_lines(grid, out)))
     if args.launcher == "slurm":
@@ -60,7 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     outcomes = run_grid(grid, out, num_gpus=args.gpus, gpus_per_run=args.gpus_per_run)
     print_outcomes(outcomes, out.resolve())
-    return 1 if any(o.status == "failed" for o in outcomes) else 0
+    if any(o.status == "failed" for o in outcomes):
+        return 1
+    return STOPPED_EXIT_CODE if any(o.status == "interrupted" for o in outcomes) else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -70,7 +76,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_intermixed_args(argv)
     try:
         return cmd_run(args) if args.command == "run" else cmd_report(args)
     except UserError as err:

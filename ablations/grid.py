@@ -23,7 +23,10 @@ docs/ablations.md describes the format in full.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -319,6 +322,22 @@ def load_grid(arg: str | Path) -> Grid:
     if not isinstance(spec, dict):
         raise GridError(f"{path}: a grid file must be a YAML mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
     return expand(spec, path)
+
+
+def with_overrides(grid: Grid, items: list[str]) -> Grid:
+    """The grid with dotted `key=value` overrides applied to every run (over the grid's own values).
+
+    Its name gets a short hash of the overrides, so its runs land in their own directory.
+    """
+    if not items:
+        return grid
+    from training.config import load_config  # validates the keys and values now, before any run
+
+    load_config(overrides=items)
+    extra = flatten(OmegaConf.to_container(OmegaConf.from_dotlist(items)))
+    tag = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    runs = [dataclasses.replace(run, overrides={**run.overrides, **extra}) for run in grid.runs]
+    return dataclasses.replace(grid, name=f"{grid.name}+{tag}", runs=runs)
 
 
 def config_diff(grid: Grid, run: Run) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from ablations.grid import REPO_ROOT, Grid, Run, config_diff
 from common.errors import UserError
 from common.rundir import RunDir
+from training.stop import STOPPED_EXIT_CODE
 
 DEFAULT_TRAIN_CMD = (sys.executable, "train.py")
 
@@ -37,7 +38,8 @@ class LaunchError(UserError):
 
 @dataclass
 class Outcome:
-    """How one run of the grid ended: 'done', 'skipped' (already finished) or 'failed'."""
+    """How one run of the grid ended: 'done', 'skipped' (already finished), 'interrupted' (stopped by a
+    signal after a checkpoint: the next run of the grid resumes it) or 'failed'."""
 
     name: str
     status: str
@@ -191,7 +193,11 @@ def run_grid(grid: Grid, out: Path, *, num_gpus: int | None = None, gpus_per_run
         finally:
             running.discard(run.name)
             free.put(slot)
-        status = "done" if rc == 0 and RunDir(out / run.name).is_finished() else "failed"
+        if rc == 0 and RunDir(out / run.name).is_finished():
+            status = "done"
+        else:
+            stopped = rc == STOPPED_EXIT_CODE or RunDir(out / run.name).stop_marker.is_file()
+            status = "interrupted" if stopped else "failed"
         outcomes[run.name] = Outcome(run.name, status, rc, log, seconds)
         if status == "failed":
             why = exit_reason(rc)
@@ -228,6 +234,7 @@ def print_outcomes(outcomes: list[Outcome], out: Path, console: Console | None =
         table.add_row(o.name, status, f"{o.seconds:.0f} s" if o.seconds else "-",
                       "-" if loss is None else f"{loss:.4f}", str(o.log) if o.status == "failed" else "")
     console.print(table)
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "interrupted", "failed")}
     console.print(f"{counts['done']} done, {counts['skipped']} skipped (already finished), "
-                  f"{counts['failed']} failed; report: python -m ablations report {out}")
+                  f"{counts['interrupted']} interrupted (rerun to resume), {counts['failed']} failed; "
+                  f"report: python -m ablations report {out}")

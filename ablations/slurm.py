@@ -48,6 +48,10 @@ def sbatch_script(grid: Grid, out: Path, manifest: Path, opts: SlurmOptions) -> 
         f"--cpus-per-task={opts.cpus_per_task}",
         f"--time={opts.time}",
         f"--output={out}/logs/%x_%A_%a.log",
+        # SIGTERM to the job steps 2 minutes before the time limit (and on preemption): train.py stops
+        # after its step with a checkpoint; the task is then requeued and resumes.
+        "--signal=TERM@120",
+        "--requeue",
     ]
     if opts.partition:
         directives.append(f"--partition={opts.partition}")
@@ -80,9 +84,15 @@ MASTER_PORT=$((29500 + SLURM_ARRAY_TASK_ID % 1000))
 export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-8}}
 echo "run $RUN_NAME on $SLURM_JOB_NODELIST (rendezvous $MASTER_ADDR:$MASTER_PORT)"
 
+rc=0
 srun --kill-on-bad-exit=1 torchrun --nnodes {opts.nodes} --nproc_per_node {opts.gpus_per_node} \\
     --rdzv_id "$SLURM_JOB_ID" --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" \\
-    train.py "$@"
+    train.py "$@" || rc=$?
+if [ -f "{RunDir("$OUT/$RUN_NAME").stop_marker}" ]; then
+    echo "run $RUN_NAME stopped by a signal after a checkpoint; requeueing it to resume"
+    scontrol requeue "${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"
+fi
+exit $rc
 """
 
 

@@ -7,7 +7,9 @@
       data.json          the prepared dataset's manifest (meta.json), copied
       metrics.jsonl      one JSON object per logging event, each with "step"
       summary.json       final metrics; its presence marks the run as finished
+      stopped.json       present while a run stopped by a signal waits to be resumed
       checkpoints/step_<N>/   accelerate's state; complete once loop_state.json is in it
+      evals/step_<N>.json     `python -m training.evaluate` of that checkpoint
 
 train.py, the checkpoint code, the logger, the exporter, the spectra report, evaluation and the
 ablation runner all read and write run directories through `RunDir`.
@@ -69,12 +71,21 @@ class RunDir:
         return self.path / "summary.json"
 
     @property
+    def stop_marker(self) -> Path:
+        """Written when a signal stopped the run after a checkpoint; removed when it resumes."""
+        return self.path / "stopped.json"
+
+    @property
     def checkpoints_root(self) -> Path:
         return self.path / "checkpoints"
 
     def checkpoint(self, step: int) -> Path:
         """Where the checkpoint of `step` lives (complete or not)."""
         return self.checkpoints_root / f"step_{step}"
+
+    def evaluation(self, step: int) -> Path:
+        """Where `python -m training.evaluate` writes its figures for the checkpoint of `step`."""
+        return self.path / "evals" / f"step_{step}.json"
 
     # -- state ------------------------------------------------------------------------------
 

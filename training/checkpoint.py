@@ -30,8 +30,10 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from common.errors import MissingFileError
-from common.rundir import CHECKPOINT_MARKER, RunDir, is_complete_checkpoint
+from common.errors import MissingFileError, UserError
+from common.rundir import CHECKPOINT_MARKER, WEIGHTS_FILE, RunDir, is_complete_checkpoint, locate
+from model.presets import resolve_model_config
+from model.transformer import Transformer
 
 
 def save_checkpoint(accelerator: Accelerator, run: RunDir, step: int, loop_state: dict, keep: int) -> Path:
@@ -119,3 +121,44 @@ def checkpoint_whole_weights(accelerator: Accelerator, model: nn.Module) -> None
 
     accelerator.register_save_state_pre_hook(save_weights)
     accelerator.register_load_state_pre_hook(load_weights)
+
+
+# -- the weights alone (export, evaluation) --------------------------------------------------
+
+
+# Prefixes that torch.compile / DDP wrappers add to parameter names.
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def _load_run_config(run: RunDir) -> dict[str, Any]:
+    from omegaconf import OmegaConf  # only the CLI needs it
+
+    if not run.config.is_file():
+        raise MissingFileError(f"no {run.config}; the run's resolved config is needed")
+    cfg = OmegaConf.to_container(OmegaConf.load(run.config), resolve=True)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise UserError(f"{run.config} has no `model` section; is it a muonlab run config?")
+    return cfg
+
+
+def load_weights(path: str | Path) -> tuple[Transformer, dict[str, Any], Path]:
+    """(model with the checkpoint's weights, the run config, checkpoint dir) for a run or checkpoint dir."""
+    run, ckpt = locate(path)
+    run_cfg = _load_run_config(run)
+    state = {}
+    for name, tensor in load_file(ckpt / WEIGHTS_FILE).items():
+        for prefix in WRAPPER_PREFIXES:
+            name = name.removeprefix(prefix)
+        state[name] = tensor
+    if "model.embed_tokens.weight" not in state:
+        raise UserError(f"{ckpt / WEIGHTS_FILE} has no model.embed_tokens.weight; not a muonlab checkpoint")
+    # The embedding's row count is the vocabulary the run trained with, whatever the data config says.
+    vocab_size = state["model.embed_tokens.weight"].shape[0]
+    cfg = resolve_model_config({**run_cfg["model"], "vocab_size": vocab_size})
+    model = Transformer(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise UserError(f"{ckpt / WEIGHTS_FILE} does not match the run's model config: {first}") from None
+    return model, run_cfg, ckpt

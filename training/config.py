@@ -8,6 +8,8 @@ silently ignored: the schema is an OmegaConf structured config.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +60,7 @@ class TrainSection:
     compile: bool = False
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     fsdp: bool = False  # FSDP2: shard weights, gradients, optimizer state (as accelerate launch --use_fsdp)
+    extend_to: int | None = None  # continue a run to this many steps, where exact (constant/WSD schedules)
 
 
 @dataclass
@@ -124,6 +127,17 @@ def load_config(files: Sequence[str] = (), overrides: Sequence[str] = ()) -> Run
     return OmegaConf.to_object(cfg)
 
 
+def config_keys_help() -> str:
+    """Every config section and key with its default, for `python train.py --help`."""
+    lines = []
+    for section in dataclasses.fields(RunConfig):
+        lines.append(f"  {section.name}:")
+        for f in dataclasses.fields(section.default_factory()):
+            default = getattr(section.default_factory(), f.name)
+            lines.append(f"    {section.name}.{f.name}={'null' if default is None else default}")
+    return "\n".join(lines)
+
+
 def config_yaml(cfg: RunConfig) -> str:
     """The resolved config as YAML (what a run directory's config.yaml holds)."""
     return OmegaConf.to_yaml(cfg)
@@ -176,6 +190,16 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(f"train.{key} must be positive, got {t[key]}")
     if t.micro_batch_size is not None and t.micro_batch_size <= 0:
         raise ConfigError(f"train.micro_batch_size must be positive, got {t.micro_batch_size}")
+    if t.extend_to is not None and t.extend_to <= t.steps:
+        raise ConfigError(f"train.extend_to={t.extend_to} must exceed train.steps={t.steps}, the length of "
+                          "the run to extend")
+    o = cfg.optim
+    for key in ("adamw_lr", "muon_lr", "embed_lr", "head_lr", "weight_decay", "eps", "grad_clip"):
+        if o[key] is not None and not o[key] >= 0:
+            raise ConfigError(f"optim.{key} must be >= 0, got {o[key]}")
+    for key in ("momentum", "sgd_momentum"):
+        if not 0 <= o[key] < 1:
+            raise ConfigError(f"optim.{key} must be in [0, 1), got {o[key]}")
     try:
         schedule_of(cfg)
     except ValueError as err:
@@ -198,12 +222,23 @@ def run_name(cfg: RunConfig) -> str:
 
 
 def run_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.run.dir) if cfg.run.dir else Path("runs") / run_name(cfg)
+    """`run.dir`, or runs/<name>-<hash of what the run computes>: distinct configs never share one."""
+    if cfg.run.dir:
+        return Path(cfg.run.dir)
+    return Path("runs") / f"{run_name(cfg)}-{config_hash(cfg)}"
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """8 hex digits of the keys that change what a run computes (not logging, run.*, RESUMABLE_KEYS)."""
+    kept = {k: v for k, v in _flatten(as_dict(cfg)).items()
+            if not k.startswith("logging.") and k not in RESUMABLE_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 # Keys that may change between an interrupted run and its resumption without changing its result.
+# `train.steps` is not one of them: the schedule depends on it (extending a run is `train.extend_to`).
 RESUMABLE_KEYS = (
-    "train.steps", "train.resume", "train.micro_batch_size", "train.compile", "train.log_every",
+    "train.resume", "train.extend_to", "train.micro_batch_size", "train.compile", "train.log_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.fsdp", "run.dir", "run.name",
 )
 

@@ -1,13 +1,30 @@
-"""Periodic evaluation: validation loss, tail-token loss by frequency bucket, spectra, QA accuracy."""
+"""Evaluation: validation loss and tail-token loss by frequency bucket (`Evaluator`, used by the loop),
+and `python -m training.evaluate RUN_OR_CHECKPOINT`, which also reports spectra and QA accuracy.
+"""
 
 from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from rich.console import Console
+from rich.table import Table
 
+from common.errors import UserError
+from common.files import write_json
+from common.rundir import checkpoint_step, locate
+from data.loader import val_batches
+from metrics.spectra import model_spectra
 from metrics.tail import TailAccumulator, make_buckets
+from training.checkpoint import load_weights
+from training.qa_eval import QAEval
+from training.runtime import make_accelerator
 
 
 class Evaluator:
@@ -40,3 +57,73 @@ class Evaluator:
         tail.sums = self.accelerator.reduce(tail.sums, reduction="sum")
         tail.counts = self.accelerator.reduce(tail.counts, reduction="sum")
         return {"eval/loss": (total[0] / total[1]).item(), **tail.metrics()}
+
+
+# -- `python -m training.evaluate`: score any checkpoint -----------------------------------------
+
+
+def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, tokens: int | None = None) -> dict:
+    """Eval loss, tail buckets, spectra and (on bios) QA of a run's newest or a given checkpoint.
+
+    The validation rows are the run's own (same seq_len, `train.eval_tokens` unless `tokens`), so
+    the figures equal the ones the run logged at that step. Writes <run>/evals/step_<N>.json.
+    """
+    from training.config import load_config
+    from training.trainer import prepare_data
+
+    run, ckpt = locate(path)
+    model, _, _ = load_weights(ckpt)
+    cfg = load_config([str(run.config)])
+    if data_dir is not None:
+        cfg.data.dir = data_dir
+    accelerator = make_accelerator(cfg.train.precision, wandb=False)
+    data = prepare_data(cfg.data, accelerator)
+    meta = json.loads((data / "meta.json").read_text())
+    model = accelerator.prepare_model(model, evaluation_mode=True)
+    results: dict[str, float] = {}
+    if meta["val_tokens"]:
+        t = cfg.train
+        rows = list(val_batches(data, t.seq_len, tokens or t.eval_tokens, t.batch_size, 0, 1,
+                                micro_batch_size=t.micro_batch_size))
+        counts = np.load(data / "token_counts.npy")
+        evaluator = Evaluator(accelerator, rows, counts, cfg.metrics.tail_buckets, cfg.metrics.tail_mode)
+        results |= evaluator.loss_and_tail(model)
+    whole = accelerator.unwrap_model(model)
+    results |= model_spectra(whole)
+    if (qa := QAEval.for_dataset(meta, data, cfg.metrics, accelerator.device)) is not None:
+        results |= qa(whole)
+    step = checkpoint_step(ckpt)
+    out = {"run": str(run.path), "checkpoint": str(ckpt), "step": step, "metrics": results}
+    target = run.evaluation(step)
+    target.parent.mkdir(exist_ok=True)
+    write_json(target, out)
+    return out | {"written": str(target)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate",
+                                     description="Evaluate a checkpoint: loss, tail buckets, spectra, QA.")
+    parser.add_argument("path", help="runs/<name> (newest checkpoint) or runs/<name>/checkpoints/step_<N>")
+    parser.add_argument("--data", help="a prepared dataset directory (default: the run's data settings)")
+    parser.add_argument("--tokens", type=int, help="validation tokens (default: the run's train.eval_tokens)")
+    args = parser.parse_args(argv)
+    if args.tokens is not None and args.tokens <= 0:
+        parser.error(f"--tokens must be positive, got {args.tokens}")
+    try:
+        out = evaluate_checkpoint(args.path, args.data, args.tokens)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    table = Table(title=f"{out['checkpoint']} (step {out['step']})", show_header=False)
+    shown = ("eval/loss", "eval/tail/head_loss", "eval/tail/tail_loss", "eval/tail/gap", "qa/fta/head",
+             "qa/fta/tail")
+    for key in shown:
+        if key in out["metrics"]:
+            table.add_row(key, f"{out['metrics'][key]:.4f}")
+    Console().print(table)
+    print(f"all {len(out['metrics'])} metrics written to {out['written']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

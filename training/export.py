@@ -16,48 +16,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from common.errors import MissingFileError, UserError
-from common.rundir import WEIGHTS_FILE, RunDir, locate
+from common.errors import UserError
+from common.rundir import RunDir, locate
 from data.prepare import dataset_dir_for
-from model.hf import WRAPPER_PREFIXES, to_hf
-from model.presets import resolve_model_config
-from model.transformer import Transformer
-
-
-def _load_run_config(run: RunDir) -> dict[str, Any]:
-    from omegaconf import OmegaConf  # only the CLI needs it
-
-    if not run.config.is_file():
-        raise MissingFileError(f"no {run.config}; the run's resolved config is needed")
-    cfg = OmegaConf.to_container(OmegaConf.load(run.config), resolve=True)
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
-        raise UserError(f"{run.config} has no `model` section; is it a muonlab run config?")
-    return cfg
-
-
-def load_checkpoint(path: str | Path) -> tuple[Transformer, dict[str, Any], Path]:
-    """(model with the checkpoint's weights, the run config, checkpoint dir) for a run or checkpoint dir."""
-    from safetensors.torch import load_file
-
-    run, ckpt = locate(path)
-    run_cfg = _load_run_config(run)
-    state = {}
-    for name, tensor in load_file(ckpt / WEIGHTS_FILE).items():
-        for prefix in WRAPPER_PREFIXES:
-            name = name.removeprefix(prefix)
-        state[name] = tensor
-    if "model.embed_tokens.weight" not in state:
-        raise UserError(f"{ckpt / WEIGHTS_FILE} has no model.embed_tokens.weight; not a muonlab checkpoint")
-    # The embedding's row count is the vocabulary the run trained with, whatever the data config says.
-    vocab_size = state["model.embed_tokens.weight"].shape[0]
-    cfg = resolve_model_config({**run_cfg["model"], "vocab_size": vocab_size})
-    model = Transformer(cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        raise UserError(f"{ckpt / WEIGHTS_FILE} does not match the run's model config: {first}") from None
-    return model, run_cfg, ckpt
+from model.hf import to_hf
+from training.checkpoint import load_weights
 
 
 def run_tokenizer(run: RunDir, run_cfg: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
@@ -104,7 +67,7 @@ def export(src: str | Path, out_dir: str | Path) -> str:
     # disable=None: a bar on a terminal, silent in logs; the context closes it before any error line.
     with tqdm(total=3, desc="export", unit="stage", disable=None) as stages:
         run, _ = locate(src)
-        model, run_cfg, ckpt = load_checkpoint(src)
+        model, run_cfg, ckpt = load_weights(src)
         stages.update()
         tokenizer = run_tokenizer(run, run_cfg)
         meta = tokenizer[1] if tokenizer else {}

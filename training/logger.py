@@ -11,12 +11,14 @@ import json
 import math
 import netrc
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
 
 from common.rundir import RunDir
+from optim.groups import spec_tokens
 from training.config import RunConfig, as_dict
 
 
@@ -41,28 +43,23 @@ def wandb_run_id(run_dir: Path) -> str:
 
 
 class MetricsLogger:
-    """Appends one JSON object per event to metrics.jsonl and mirrors it to the trackers."""
+    """Appends one JSON object per event to metrics.jsonl and mirrors it to wandb when enabled.
 
-    def __init__(self, accelerator: Accelerator, run: RunDir, cfg: RunConfig, name: str):
+    On wandb: `train/tokens` is the x axis of every metric, eval/loss keeps its minimum as summary,
+    per-layer spectra go to one table per evaluation (the per-group means stay scalars), and the
+    tail-bucket losses also form one bar chart per evaluation.
+    """
+
+    def __init__(self, accelerator: Accelerator, run: RunDir, cfg: RunConfig, routing: list[dict],
+                 fresh: bool, tokens_per_step: int):
         self.accelerator = accelerator
         self.path = run.metrics
-        self.use_wandb = bool(cfg.logging.wandb)
-        if self.use_wandb:
-            accelerator.init_trackers(
-                cfg.logging.wandb_project,
-                config=as_dict(cfg),
-                init_kwargs={"wandb": {
-                    "name": name,
-                    "group": cfg.logging.wandb_group,
-                    "tags": list(cfg.logging.wandb_tags),
-                    "mode": wandb_mode(cfg.logging.wandb_mode),
-                    "dir": str(run.path),
-                    # One wandb run per run directory: a resumed run continues it, while runs of the
-                    # same name in other directories (other grids) stay separate.
-                    "resume": "allow",
-                    "id": wandb_run_id(run.path),
-                }},
-            )
+        self.tokens_per_step = tokens_per_step
+        self.wandb = None
+        if cfg.logging.wandb and accelerator.is_main_process:
+            self.wandb = _init_wandb(accelerator, run, cfg)
+            if fresh:  # at step 0, with the initial evaluation (a later step would hide step 0)
+                self.wandb.log({"routing": _routing_table(routing)}, step=0)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if not self.accelerator.is_main_process:
@@ -70,18 +67,85 @@ class MetricsLogger:
         clean = {k: _jsonable(v) for k, v in metrics.items()}
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **clean}) + "\n")
-        if self.use_wandb:
-            self.accelerator.log(clean, step=step)
+        if self.wandb is not None:
+            self.wandb.log(_for_wandb(clean, step * self.tokens_per_step), step=step)
 
-    def log_routing_table(self, rows: list[dict]) -> None:
-        """The routing table as a wandb Table (wandb imported only here: it may be absent on GPU nodes)."""
-        if not (self.use_wandb and self.accelerator.is_main_process):
-            return
-        import wandb
 
-        columns = ["name", "group", "optimizer", "shape", "numel"]
-        table = wandb.Table(columns=columns, data=[[str(r[c]) for c in columns] for r in rows])
-        self.accelerator.get_tracker("wandb", unwrap=True).log({"routing": table})
+def wandb_names(run: RunDir, cfg: RunConfig) -> dict[str, Any]:
+    """name (run.name or the run directory's name), group and tags (given, else derived from the config)."""
+    routing = "+".join(spec_tokens(cfg.optim.muon)) or "none"
+    ffn = cfg.model.ffn_type or "preset-ffn"
+    derived_tags = [f"muon:{routing}", f"base:{cfg.optim.base}", f"preset:{cfg.model.preset}", f"ffn:{ffn}",
+                    f"seed:{cfg.train.seed}"]
+    return {
+        "name": cfg.run.name or run.name,
+        "group": cfg.logging.wandb_group or f"{cfg.model.preset}_{ffn}_muon-{routing}_{cfg.optim.base}",
+        "tags": list(cfg.logging.wandb_tags) or derived_tags,
+    }
+
+
+def _init_wandb(accelerator: Accelerator, run: RunDir, cfg: RunConfig) -> Any:
+    """The wandb run (through accelerate's tracker), with the x axis and summaries defined."""
+    accelerator.init_trackers(
+        cfg.logging.wandb_project,
+        config=as_dict(cfg),
+        init_kwargs={"wandb": {
+            **wandb_names(run, cfg),
+            "mode": wandb_mode(cfg.logging.wandb_mode),
+            "dir": str(run.path),
+            # One wandb run per run directory: a resumed run continues it, while runs of the
+            # same name in other directories (other grids) stay separate.
+            "resume": "allow",
+            "id": wandb_run_id(run.path),
+        }},
+    )
+    wb = accelerator.get_tracker("wandb", unwrap=True)
+    wb.define_metric(TOKENS)
+    for prefix in ("train", "perf", "eval", "spectra", "spectra_update", "qa"):
+        wb.define_metric(f"{prefix}/*", step_metric=TOKENS)
+    wb.define_metric("eval/loss", summary="min")
+    wb.define_metric("eval/tail/*", summary="last")
+    wb.define_metric("qa/fta/*", summary="last")
+    return wb
+
+
+TOKENS = "train/tokens"  # wandb's x axis (metrics.jsonl has `step`; tokens = step * batch * seq_len)
+
+
+def _for_wandb(metrics: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """The event as wandb shows it: tokens added, per-layer spectra as one table, buckets as one chart."""
+    import wandb  # only here: wandb may be absent on a GPU node that does not log to it
+
+    out: dict[str, Any] = {TOKENS: tokens}
+    layers, buckets = [], []
+    for key, value in metrics.items():
+        if (m := _PER_LAYER.match(key)) is not None:
+            layers.append([m["prefix"], m["group"], int(m["layer"]), m["metric"], value])
+        else:
+            out[key] = value
+            if (b := _BUCKET.match(key)) is not None:
+                buckets.append([int(b["bucket"]), value])
+    if layers:
+        columns = ["kind", "group", "layer", "metric", "value"]
+        out["spectra_per_layer"] = wandb.Table(columns=columns, data=layers)
+    if buckets:
+        table = wandb.Table(columns=["bucket (0 = most frequent)", "loss"], data=sorted(buckets))
+        out["eval/tail/buckets"] = wandb.plot.bar(table, "bucket (0 = most frequent)", "loss",
+                                                  title="eval loss by token-frequency bucket")
+    return out
+
+
+_PER_LAYER = re.compile(
+    r"^(?P<prefix>spectra(?:_update)?)/(?P<group>\w+)/layer(?P<layer>\d+)/(?P<metric>\w+)$")
+_BUCKET = re.compile(r"^eval/tail/loss_b(?P<bucket>\d+)$")
+
+
+def _routing_table(rows: list[dict]) -> Any:
+    import wandb
+
+    columns = ["name", "group", "optimizer", "shape", "numel"]
+    return wandb.Table(columns=columns, data=[[str(r["shape"]) if c == "shape" else r[c] for c in columns]
+                                              for r in rows])
 
 
 def _jsonable(value: Any) -> Any:

@@ -27,9 +27,9 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from common.errors import MissingFileError, UserError
-from common.files import write_json, write_text
-from common.rundir import RunDir
+from common.errors import UserError
+from common.files import write_bytes, write_json, write_text
+from common.rundir import RunDir, checkpoint_step
 from data.loader import TokenLoader, check_vocab, val_batches
 from data.prepare import ensure_prepared
 from metrics.spectra import model_spectra, snapshot_weights, update_spectra
@@ -37,7 +37,7 @@ from metrics.throughput import flops_per_token, mfu, peak_flops
 from model import ModelConfig, Transformer
 from model.presets import resolve_model_config
 from optim.build import build_optimizer
-from optim.groups import format_routing_table, routing_json
+from optim.groups import format_routing_table, route, routing_json
 from training.batching import BatchPlan
 from training.cadence import Cadence, Due
 from training.checkpoint import (
@@ -51,8 +51,6 @@ from training.config import (
     DataSection,
     RunConfig,
     config_yaml,
-    load_config,
-    resume_conflicts,
     run_dir,
     run_name,
     schedule_of,
@@ -61,7 +59,9 @@ from training.evaluate import Evaluator
 from training.fsdp import WholeModel, autocast_forward, fsdp_requested, shard_model
 from training.logger import MetricsLogger
 from training.qa_eval import QAEval
+from training.resume import Start, plan_start
 from training.runtime import make_accelerator
+from training.stop import Stopped, StopSignals
 from training.summary import print_summary, write_summary
 
 
@@ -77,10 +77,26 @@ class LoopState:
     wall_before_s: float = 0.0  # wall time of the earlier attempts (a resumed run)
     train_loss: float = math.nan
     last_eval: dict[str, float] = field(default_factory=dict)
+    # The logging window open at a checkpoint (only a stop leaves one open): steps since the last
+    # train/loss event and each rank's loss sum, so the resumed run logs the same means.
+    window_steps: int = 0
+    window_loss_sums: list[float] = field(default_factory=list)
 
     def checkpoint_state(self, tokens_per_step: int, wall_time_s: float) -> dict:
         """What a checkpoint records of the loop (its loop_state.json)."""
-        return {"step": self.step, "tokens": self.step * tokens_per_step, "wall_time_s": wall_time_s}
+        state = {"step": self.step, "tokens": self.step * tokens_per_step, "wall_time_s": wall_time_s}
+        if self.window_steps:
+            state["window"] = {"steps": self.window_steps, "loss_sums": self.window_loss_sums}
+        return state
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict, world: int) -> LoopState:
+        window = saved.get("window") or {}
+        # A window saved by another number of processes cannot be split again: it starts afresh.
+        same_world = len(window.get("loss_sums", [])) == world
+        return cls(step=saved["step"], wall_before_s=saved["wall_time_s"],
+                   window_steps=window.get("steps", 0) if same_world else 0,
+                   window_loss_sums=window.get("loss_sums", []) if same_world else [])
 
 
 def prepare_data(data: DataSection, accelerator: Accelerator) -> Path:
@@ -110,13 +126,13 @@ class Trainer:
     `whole` is the whole, unwrapped model that spectra and QA read on the main process.
     """
 
-    def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
-        self.accelerator = acc = make_accelerator(cfg.train.precision, cfg.logging.wandb)
+    def __init__(self, start: Start, accelerator: Accelerator, run: RunDir):
+        self.cfg = cfg = start.cfg
+        self.accelerator = acc = accelerator
         self.is_main = acc.is_main_process
         self.rank, self.world = acc.process_index, acc.num_processes
         self.sharded = fsdp_requested(cfg.train.fsdp) and self.world > 1  # one process: nothing to shard
-        self.run = RunDir(run_dir(cfg))
+        self.run = run
         self.plan = BatchPlan.of(cfg.train.batch_size, cfg.train.micro_batch_size, self.world)
         self.cadence = Cadence(cfg.train, cfg.metrics)
         self.schedule = schedule_of(cfg)
@@ -127,7 +143,7 @@ class Trainer:
         self.model: nn.Module = Transformer(self.model_cfg)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.routing = routing_json(self.optimizer.routing)
-        self.resume_from = _find_resume(cfg, self.run)
+        self.resume_from = start.checkpoint
         self.evaluator = self._evaluator()
         self.qa = QAEval.for_dataset(self.meta, self.data_dir, cfg.metrics, acc.device)
         self.flops_per_token = flops_per_token(self.model_cfg, cfg.train.seq_len)
@@ -141,6 +157,16 @@ class Trainer:
         self.state = LoopState()
         self.run_start = 0.0  # perf_counter() at the start of the run, earlier attempts included
         self.weights_before: dict[str, torch.Tensor] | None = None  # for the next `spectra_update/*`
+        self.stop = StopSignals()
+
+    @property
+    def mode(self) -> str:
+        """How the processes share the work: single, DDP or FSDP2."""
+        return "FSDP2" if self.sharded else "DDP" if self.world > 1 else "single"
+
+    def start_line(self) -> str:
+        return (f"{self.run.path}: {self.world} process{'es' if self.world > 1 else ''} ({self.mode}) on "
+                f"{device_label(self.accelerator.device)}, {self.cfg.train.steps} steps")
 
     def dry_run(self) -> None:
         """Print the routing table and write routing.json; nothing else is written."""
@@ -157,21 +183,21 @@ class Trainer:
         self._wrap_model()
         acc.register_for_checkpointing(WholeOptimizerState(self.optimizer))
         if self.resume_from is not None:
-            saved = load_checkpoint(acc, self.resume_from)
-            self.state = LoopState(step=saved["step"], wall_before_s=saved["wall_time_s"])
+            self.state = LoopState.from_checkpoint(load_checkpoint(acc, self.resume_from), self.world)
             if self.is_main:
                 self.run.truncate_metrics(self.state.step)
                 print(f"resuming {self.run.path} from {self.resume_from.name}")
         start = self.state.step
-        self.logger = MetricsLogger(acc, self.run, cfg, run_name(cfg))
-        self.logger.log_routing_table(self.routing)
+        self.logger = MetricsLogger(acc, self.run, cfg, self.routing, fresh=start == 0,
+                                    tokens_per_step=self.tokens_per_step)
         self.loader = TokenLoader(self.data_dir, "train", cfg.train.seq_len, cfg.train.batch_size,
                                   cfg.train.seed, rank=self.rank, world_size=self.world,
                                   aligned=cfg.data.bos_aligned)
         self.run_start = time.perf_counter() - self.state.wall_before_s
-        if start == 0:
-            self._evaluate(0, self.cadence.at(0))
-        self._loop(start)
+        with self.stop:
+            if start == 0:
+                self._evaluate(0, self.cadence.at(0))
+            self._loop(start)
         return self._finish(start)
 
     # -- setup ------------------------------------------------------------------------------
@@ -187,10 +213,19 @@ class Trainer:
             run.path.mkdir(parents=True, exist_ok=True)
             write_text(run.config, config_yaml(self.cfg))
             write_json(run.routing, self.routing)
+            # Self-contained: export, evaluation and resume need nothing from the data cache.
+            write_bytes(run.tokenizer, (self.data_dir / "tokenizer.json").read_bytes())
+            write_json(run.data_manifest, self.meta)
             run.summary.unlink(missing_ok=True)
+            run.stop_marker.unlink(missing_ok=True)
             if self.resume_from is None:
                 run.metrics.unlink(missing_ok=True)
                 shutil.rmtree(run.checkpoints_root, ignore_errors=True)
+            else:  # an extension restarts from an earlier checkpoint: the later ones are of the old schedule
+                start = checkpoint_step(self.resume_from)
+                for ckpt in run.checkpoints():
+                    if checkpoint_step(ckpt) > start:
+                        shutil.rmtree(ckpt)
         self.accelerator.wait_for_everyone()
 
     def _wrap_model(self) -> None:
@@ -231,27 +266,32 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
 
     def _loop(self, start: int) -> None:
-        steps = self.cfg.train.steps
+        steps, state = self.cfg.train.steps, self.state
         loss_sum = torch.zeros((), device=self.accelerator.device)
-        window_steps, window_start = 0, time.perf_counter()
+        if state.window_steps:  # a window left open by a stop
+            loss_sum.fill_(state.window_loss_sums[self.rank])
+        window_steps, window_start, timed_steps = state.window_steps, time.perf_counter(), 0
         bar = tqdm(total=steps, initial=start, disable=not self.is_main, desc="train", unit="step",
                    dynamic_ncols=True)
         for step in range(start, steps):
             done = step + 1
             due = self.cadence.at(done)
             grad_norm = self._step(step, loss_sum, snapshot=due.spectra)
-            self.state.step, window_steps = done, window_steps + 1
+            state.step, window_steps, timed_steps = done, window_steps + 1, timed_steps + 1
             bar.update(1)
             if due.log:
-                tok_s = self.tokens_per_step * window_steps / (time.perf_counter() - window_start)
+                tok_s = self.tokens_per_step * timed_steps / (time.perf_counter() - window_start)
                 self._log_train(done, loss_sum / window_steps, grad_norm, tok_s)
-                bar.set_postfix(loss=f"{self.state.train_loss:.3f}", tok_s=f"{tok_s:,.0f}")
+                bar.set_postfix(loss=f"{state.train_loss:.3f}", tok_s=f"{tok_s:,.0f}")
                 loss_sum.zero_()
-                window_steps, window_start = 0, time.perf_counter()
+                window_steps, window_start, timed_steps = 0, time.perf_counter(), 0
             if due.eval:
                 self._evaluate(done, due)
             if due.checkpoint:
                 self._checkpoint()
+            if done < steps and self.stop.agreed(self.accelerator):
+                bar.close()
+                self._stop(loss_sum, window_steps, checkpointed=due.checkpoint)
         bar.close()
 
     def _step(self, step: int, loss_sum: torch.Tensor, snapshot: bool = False) -> torch.Tensor:
@@ -314,26 +354,50 @@ class Trainer:
         self.state.last_eval = metrics
         self.logger.log(metrics, step)
 
+    def _stop(self, loss_sum: torch.Tensor, window_steps: int, checkpointed: bool) -> None:
+        """Checkpoint here (with the open logging window) and raise Stopped."""
+        if not checkpointed:
+            sums = self.accelerator.gather(loss_sum.reshape(1)).tolist()
+            self.state.window_steps, self.state.window_loss_sums = window_steps, sums
+            self._checkpoint()
+        stopped = Stopped(self.state.step, str(self.run.checkpoint(self.state.step)))
+        if self.is_main:  # launcher-independent evidence for the grid runner and the sbatch script
+            write_json(self.run.stop_marker, {"step": stopped.step, "checkpoint": stopped.checkpoint,
+                                              "signal": self.stop.requested})
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        raise stopped
+
     def _checkpoint(self) -> None:
         wall = time.perf_counter() - self.run_start
         loop_state = self.state.checkpoint_state(self.tokens_per_step, wall)
         keep = self.cfg.train.keep_checkpoints
         save_checkpoint(self.accelerator, self.run, self.state.step, loop_state, keep)
+        self.state.window_steps, self.state.window_loss_sums = 0, []
 
     def _finish(self, start: int) -> dict:
-        cfg, state = self.cfg.train, self.state
+        cfg = self.cfg.train
         wall = time.perf_counter() - self.run_start
-        this_attempt_s = max(wall - state.wall_before_s, 1e-9)
+        this_attempt_s = wall - self.state.wall_before_s
+        # This attempt's speed; a resumed attempt with no step left reports the whole run's.
+        tokens_per_s = ((cfg.steps - start) * self.tokens_per_step / this_attempt_s if cfg.steps > start
+                        else cfg.steps * self.tokens_per_step / wall)
         summary = {
-            "run": run_name(self.cfg), "processes": self.world, "steps": cfg.steps,
-            "tokens": cfg.steps * self.tokens_per_step, "wall_time_s": wall,
-            "tokens_per_s": (cfg.steps - start) * self.tokens_per_step / this_attempt_s,
-            "final/train_loss": state.train_loss, "final/eval_loss": state.last_eval.get("eval/loss"),
-            **{k: v for k, v in state.last_eval.items() if "/layer" not in k},
+            "run": run_name(self.cfg), "processes": self.world, "mode": self.mode,
+            "device": device_label(self.accelerator.device), "steps": cfg.steps,
+            "tokens": cfg.steps * self.tokens_per_step, "wall_time_s": wall, "tokens_per_s": tokens_per_s,
         }
         if self.is_main:
-            summary["initial/eval_loss"] = next(
-                (e["eval/loss"] for e in self.run.events() if "eval/loss" in e), None)
+            # The final figures as logged (also by earlier attempts), never from an empty window.
+            train = [e for e in self.run.events() if e.get("train/loss") is not None]
+            evals = [e for e in self.run.events() if "eval/loss" in e or "qa/fta/tail" in e]
+            last_eval = {k: v for k, v in (evals[-1] if evals else {}).items() if k != "step"}
+            summary |= {
+                "final/train_loss": train[-1]["train/loss"] if train else None,
+                "final/eval_loss": last_eval.get("eval/loss"),
+                **{k: v for k, v in last_eval.items() if "/layer" not in k},
+                "initial/eval_loss": next((e["eval/loss"] for e in evals if "eval/loss" in e), None),
+            }
             write_summary(self.run, summary)
             print_summary(self.run.path, summary)
         # Finishes the trackers and destroys the process group: a gloo/NCCL group left alive at exit
@@ -344,28 +408,41 @@ class Trainer:
 
 
 def train(cfg: RunConfig, dry_run: bool = False) -> dict | None:
-    """Run (or, with dry_run, only build and print) the training job described by `cfg`."""
-    trainer = Trainer(cfg)
+    """Run (or, with dry_run, only build and print) the training job described by `cfg`.
+
+    A run that already finished with this config is left as it is: its summary is returned. A
+    signal stops the run after a checkpoint and raises `Stopped`.
+    """
+    check_model_and_routing(cfg)  # cheap checks before any data is prepared
+    accelerator = make_accelerator(cfg.train.precision, cfg.logging.wandb)
+    run = RunDir(run_dir(cfg))
+    start = plan_start(cfg, run)
+    if start.complete and not dry_run:
+        if accelerator.is_main_process:
+            print(f"{run.path} is complete ({run.summary.name} written); nothing to do. "
+                  "Use train.extend_to=N to continue it, or another run.name/run.dir for a new run")
+        accelerator.end_training()
+        return run.read_summary()
+    trainer = Trainer(start, accelerator, run)
     if dry_run:
         trainer.dry_run()
         return None
+    if trainer.is_main:
+        extending = f" (extending from {start.checkpoint.name})" if start.extending else ""
+        print(trainer.start_line() + extending)
     return trainer.fit()
 
 
-def _find_resume(cfg: RunConfig, run: RunDir) -> Path | None:
-    """The checkpoint to resume from, after checking that it belongs to the same experiment."""
-    mode = cfg.train.resume
-    if mode == "none":
-        if run.latest_checkpoint():
-            raise ConfigError(f"{run.path} already holds checkpoints and train.resume=none; choose another "
-                              "run.name/run.dir, delete it, or resume with train.resume=auto")
-        return None
-    ckpt = run.latest_checkpoint() if mode == "auto" else Path(mode)
-    if ckpt is None:
-        return None
-    if not ckpt.is_dir():
-        raise MissingFileError(f"train.resume={mode}: no such checkpoint directory")
-    if run.config.is_file() and (diff := resume_conflicts(load_config([str(run.config)]), cfg)):
-        raise ConfigError(f"cannot resume {run.path}: its config differs in {', '.join(diff)}; "
-                          "use another run.name or train.resume=none in a fresh directory")
-    return ckpt
+def check_model_and_routing(cfg: RunConfig) -> None:
+    """The model config and the routing spec, checked on a meta-device model (no memory, no data)."""
+    model_cfg = resolve_model_config(dataclasses.asdict(cfg.model), vocab_size=64)
+    if cfg.train.seq_len > model_cfg.max_seq_len:
+        raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds model.max_seq_len="
+                          f"{model_cfg.max_seq_len}; lower train.seq_len or raise model.max_seq_len")
+    with torch.device("meta"):
+        route(Transformer(model_cfg), cfg.optim.muon, cfg.optim.base)
+
+
+def device_label(device: torch.device) -> str:
+    """'cpu' or 'cuda:0 (NVIDIA H100 80GB HBM3)'."""
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)

@@ -1,0 +1,259 @@
+"""Runs you can trust: no silent overwrite, exact extension, graceful stop and exact resume, visible
+processes, evaluation of any checkpoint, self-contained run directories, the CLI, wandb read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import (  # noqa: F401  (fixtures)
+    LAUNCHERS,
+    ROOT,
+    base_args,
+    corpus,
+    final_weights,
+    read_metrics,
+    run_train,
+    without_perf,
+)
+
+from training.config import load_config, run_dir
+from training.stop import STOPPED_EXIT_CODE
+
+pytestmark = pytest.mark.slow
+
+
+def snapshot(run: Path) -> dict[str, bytes]:
+    """The bytes of the files a finished run must keep."""
+    return {name: (run / name).read_bytes() for name in ("config.yaml", "summary.json", "metrics.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def finished(base_args, tmp_path_factory) -> Path:  # noqa: F811
+    run = tmp_path_factory.mktemp("runs") / "finished"
+    run_train([*base_args, f"run.dir={run}"])
+    return run
+
+
+def test_rerunning_a_finished_run_leaves_it_untouched(finished, base_args):  # noqa: F811
+    before = snapshot(finished)
+    proc = run_train([*base_args, f"run.dir={finished}"])
+    assert "is complete" in proc.stdout
+    assert snapshot(finished) == before
+
+
+def test_other_steps_is_a_conflict_that_names_extend_to(finished, base_args):  # noqa: F811
+    before = snapshot(finished)
+    proc = run_train([*base_args, "train.steps=30", f"run.dir={finished}"], check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error:") and "train.steps (20 -> 30)" in line and "train.extend_to=30" in line
+    assert snapshot(finished) == before
+
+
+def test_cosine_run_cannot_be_extended(finished, base_args):  # noqa: F811
+    before = snapshot(finished)
+    proc = run_train([*base_args, "train.extend_to=30", f"run.dir={finished}"], check=False)
+    assert proc.returncode == 1
+    assert "cannot extend" in proc.stderr and "cosine" in proc.stderr
+    assert snapshot(finished) == before
+
+
+def test_constant_schedule_extends_exactly(base_args, tmp_path):  # noqa: F811
+    constant = [*base_args, "optim.schedule=constant"]
+    extended, direct = tmp_path / "extended", tmp_path / "direct"
+    run_train([*constant, f"run.dir={extended}"])
+    proc = run_train([*constant, "train.extend_to=30", f"run.dir={extended}"])
+    assert "extending from step_20" in proc.stdout
+    run_train([*constant, "train.steps=30", f"run.dir={direct}"])
+    assert without_perf(read_metrics(extended)) == without_perf(read_metrics(direct))
+    for name, tensor in final_weights(direct, 30).items():
+        assert torch.equal(final_weights(extended, 30)[name], tensor), name
+    assert json.loads((extended / "summary.json").read_text())["steps"] == 30
+    # the same extension command again: complete, nothing to do
+    assert "is complete" in run_train([*constant, "train.extend_to=30", f"run.dir={extended}"]).stdout
+
+
+def test_derived_run_directories_differ_with_the_config():
+    a, b = load_config(), load_config(overrides=["optim.adamw_lr=0.01"])
+    assert run_dir(a) != run_dir(b)
+    assert run_dir(a) == run_dir(load_config(overrides=["logging.wandb=true", "train.log_every=3"]))
+    assert run_dir(a).name.startswith("tiny_muon-hidden_s0-")
+
+
+def stop_midway(args: list[str], run: Path, sig: int, launcher: str = "python"
+                ) -> subprocess.CompletedProcess:
+    """Start train.py, send `sig` once step 10 is logged, and wait for it to exit."""
+    env = {**os.environ, "MUONLAB_CACHE": os.environ.get("MUONLAB_CACHE", str(ROOT / ".cache")),
+           "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen([*LAUNCHERS[launcher], "train.py", *args, f"run.dir={run}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "metrics.jsonl").is_file() and any(e.get("step", 0) >= 10 and "train/loss" in e
+                                                     for e in read_metrics(run)):
+            break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def long_args(base_args) -> list[str]:  # noqa: F811
+    """40 steps, checkpoints only at the end: a stop is the only way to get one midway."""
+    return [*base_args, "train.steps=40", "train.checkpoint_every=0", "train.eval_every=20"]
+
+
+@pytest.fixture(scope="module")
+def long_reference(long_args, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "long"
+    run_train([*long_args, f"run.dir={run}"])
+    return run
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_with_a_checkpoint_and_resumes_exactly(long_args, long_reference, tmp_path, sig):
+    run = tmp_path / "stopped"
+    proc = stop_midway(long_args, run, sig)
+    assert proc.returncode == STOPPED_EXIT_CODE, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    stop = json.loads((run / "stopped.json").read_text())
+    assert 10 <= stop["step"] < 40 and stop["signal"] == sig
+    assert f"stopped at step {stop['step']}; checkpoint " in proc.stderr
+    assert (run / "checkpoints" / f"step_{stop['step']}" / "loop_state.json").is_file()
+    assert not (run / "summary.json").exists()
+    run_train([*long_args, f"run.dir={run}"])
+    assert not (run / "stopped.json").exists()
+    assert without_perf(read_metrics(run)) == without_perf(read_metrics(long_reference))
+    for name, tensor in final_weights(long_reference, 40).items():
+        assert torch.equal(final_weights(run, 40)[name], tensor), name
+
+
+def test_sigterm_stops_two_processes_and_they_resume(long_args, long_reference, tmp_path):
+    run = tmp_path / "stopped2"
+    proc = stop_midway(long_args, run, signal.SIGTERM, launcher="torchrun")
+    assert proc.returncode != 0
+    stop = json.loads((run / "stopped.json").read_text())
+    assert (run / "checkpoints" / f"step_{stop['step']}" / "loop_state.json").is_file()
+    window = json.loads((run / "checkpoints" / f"step_{stop['step']}" / "loop_state.json").read_text())
+    assert len(window.get("window", {"loss_sums": [0, 0]})["loss_sums"]) == 2  # one sum per rank
+    proc = run_train([*long_args, f"run.dir={run}"], launcher="torchrun")
+    assert "2 processes (DDP) on cpu" in proc.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["mode"] == "DDP"
+    ref = {(e["step"], k): v for e in read_metrics(long_reference) for k, v in e.items() if k == "train/loss"}
+    got = {(e["step"], k): v for e in read_metrics(run) for k, v in e.items() if k == "train/loss"}
+    assert got.keys() == ref.keys()
+    for key in ref:  # 2 ranks sum their losses in another order: float32 noise only
+        assert got[key] == pytest.approx(ref[key], rel=1e-4), key
+
+
+def test_summary_after_resuming_at_the_last_step_is_finite(finished, tmp_path, base_args):  # noqa: F811
+    run = tmp_path / "crashed_at_the_end"
+    shutil.copytree(finished, run)
+    (run / "summary.json").unlink()  # as if killed between the last checkpoint and the summary
+    proc = run_train([*base_args, f"run.dir={run}"])
+    assert "1 process (single) on cpu" in proc.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    old = json.loads((finished / "summary.json").read_text())
+    assert summary["final/train_loss"] == old["final/train_loss"]
+    assert summary["final/eval_loss"] == old["final/eval_loss"] and summary["tokens_per_s"] > 0
+
+
+def test_evaluate_matches_the_logged_eval(finished):
+    from training.evaluate import evaluate_checkpoint
+
+    out = evaluate_checkpoint(finished / "checkpoints" / "step_10")
+    logged = next(e for e in read_metrics(finished) if e["step"] == 10 and "eval/loss" in e)
+    assert out["step"] == 10
+    for key in ("eval/loss", "eval/tail/loss_b0", "eval/tail/gap", "spectra/v/svd_entropy"):
+        assert out["metrics"][key] == pytest.approx(logged[key], rel=1e-6), key
+    assert json.loads((finished / "evals" / "step_10.json").read_text())["metrics"] == out["metrics"]
+
+
+def test_evaluate_cli_from_another_directory(finished, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "training.evaluate", str(finished)], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "eval/loss" in proc.stdout and (finished / "evals" / "step_20.json").is_file()
+
+
+def test_export_needs_nothing_but_the_run_directory(finished, base_args, tmp_path):  # noqa: F811
+    from transformers import AutoTokenizer
+
+    from training.export import main
+
+    data_dir = Path(next(a for a in base_args if a.startswith("data.dir=")).split("=", 1)[1])
+    moved = tmp_path / "data_moved"
+    shutil.move(data_dir, moved)  # the data cache is gone
+    try:
+        assert main(["export", str(finished), str(tmp_path / "hf")]) == 0
+    finally:
+        shutil.move(moved, data_dir)
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf")("the king")["input_ids"]
+
+
+def test_options_anywhere_and_print_config(base_args, tmp_path):  # noqa: F811
+    run = tmp_path / "dry"
+    proc = run_train(["optim.muon=vo", *base_args, f"run.dir={run}", "--dry-run"])
+    assert (run / "routing.json").is_file() and "v_proj" in proc.stdout
+    proc = run_train(["optim.adamw_lr=0.02", "--print-config"])
+    assert "adamw_lr: 0.02" in proc.stdout
+    helptext = run_train(["--help"]).stdout
+    assert "train.extend_to=null" in helptext and "optim.muon=hidden" in helptext
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.adamw_lr=-1", "optim.adamw_lr must be >= 0"),
+    ("optim.momentum=1.5", "optim.momentum must be in [0, 1)"),
+    ("train.extend_to=5", "train.extend_to=5 must exceed train.steps=20"),
+    ("optim.muon=vo,fnn", "unknown parameter group 'fnn'"),
+])
+def test_cheap_checks_come_before_the_data(base_args, tmp_path, override, message):  # noqa: F811
+    args = [a for a in base_args if not a.startswith("data.")]
+    missing = f"data.source={tmp_path}/nothing/*.txt"  # would be an error too, but later
+    proc = run_train([*args, missing, override, f"run.dir={tmp_path / 'run'}"], check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()
+
+
+def test_wandb_offline_run_read_back(base_args, tmp_path):  # noqa: F811
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    run = tmp_path / "wandb"
+    run_train([*base_args, "train.steps=10", "logging.wandb=true", "logging.wandb_mode=offline",
+               f"run.dir={run}"])
+    records = []
+    for path in (run / "wandb").glob("offline-run-*/run-*.wandb"):
+        store = datastore.DataStore()
+        store.open_for_scan(str(path))
+        while (data := store.scan_data()) is not None:
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(data)
+            records.append(record)
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+               for r in records if r.WhichOneof("record_type") == "history"]
+    step0 = [h for h in history if h.get("_step") == 0]
+    assert step0 and "eval/loss" in step0[0] and "routing" in step0[0], "the step-0 evaluation is lost"
+    assert all("train/tokens" in h for h in history if "train/loss" in h)
+    assert not any("/layer" in k for h in history for k in h), "per-layer spectra belong in the table"
+    assert any("spectra_per_layer" in h and "eval/tail/buckets_table" in h for h in history)
+    metrics = {r.metric.name or r.metric.glob_name: r.metric for r in records
+               if r.WhichOneof("record_type") == "metric"}
+    assert metrics["train/*"].step_metric == "train/tokens"
+    assert metrics["eval/loss"].summary.min
+    run_record = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run_record.display_name == "wandb" and run_record.run_group.startswith("tiny_")
+    assert "muon:hidden" in list(run_record.tags)
