@@ -7,6 +7,9 @@ from pathlib import Path
 
 
 def cache_dir() -> Path:
-    """The muonlab cache root: ``$MUONLAB_CACHE`` if set, else ``~/.cache/muonlab``."""
-    root = os.environ.get("MUONLAB_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "muonlab"
+    """The muonlab cache root: ``$MUONLAB_CACHE`` if set, else ``$XDG_CACHE_HOME/muonlab`` (XDG's
+    default ``~/.cache/muonlab``)."""
+    if root := os.environ.get("MUONLAB_CACHE"):
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "muonlab"

@@ -153,7 +153,8 @@ def val_batches(
     if len(windows) < batch_size:
         raise UserError(
             f"validation split has {len(windows)} windows of seq_len {seq_len}, fewer than one eval batch of "
-            f"{batch_size}; lower the eval batch size or seq_len, or prepare more validation data"
+            f"{batch_size}; lower train.batch_size (also the eval batch) or train.seq_len, or prepare more "
+            "validation data (data.val_tokens)"
         )
     n_rows = max(batch_size, min(wanted, len(windows)) // batch_size * batch_size)
     chunk = micro_batch_size or local

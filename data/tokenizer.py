@@ -60,7 +60,7 @@ def load_pretrained(name_or_path: str) -> Tokenizer:
             raise UserError(
                 f"could not load tokenizer {name_or_path!r}: not a tokenizer.json path and the hub "
                 f"lookup failed ({type(hub_error).__name__}). Give a local tokenizer.json, or omit "
-                f"--tokenizer to train a BPE."
+                f"data.tokenizer (python -m data.prepare: --tokenizer) to train a BPE."
             ) from e
 
 

@@ -23,9 +23,6 @@ from common.errors import UserError
 from model.config import ModelConfig
 from model.transformer import Transformer
 
-# Prefixes that torch.compile / DDP wrappers add to parameter names.
-WRAPPER_PREFIXES = ("_orig_mod.", "module.")
-
 
 def _hf_config(cfg: ModelConfig, **token_ids: int | None) -> PretrainedConfig:
     """The transformers config that expresses `cfg` exactly (Llama, or Qwen3 for QK-norm)."""

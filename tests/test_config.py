@@ -3,7 +3,7 @@
 import pytest
 
 from training.batching import BatchPlan
-from training.config import ConfigError, load_config, resume_conflicts, run_dir, run_name
+from training.config import ConfigError, config_hash, load_config, resume_conflicts, run_dir, run_name
 
 
 def test_defaults_are_the_embedded_default():
@@ -58,15 +58,18 @@ def test_bad_values_are_errors(tmp_path):
 def test_run_name_and_dir():
     cfg = load_config(overrides=["optim.muon=vo,ffn", "train.seed=3"])
     assert run_name(cfg) == "tiny_muon-vo+ffn_s3"
-    assert str(run_dir(cfg)) == "runs/tiny_muon-vo+ffn_s3"
+    # issue 11: a derived directory carries a hash of what the run computes, so configs never share one
+    assert str(run_dir(cfg)) == f"runs/tiny_muon-vo+ffn_s3-{config_hash(cfg)}"
     cfg = load_config(overrides=["run.name=x", "run.dir=/tmp/y"])
     assert run_name(cfg) == "x" and str(run_dir(cfg)) == "/tmp/y"
 
 
 def test_resume_conflicts_ignore_schedule_only_keys():
     a = load_config(overrides=["train.steps=10"])
-    b = load_config(overrides=["train.steps=20", "train.micro_batch_size=4", "logging.wandb=true"])
+    b = load_config(overrides=["train.steps=10", "train.micro_batch_size=4", "logging.wandb=true"])
     assert resume_conflicts(a, b) == []
+    # issue 11: train.steps changes the schedule, so it is a conflict (extending is train.extend_to)
+    assert resume_conflicts(a, load_config(overrides=["train.steps=20"])) == ["train.steps"]
     c = load_config(overrides=["optim.muon=qk", "optim.adamw_lr=0.1"])
     assert resume_conflicts(a, c) == ["optim.adamw_lr", "optim.muon"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,3 +244,15 @@ def test_cli_keeps_the_traceback_of_anything_but_a_user_error(corpus, tmp_path, 
     monkeypatch.setattr("data.prepare.prepare_dataset", broken)
     with pytest.raises(error, match="an internal invariant failed"):
         main(["--source", str(corpus["jsonl"]), "--out", str(tmp_path / "o")])
+
+
+def test_cache_root_follows_muonlab_cache_then_xdg(monkeypatch, tmp_path):
+    from data.cache import cache_dir
+
+    monkeypatch.delenv("MUONLAB_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert cache_dir() == Path.home() / ".cache" / "muonlab"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "muonlab"
+    monkeypatch.setenv("MUONLAB_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
