@@ -76,7 +76,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_intermixed_args(argv)
+    args = parser().parse_args(argv)
     try:
         return cmd_run(args) if args.command == "run" else cmd_report(args)
     except UserError as err:
