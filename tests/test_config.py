@@ -70,7 +70,7 @@ def test_resume_conflicts_ignore_schedule_only_keys():
     assert resume_conflicts(a, b) == []
     # issue 11: train.steps changes the schedule, so it is a conflict (extending is train.extend_to)
     assert resume_conflicts(a, load_config(overrides=["train.steps=20"])) == ["train.steps"]
-    c = load_config(overrides=["optim.muon=qk", "optim.adamw_lr=0.1"])
+    c = load_config(overrides=["train.steps=10", "optim.muon=qk", "optim.adamw_lr=0.1"])
     assert resume_conflicts(a, c) == ["optim.adamw_lr", "optim.muon"]
 
 
