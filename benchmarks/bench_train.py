@@ -45,7 +45,7 @@ from benchmarks.common import (
 from metrics.throughput import flops_per_token, mfu, peak_flops
 from model import PRESETS, ModelConfig, Transformer, get_preset
 from optim.build import build_optimizer
-from training.config import OptimSection
+from optim.config import OptimConfig
 from training.runtime import keep_freed_memory
 
 MODELS = ("muonlab", "llama")
@@ -112,7 +112,7 @@ class TrainStep:
     def __init__(self, variant: Variant, cfg: ModelConfig, batch: torch.Tensor, dtype: str) -> None:
         device = batch.device
         self.model = build_model(cfg, variant.model, device)
-        optim_cfg = OmegaConf.structured(OptimSection(muon=OPTIMS[variant.optim]))
+        optim_cfg = OmegaConf.structured(OptimConfig(muon=OPTIMS[variant.optim]))
         self.optimizer = build_optimizer(self.model, optim_cfg)
         self.forward = torch.compile(self.model) if variant.compiled else self.model
         self.is_llama = variant.model == "llama"
