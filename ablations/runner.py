@@ -27,7 +27,6 @@ from tqdm import tqdm
 from ablations.grid import REPO_ROOT, Grid, Run, config_diff
 from common.errors import UserError
 from common.rundir import RunDir
-from training.stop import STOPPED_EXIT_CODE
 
 DEFAULT_TRAIN_CMD = (sys.executable, "train.py")
 
@@ -196,8 +195,8 @@ def run_grid(grid: Grid, out: Path, *, num_gpus: int | None = None, gpus_per_run
         if rc == 0 and RunDir(out / run.name).is_finished():
             status = "done"
         else:
-            stopped = rc == STOPPED_EXIT_CODE or RunDir(out / run.name).stop_marker.is_file()
-            status = "interrupted" if stopped else "failed"
+            # stopped.json, not the exit code: a launcher (torchrun) replaces train.py's code 75
+            status = "interrupted" if RunDir(out / run.name).stop_marker.is_file() else "failed"
         outcomes[run.name] = Outcome(run.name, status, rc, log, seconds)
         if status == "failed":
             why = exit_reason(rc)

@@ -20,7 +20,13 @@ from typing import Any
 from common.errors import UserError
 from data.manifest import read_meta
 from data.pipeline import prepare_dataset
-from data.settings import DEFAULT_SHARD_TOKENS, DEFAULT_VAL_TOKENS, DEFAULT_VOCAB_SIZE, make_settings
+from data.settings import (
+    DEFAULT_SHARD_TOKENS,
+    DEFAULT_VAL_TOKENS,
+    DEFAULT_VOCAB_SIZE,
+    Settings,
+    make_settings,
+)
 
 
 def dataset_dir_for(source: str, **settings: Any) -> Path:
@@ -29,28 +35,12 @@ def dataset_dir_for(source: str, **settings: Any) -> Path:
 
 
 def ensure_prepared(
-    source: str,
-    data_dir: str | os.PathLike | None = None,
-    *,
-    vocab_size: int = DEFAULT_VOCAB_SIZE,
-    tokenizer: str | None = None,
-    tokens: int | None = None,
-    val_tokens: int | None = None,
-    shard_tokens: int = DEFAULT_SHARD_TOKENS,
-    seed: int = 0,
-    text_field: str = "text",
-    bios: dict[str, Any] | None = None,
-    bos: bool = False,
-    workers: int | None = None,
+    settings: Settings, data_dir: str | os.PathLike | None = None, *, workers: int | None = None
 ) -> Path:
     """A ready dataset directory for train.py: ``data_dir`` as is when it already holds a finished
-    dataset, otherwise prepared there (or in the cache directory for these settings) first."""
+    dataset, otherwise prepared there (or in the cache directory for ``settings``) first."""
     if data_dir is not None and read_meta(data_dir) is not None:
         return Path(data_dir)
-    settings = make_settings(
-        source, vocab_size=vocab_size, tokenizer=tokenizer, tokens=tokens, val_tokens=val_tokens,
-        shard_tokens=shard_tokens, seed=seed, text_field=text_field, bios=bios, bos=bos,
-    )
     out = Path(data_dir) if data_dir is not None else settings.dataset_dir()
     return prepare_dataset(settings, out, workers=workers)
 

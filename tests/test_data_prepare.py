@@ -16,6 +16,7 @@ from data.loader import TokenLoader
 from data.manifest import load_meta
 from data.pipeline import STATE_FILE
 from data.prepare import dataset_dir_for, ensure_prepared, main, prepare
+from data.settings import make_settings
 from data.shards import read_shard
 from data.tokenizer import load_tokenizer
 
@@ -177,8 +178,9 @@ def test_ensure_prepared_uses_the_cache_dir_keyed_by_settings(corpus, tmp_path, 
     path = dataset_dir_for(src, **SETTINGS)
     assert path.parent == tmp_path / "cache" / "datasets"
     assert dataset_dir_for(src, **{**SETTINGS, "vocab_size": 300}) != path
-    assert ensure_prepared(src, workers=1, **SETTINGS) == path and (path / "meta.json").exists()
-    assert ensure_prepared(src, data_dir=path) == path  # an existing dataset is used as it is
+    settings = make_settings(src, **SETTINGS)
+    assert ensure_prepared(settings, workers=1) == path and (path / "meta.json").exists()
+    assert ensure_prepared(make_settings(src), data_dir=path) == path  # an existing dataset is used as it is
 
 
 def test_bios_source_is_training_only(tmp_path):

@@ -9,6 +9,7 @@ from data import shakespeare
 from data.loader import TokenLoader, val_batches
 from data.manifest import load_meta
 from data.prepare import ensure_prepared
+from data.settings import make_settings
 from data.tokenizer import load_tokenizer
 
 
@@ -26,7 +27,7 @@ def shakespeare_cache(tmp_path_factory):
 def shakespeare_data(shakespeare_cache):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MUONLAB_CACHE", str(shakespeare_cache))
-        yield ensure_prepared("builtin:shakespeare", vocab_size=1024, workers=2)
+        yield ensure_prepared(make_settings("builtin:shakespeare", vocab_size=1024), workers=2)
 
 
 def test_works_and_split(shakespeare_cache, monkeypatch):

@@ -115,12 +115,12 @@ def checkpoint_whole_weights(accelerator: Accelerator, model: nn.Module) -> None
         save(get_model_state_dict(model, options=options), Path(output_dir) / SAFE_WEIGHTS_NAME,
              safe_serialization=True)
 
-    def load_weights(_models: list, input_dir: str) -> None:
+    def load_whole_weights(_models: list, input_dir: str) -> None:
         whole = load_file(Path(input_dir) / SAFE_WEIGHTS_NAME)
         set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True))
 
     accelerator.register_save_state_pre_hook(save_weights)
-    accelerator.register_load_state_pre_hook(load_weights)
+    accelerator.register_load_state_pre_hook(load_whole_weights)
 
 
 # -- the weights alone (export, evaluation) --------------------------------------------------
@@ -141,8 +141,9 @@ def _load_run_config(run: RunDir) -> dict[str, Any]:
     return cfg
 
 
-def load_weights(path: str | Path) -> tuple[Transformer, dict[str, Any], Path]:
-    """(model with the checkpoint's weights, the run config, checkpoint dir) for a run or checkpoint dir."""
+def load_weights(path: str | Path) -> tuple[Transformer, dict[str, Any], RunDir, Path]:
+    """(model with the checkpoint's weights, the run config, run dir, checkpoint dir) for a run
+    directory (its newest checkpoint) or a checkpoint directory."""
     run, ckpt = locate(path)
     run_cfg = _load_run_config(run)
     state = {}
@@ -161,4 +162,4 @@ def load_weights(path: str | Path) -> tuple[Transformer, dict[str, Any], Path]:
     except RuntimeError as err:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise UserError(f"{ckpt / WEIGHTS_FILE} does not match the run's model config: {first}") from None
-    return model, run_cfg, ckpt
+    return model, run_cfg, run, ckpt

@@ -117,7 +117,7 @@ def load_config(files: Sequence[str] = (), overrides: Sequence[str] = ()) -> Run
     cfg = OmegaConf.structured(RunConfig)
     for path in files:
         if not Path(path).is_file():
-            raise ConfigError(f"config file not found: {path} (give a path such as configs/tiny.yaml)")
+            raise ConfigError(f"config file not found: {path} (give a path such as configs/smoke.yaml)")
         cfg = _merge(cfg, OmegaConf.load(path), f"in {path}")
     for item in overrides:
         if "=" not in item:
@@ -132,8 +132,9 @@ def config_keys_help() -> str:
     lines = []
     for section in dataclasses.fields(RunConfig):
         lines.append(f"  {section.name}:")
-        for f in dataclasses.fields(section.default_factory()):
-            default = getattr(section.default_factory(), f.name)
+        defaults = section.default_factory()
+        for f in dataclasses.fields(defaults):
+            default = getattr(defaults, f.name)
             lines.append(f"    {section.name}.{f.name}={'null' if default is None else default}")
     return "\n".join(lines)
 

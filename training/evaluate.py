@@ -18,7 +18,7 @@ from rich.table import Table
 
 from common.errors import UserError
 from common.files import write_json
-from common.rundir import checkpoint_step, locate
+from common.rundir import checkpoint_step
 from data.loader import val_batches
 from metrics.spectra import model_spectra
 from metrics.tail import TailAccumulator, make_buckets
@@ -71,8 +71,7 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, tokens: i
     from training.config import load_config
     from training.trainer import prepare_data
 
-    run, ckpt = locate(path)
-    model, _, _ = load_weights(ckpt)
+    model, _, run, ckpt = load_weights(path)
     cfg = load_config([str(run.config)])
     if data_dir is not None:
         cfg.data.dir = data_dir

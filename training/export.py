@@ -17,7 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from common.errors import UserError
-from common.rundir import RunDir, locate
+from common.rundir import RunDir
 from data.prepare import dataset_dir_for
 from model.hf import to_hf
 from training.checkpoint import load_weights
@@ -66,8 +66,7 @@ def export(src: str | Path, out_dir: str | Path) -> str:
     out_dir = Path(out_dir)
     # disable=None: a bar on a terminal, silent in logs; the context closes it before any error line.
     with tqdm(total=3, desc="export", unit="stage", disable=None) as stages:
-        run, _ = locate(src)
-        model, run_cfg, ckpt = load_weights(src)
+        model, run_cfg, run, ckpt = load_weights(src)
         stages.update()
         tokenizer = run_tokenizer(run, run_cfg)
         meta = tokenizer[1] if tokenizer else {}

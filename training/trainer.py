@@ -32,6 +32,7 @@ from common.files import write_bytes, write_json, write_text
 from common.rundir import RunDir, checkpoint_step
 from data.loader import TokenLoader, check_vocab, val_batches
 from data.prepare import ensure_prepared
+from data.settings import make_settings
 from metrics.spectra import model_spectra, snapshot_weights, update_spectra
 from metrics.throughput import flops_per_token, mfu, peak_flops
 from model import ModelConfig, Transformer
@@ -75,8 +76,7 @@ class LoopState:
 
     step: int = 0
     wall_before_s: float = 0.0  # wall time of the earlier attempts (a resumed run)
-    train_loss: float = math.nan
-    last_eval: dict[str, float] = field(default_factory=dict)
+    train_loss: float = math.nan  # the latest logged train/loss (progress bar, NaN message)
     # The logging window open at a checkpoint (only a stop leaves one open): steps since the last
     # train/loss event and each rank's loss sum, so the resumed run logs the same means.
     window_steps: int = 0
@@ -102,20 +102,17 @@ class LoopState:
 def prepare_data(data: DataSection, accelerator: Accelerator) -> Path:
     """The prepared dataset directory (the main process prepares it first, the others reuse it)."""
     with accelerator.main_process_first():
-        return ensure_prepared(
-            data.source, data.dir, vocab_size=data.vocab_size, tokenizer=data.tokenizer,
-            tokens=data.tokens, val_tokens=data.val_tokens, text_field=data.text_field,
-            bios=dict(data.bios))
+        settings = make_settings(data.source, vocab_size=data.vocab_size, tokenizer=data.tokenizer,
+                                 tokens=data.tokens, val_tokens=data.val_tokens, text_field=data.text_field,
+                                 bios=dict(data.bios))
+        return ensure_prepared(settings, data.dir)
 
 
 def model_config_for(cfg: RunConfig, meta: dict) -> ModelConfig:
     # The embedding table is padded to a multiple of 64 (GPT-2's 50257 -> 50304) for fast matmuls.
     vocab = -(-meta["vocab_size"] // 64) * 64
     model_cfg = resolve_model_config(dataclasses.asdict(cfg.model), vocab_size=vocab)
-    check_vocab(meta, model_cfg.vocab_size)
-    if cfg.train.seq_len > model_cfg.max_seq_len:
-        raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds model.max_seq_len="
-                          f"{model_cfg.max_seq_len}; lower train.seq_len or raise model.max_seq_len")
+    check_vocab(meta, model_cfg.vocab_size)  # the rest of the model config: check_model_and_routing
     return model_cfg
 
 
@@ -351,7 +348,6 @@ class Trainer:
                 self.weights_before = None
         if self.is_main and self.qa is not None and due.qa:
             metrics.update(self.qa(whole))
-        self.state.last_eval = metrics
         self.logger.log(metrics, step)
 
     def _stop(self, loss_sum: torch.Tensor, window_steps: int, checkpointed: bool) -> None:
@@ -389,8 +385,9 @@ class Trainer:
         }
         if self.is_main:
             # The final figures as logged (also by earlier attempts), never from an empty window.
-            train = [e for e in self.run.events() if e.get("train/loss") is not None]
-            evals = [e for e in self.run.events() if "eval/loss" in e or "qa/fta/tail" in e]
+            events = list(self.run.events())
+            train = [e for e in events if e.get("train/loss") is not None]
+            evals = [e for e in events if "eval/loss" in e or "qa/fta/tail" in e]
             last_eval = {k: v for k, v in (evals[-1] if evals else {}).items() if k != "step"}
             summary |= {
                 "final/train_loss": train[-1]["train/loss"] if train else None,
