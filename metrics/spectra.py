@@ -19,7 +19,6 @@ difference between the current weights and a ``snapshot_weights`` taken earlier,
 from __future__ import annotations
 
 import math
-import re
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,11 +26,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from optim.groups import ALIASES, group_of
+from optim.groups import ALIASES, group_of, layer_of
 
 METRICS = ("svd_entropy", "effective_rank", "top10_energy", "q75_q25")
 HIDDEN_GROUPS = ALIASES["hidden"]
-_LAYER = re.compile(r"layers\.(\d+)\.")
 
 
 def singular_values(W: torch.Tensor) -> torch.Tensor:
@@ -70,12 +68,6 @@ def metrics_from_singular_values(s: torch.Tensor) -> dict[str, float]:
 def spectral_metrics(W: torch.Tensor) -> dict[str, float]:
     """``svd_entropy``, ``effective_rank``, ``top10_energy`` and ``q75_q25`` of a 2-D matrix."""
     return metrics_from_singular_values(singular_values(W))
-
-
-def layer_of(name: str) -> int | None:
-    """Layer index in a Llama-style parameter name (``...layers.3.mlp...`` -> 3), None outside layers."""
-    match = _LAYER.search(name)
-    return int(match.group(1)) if match else None
 
 
 def grouped_matrices(

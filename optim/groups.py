@@ -1,14 +1,14 @@
-"""Parameter groups of the transformer and the router that sends each group to Muon or the base optimizer.
+"""Parameter groups of the transformer, their aliases, and the routing table.
 
-Names follow transformers' Llama (`model.layers.{i}.self_attn.q_proj.weight`, ...). A routing spec
-names the groups that go to Muon, e.g. "vo,ffn" or ["v", "o", "ffn_in"]; everything else goes to the
-base optimizer (AdamW, or SGD).
+Names follow transformers' Llama (`model.layers.{i}.self_attn.q_proj.weight`, ...). `route` is the
+`optim.muon` shorthand: it names the groups that go to Muon, e.g. "vo,ffn" or ["v", "o", "ffn_in"];
+everything else goes to the base optimizer (AdamW, or SGD). The general router (any optimizer per group
+and layer range) is `optim.routing`.
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,6 +40,7 @@ _NAME_PATTERNS = (
     ("scalar", r"\w*norm\.weight|bias"),
 )
 _MATCHERS = [(group, re.compile(rf"(^|\.)(?:{pattern})$")) for group, pattern in _NAME_PATTERNS]
+_LAYER = re.compile(r"layers\.(\d+)\.")
 
 
 class RoutingError(UserError):
@@ -48,7 +49,7 @@ class RoutingError(UserError):
 
 @dataclass(frozen=True)
 class RouteEntry:
-    """Where one parameter goes: its group, its optimizer ("muon" or the base), shape and size."""
+    """Where one parameter goes: its group, its optimizer (`optim.routing.OPTIMIZERS`), shape and size."""
 
     name: str
     group: str
@@ -75,6 +76,12 @@ def group_of(name: str, param: Tensor | None = None) -> str:
     )
 
 
+def layer_of(name: str) -> int | None:
+    """Layer index in a Llama-style parameter name (``...layers.3.mlp...`` -> 3), None outside layers."""
+    match = _LAYER.search(name)
+    return int(match.group(1)) if match else None
+
+
 def spec_tokens(spec: str | Sequence[str]) -> list[str]:
     """The names of a routing spec, as written: "vo, ffn" or ["vo", "ffn"] -> ["vo", "ffn"]."""
     parts = [spec] if isinstance(spec, str) else list(spec)
@@ -83,7 +90,7 @@ def spec_tokens(spec: str | Sequence[str]) -> list[str]:
     return [tok.strip() for part in parts for tok in part.split(",") if tok.strip()]
 
 
-def resolve_groups(spec: str | Sequence[str]) -> frozenset[str]:
+def resolve_groups(spec: str | Sequence[str], key: str = "optim.muon") -> frozenset[str]:
     """Expand a routing spec ("vo, ffn", ["qk"], "none") into the set of group names it covers."""
     groups: set[str] = set()
     for tok in spec_tokens(spec):
@@ -92,44 +99,20 @@ def resolve_groups(spec: str | Sequence[str]) -> frozenset[str]:
         elif tok in GROUPS:
             groups.add(tok)
         else:
-            raise RoutingError(f"unknown parameter group {tok!r} in optim.muon; valid {_valid_names()}")
+            raise RoutingError(f"unknown parameter group {tok!r} in {key}; valid {_valid_names()}")
     return frozenset(groups)
 
 
 def route(model: nn.Module, spec: str | Sequence[str], base: str = "adamw") -> list[RouteEntry]:
-    """Assign every parameter of `model` to "muon" (its group is in `spec`) or to `base`.
+    """Assign every parameter of `model` to "muon" (its group is in `spec`) or to `base` (`optim.muon`).
 
     Errors: an unknown name, `scalar` to Muon, a group named explicitly (not through an alias)
     that has no parameter in this model (e.g. ffn_gate with a non-gated FFN). Warns when the
     embedding or the head goes to Muon (allowed for ablations).
     """
-    muon_groups = resolve_groups(spec)
-    if "scalar" in muon_groups:
-        raise RoutingError(
-            "the scalar group (1-D norm gains and biases) cannot go to Muon; remove it from optim.muon"
-        )
-    entries = []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        group = group_of(name, param)
-        optimizer = "muon" if group in muon_groups else base
-        entries.append(RouteEntry(name, group, optimizer, tuple(param.shape), param.numel()))
-    present = {e.group for e in entries}
-    missing = sorted(g for g in spec_tokens(spec) if g in GROUPS and g not in present)
-    if missing:
-        raise RoutingError(
-            f"optim.muon names group(s) {', '.join(missing)} but this model has no such parameters "
-            f"(present: {', '.join(g for g in GROUPS if g in present)}); remove them from optim.muon"
-        )
-    to_muon = sorted({"embed", "head"} & muon_groups & present)
-    if to_muon:
-        warnings.warn(
-            f"routing {' and '.join(to_muon)} to Muon: Muon is meant for hidden matrices; "
-            "allowed for ablations only",
-            stacklevel=2,
-        )
-    return entries
+    from optim.routing import muon_shorthand, route_rules  # the router builds on this module
+
+    return route_rules(model, muon_shorthand(spec, base), key="optim.muon")
 
 
 def routing_json(entries: Sequence[RouteEntry]) -> list[dict]:

@@ -24,7 +24,9 @@ from model import ModelConfig
 from optim.build import BASES, NS_DTYPES
 from optim.config import OptimConfig
 from optim.groups import spec_tokens
-from optim.muon import ADJUST_LR_FNS
+from optim.muon import ADJUST_LR_FNS, MOMENTUM_ORDERS
+from optim.newton_schulz import METHODS, NS_COEFFICIENTS
+from optim.routing import routing_rules
 from optim.schedules import SCHEDULES, Schedule
 from training.runtime import PRECISIONS
 
@@ -84,6 +86,7 @@ class MetricsSection:
     qa_every: int | None = None  # None: at every eval (bios sources only); 0: off
     qa_max_per_group: int = 256
     peak_flops: float | None = None  # override the GPU peak used for perf/mfu
+    curvature_every: int = 0  # curvature/<group>/{gain,penalty,nds} at every N-th spectra eval; 0: off
 
 
 @dataclass
@@ -175,6 +178,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.schedule": SCHEDULES,
     "optim.adjust_lr_fn": tuple(fn for fn in ADJUST_LR_FNS if fn is not None),
     "optim.ns_dtype": tuple(NS_DTYPES),
+    "optim.ns_coefficients": tuple(NS_COEFFICIENTS),
+    "optim.orthogonalize": METHODS,
+    "optim.momentum_order": MOMENTUM_ORDERS,
     "train.precision": PRECISIONS,
     "metrics.tail_mode": TAIL_MODES,
 }
@@ -195,12 +201,18 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.extend_to={t.extend_to} must exceed train.steps={t.steps}, the length of "
                           "the run to extend")
     o = cfg.optim
-    for key in ("adamw_lr", "muon_lr", "embed_lr", "head_lr", "weight_decay", "eps", "grad_clip"):
-        if o[key] is not None and not o[key] >= 0:
-            raise ConfigError(f"optim.{key} must be >= 0, got {o[key]}")
-    for key in ("momentum", "sgd_momentum"):
-        if not 0 <= o[key] < 1:
-            raise ConfigError(f"optim.{key} must be in [0, 1), got {o[key]}")
+    for key in ("adamw_lr", "muon_lr", "embed_lr", "head_lr", "weight_decay", "eps", "grad_clip",
+                "momentum_warmup_steps", "sgd.lr", "signum.lr", "lion.lr", "adam0.lr", "adam0.eps",
+                "normuon.lr"):
+        value = OmegaConf.select(o, key)
+        if value is not None and not value >= 0:
+            raise ConfigError(f"optim.{key} must be >= 0, got {value}")
+    for key in ("momentum", "sgd_momentum", "signum.momentum", "normuon.beta2", "lion.betas.0",
+                "lion.betas.1"):
+        value = OmegaConf.select(o, key)
+        if not 0 <= value < 1:
+            raise ConfigError(f"optim.{key} must be in [0, 1), got {value}")
+    routing_rules(o)  # the routing spec's syntax and names (layer ranges and overlaps need the model)
     try:
         schedule_of(cfg)
     except ValueError as err:
@@ -217,8 +229,12 @@ def run_name(cfg: RunConfig) -> str:
     """The run's name: `run.name`, or one derived from preset, FFN, routing and seed."""
     if cfg.run.name:
         return cfg.run.name
-    routing = "+".join(spec_tokens(cfg.optim.muon))
     ffn = f"_{cfg.model.ffn_type}" if cfg.model.ffn_type else ""
+    if cfg.optim.route is not None:  # "vo,ffn:muon default:adamw" -> route-vo+ffn=muon_default=adamw
+        rules, _ = routing_rules(cfg.optim)
+        routing = "_".join(r.text.replace(",", "+").replace(":", "=") for r in rules)
+        return f"{cfg.model.preset}{ffn}_route-{routing}_s{cfg.train.seed}"
+    routing = "+".join(spec_tokens(cfg.optim.muon))
     return f"{cfg.model.preset}{ffn}_muon-{routing or 'none'}_s{cfg.train.seed}"
 
 
@@ -230,11 +246,23 @@ def run_dir(cfg: RunConfig) -> Path:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """8 hex digits of the keys that change what a run computes (not logging, run.*, RESUMABLE_KEYS)."""
+    """8 hex digits of the keys that change what a run computes (not logging, run.*, RESUMABLE_KEYS).
+
+    A key of LATER_KEYS counts only when set away from its default, so that the runs from before it
+    existed keep their directory (and resume)."""
+    defaults = _flatten(as_dict(RunConfig()))
     kept = {k: v for k, v in _flatten(as_dict(cfg)).items()
-            if not k.startswith("logging.") and k not in RESUMABLE_KEYS}
+            if not k.startswith("logging.") and k not in RESUMABLE_KEYS
+            and not (k.startswith(LATER_KEYS) and v == defaults.get(k))}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
+
+# Keys (and key prefixes) added after run directories were first named by config_hash.
+LATER_KEYS = (
+    "optim.route", "optim.ns_coefficients", "optim.orthogonalize", "optim.momentum_order",
+    "optim.momentum_warmup_steps", "optim.sgd.", "optim.signum.", "optim.lion.", "optim.adam0.",
+    "optim.normuon.", "metrics.curvature_every",
+)
 
 # Keys that may change between an interrupted run and its resumption without changing its result.
 # `train.steps` is not one of them: the schedule depends on it (extending a run is `train.extend_to`).

@@ -1,0 +1,214 @@
+"""The router: which optimizer each parameter goes to, by group and layer range (the routing spec).
+
+`optim.route="vo,ffn:muon qk@0-3:signum default:adamw"`, or the same as a YAML mapping
+(`{"vo,ffn": muon, "qk@0-3": signum, default: adamw}`) or list (`["vo,ffn:muon", ...]`). Each entry is
+`<groups>[@<layers>]:<optimizer>`; `<groups>` are group names and aliases (`optim.groups`), `<layers>`
+is `i`, `i-j` (inclusive) or `-k` (the last k layers). `default:<optimizer>` takes every parameter no
+entry names (without it: `optim.base`). `optim.muon=X` is shorthand for `X:muon default:<optim.base>`.
+
+`parse_route` reads a spec, `check_rules` checks it against the model's layer count, `route_rules`
+assigns every parameter of a model (the routing table of `optim.groups`).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from optim.groups import (
+    ALIASES,
+    GROUPS,
+    RouteEntry,
+    RoutingError,
+    group_of,
+    layer_of,
+    resolve_groups,
+    spec_tokens,
+)
+
+OPTIMIZERS = ("muon", "normuon", "adamw", "sgd", "signum", "lion", "adam0")
+MUON_FAMILY = ("muon", "normuon")  # orthogonalized updates: 2-D matrices only
+_LAYERS = re.compile(r"^(?:(\d+)|(\d+)-(\d+)|-(\d+))$")
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """One entry of a routing spec: the groups (and layers) it covers and their optimizer.
+
+    `layers` is the text after "@" (None: every layer, and the parameters outside layers); `named` the
+    groups written out by name (not through an alias), which must exist in the model.
+    """
+
+    text: str
+    optimizer: str
+    groups: frozenset[str] = frozenset()
+    named: tuple[str, ...] = ()
+    layers: str | None = None
+
+    @property
+    def is_default(self) -> bool:
+        return not self.groups and not self.named and self.text.startswith("default")
+
+    def layer_range(self, n_layers: int, key: str) -> range | None:
+        """The layers this entry covers in a model of `n_layers` (None: all, layer-less parameters too)."""
+        if self.layers is None:
+            return None
+        one, start, stop, last = _LAYERS.match(self.layers).groups()
+        if last is not None:
+            first, end = n_layers - int(last), n_layers - 1
+        else:
+            first, end = (int(one), int(one)) if one is not None else (int(start), int(stop))
+        if not (0 <= first <= end < n_layers):
+            raise RoutingError(f"{key}: entry {self.text!r} covers layers outside 0-{n_layers - 1} "
+                               f"(this model has {n_layers} layers)")
+        return range(first, end + 1)
+
+
+def parse_route(spec: str | Mapping[str, str] | Sequence[str], base: str, key: str = "optim.route"
+                ) -> list[RouteRule]:
+    """The entries of a routing spec (string, mapping or list), ending with the default entry.
+
+    Checks what needs no model: syntax, optimizer and group names, one default. Layer ranges and
+    overlaps need the model's layer count: `check_rules`.
+    """
+    rules = [_parse_entry(selector, optimizer, key) for selector, optimizer in _entries(spec, key)]
+    defaults = [r for r in rules if r.is_default]
+    if len(defaults) > 1:
+        raise RoutingError(f"{key}: {' and '.join(repr(r.text) for r in defaults)} both set the default; "
+                           "keep one")
+    if not defaults:
+        rules.append(RouteRule(f"default:{base}", base))
+    return [r for r in rules if not r.is_default] + [r for r in rules if r.is_default]
+
+
+def route_rules(model: nn.Module, rules: Sequence[RouteRule], key: str = "optim.route") -> list[RouteEntry]:
+    """Assign every trainable parameter of `model` to the optimizer of the entry that covers it.
+
+    Errors (one line, naming `key` and the entry): layers out of range, two entries for one parameter,
+    the scalar group to Muon or NorMuon, a group named explicitly (not through an alias) that has no
+    parameter in this model. Warns when the embedding or the head goes to Muon (allowed for ablations).
+    """
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    layers = [layer_of(name) for name, _ in params]
+    n_layers = 1 + max((i for i in layers if i is not None), default=-1)
+    check_rules(rules, n_layers, key)
+    spans = [(r, r.layer_range(n_layers, key)) for r in rules]  # the default entry is last
+    entries, used = [], {}
+    for (name, p), layer in zip(params, layers, strict=True):
+        group = group_of(name, p)
+        rule = next(r for r, span in spans if r.is_default or (
+            group in r.groups and (span is None or layer in span)))
+        if group == "scalar" and rule.optimizer in MUON_FAMILY:
+            raise RoutingError(f"the scalar group (1-D norm gains and biases) cannot go to Muon "
+                               f"({rule.text!r}); remove it from {key}")
+        used.setdefault(rule, set()).add(group)
+        entries.append(RouteEntry(name, group, rule.optimizer, tuple(p.shape), p.numel()))
+    present = {e.group for e in entries}
+    missing = sorted({g for r in rules for g in r.named if g not in present})
+    if missing:
+        raise RoutingError(
+            f"{key} names group(s) {', '.join(missing)} but this model has no such parameters "
+            f"(present: {', '.join(g for g in GROUPS if g in present)}); remove them from {key}"
+        )
+    to_muon = sorted({g for r, groups in used.items() if r.optimizer in MUON_FAMILY for g in groups}
+                     & {"embed", "head"})
+    if to_muon:
+        warnings.warn(
+            f"routing {' and '.join(to_muon)} to Muon: Muon is meant for hidden matrices; "
+            "allowed for ablations only",
+            stacklevel=3,
+        )
+    return entries
+
+
+def muon_shorthand(spec: str | Sequence[str], base: str) -> list[RouteRule]:
+    """`optim.muon=X`: the groups X to Muon, the rest to `base`."""
+    tokens = spec_tokens(spec)
+    rule = RouteRule(f"{','.join(tokens)}:muon", "muon", resolve_groups(spec, "optim.muon"),
+                     tuple(t for t in tokens if t in GROUPS))
+    return [rule, RouteRule(f"default:{base}", base)]
+
+
+def check_rules(rules: Sequence[RouteRule], n_layers: int, key: str = "optim.route") -> None:
+    """Layer ranges within the model, and no (group, layer) claimed by two entries (named in the error)."""
+    spans = [(r, r.layer_range(n_layers, key)) for r in rules if not r.is_default]
+    for i, (a, a_layers) in enumerate(spans):
+        for b, b_layers in spans[i + 1:]:
+            groups = a.groups & b.groups
+            layers = set(range(n_layers) if a_layers is None else a_layers) & set(
+                range(n_layers) if b_layers is None else b_layers)
+            # entries without layers also cover the layer-less parameters (embed, head, final norm)
+            if groups and (layers or (a_layers is None and b_layers is None)):
+                where = f" in layer(s) {_span(sorted(layers))}" if a_layers or b_layers else ""
+                raise RoutingError(f"{key}: entries {a.text!r} and {b.text!r} both route "
+                                   f"{', '.join(sorted(groups))}{where}; each parameter needs one optimizer")
+
+
+def _span(layers: list[int]) -> str:
+    return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+
+
+def _entries(spec: Any, key: str) -> list[tuple[str, str]]:
+    """(selector, optimizer) pairs of a spec in any of its forms."""
+    if isinstance(spec, Mapping):
+        return [(str(k).strip(), str(v).strip()) for k, v in spec.items()]
+    if isinstance(spec, str):
+        items = re.sub(r"\s*,\s*", ",", spec.strip()).split()  # "vo, ffn:muon" is one entry
+    elif isinstance(spec, Sequence) and all(isinstance(item, str) for item in spec):
+        items = [re.sub(r"\s*,\s*", ",", item.strip()) for item in spec]
+    else:
+        raise RoutingError(f"{key} is a string, a mapping or a list of entries, got {spec!r}")
+    if not items:
+        raise RoutingError(f"{key} is empty; write entries such as \"vo,ffn:muon default:adamw\"")
+    pairs = []
+    for item in items:
+        selector, colon, optimizer = item.rpartition(":")
+        if not colon or not selector or not optimizer:
+            raise RoutingError(f"{key}: entry {item!r} is not <groups>[@<layers>]:<optimizer> "
+                               "(e.g. vo,ffn:muon, qk@0-3:signum, default:adamw)")
+        pairs.append((selector, optimizer))
+    return pairs
+
+
+def _parse_entry(selector: str, optimizer: str, key: str) -> RouteRule:
+    text = f"{selector}:{optimizer}"
+    if optimizer not in OPTIMIZERS:
+        raise RoutingError(f"{key}: entry {text!r} names unknown optimizer {optimizer!r}; "
+                           f"choose one of {', '.join(OPTIMIZERS)}")
+    groups_text, at, layers = selector.partition("@")
+    if groups_text == "default":
+        if at:
+            raise RoutingError(f"{key}: entry {text!r}: the default takes no layers")
+        return RouteRule(text, optimizer)
+    if at and not _LAYERS.match(layers):
+        raise RoutingError(f"{key}: entry {text!r} has layers {layers!r}; write @i, @i-j (inclusive) "
+                           "or @-k (the last k layers)")
+    groups = resolve_groups(groups_text, key)
+    if not groups:
+        raise RoutingError(f"{key}: entry {text!r} names no group; valid aliases: {', '.join(ALIASES)}")
+    if at and groups <= {"embed", "head"}:
+        raise RoutingError(f"{key}: entry {text!r}: {groups_text} is outside the layers; drop @{layers}")
+    named = tuple(t for t in spec_tokens(groups_text) if t in GROUPS)
+    return RouteRule(text, optimizer, groups, named, layers if at else None)
+
+
+def routing_rules(cfg: Any) -> tuple[list[RouteRule], str]:
+    """The entries of the `optim` section `cfg` (`optim.route`, else the `optim.muon` shorthand) and the
+    key they came from. Both set (optim.muon away from its default "hidden") is a contradiction."""
+    if cfg.route is None:
+        return muon_shorthand(cfg.muon, cfg.base), "optim.muon"
+    if spec_tokens(cfg.muon) != ["hidden"]:
+        raise RoutingError(f"optim.route and optim.muon={cfg.muon!r} both set the routing; keep optim.route "
+                           "and write the Muon groups there (<groups>:muon)")
+    return parse_route(cfg.route, cfg.base), "optim.route"
+
+
+def route_config(model: nn.Module, cfg: Any) -> list[RouteEntry]:
+    """`route_rules` for the `optim` section `cfg` (what build_optimizer and --dry-run use)."""
+    rules, key = routing_rules(cfg)
+    return route_rules(model, rules, key)
