@@ -21,7 +21,6 @@ from typing import Any
 from torch import nn
 
 from optim.groups import (
-    ALIASES,
     GROUPS,
     RouteEntry,
     RoutingError,
@@ -49,10 +48,7 @@ class RouteRule:
     groups: frozenset[str] = frozenset()
     named: tuple[str, ...] = ()
     layers: str | None = None
-
-    @property
-    def is_default(self) -> bool:
-        return not self.groups and not self.named and self.text.startswith("default")
+    is_default: bool = False  # the `default:` entry: every parameter no other entry covers
 
     def layer_range(self, n_layers: int, key: str) -> range | None:
         """The layers this entry covers in a model of `n_layers` (None: all, layer-less parameters too)."""
@@ -82,7 +78,7 @@ def parse_route(spec: str | Mapping[str, str] | Sequence[str], base: str, key: s
         raise RoutingError(f"{key}: {' and '.join(repr(r.text) for r in defaults)} both set the default; "
                            "keep one")
     if not defaults:
-        rules.append(RouteRule(f"default:{base}", base))
+        rules.append(RouteRule(f"default:{base}", base, is_default=True))
     return [r for r in rules if not r.is_default] + [r for r in rules if r.is_default]
 
 
@@ -131,7 +127,7 @@ def muon_shorthand(spec: str | Sequence[str], base: str) -> list[RouteRule]:
     tokens = spec_tokens(spec)
     rule = RouteRule(f"{','.join(tokens)}:muon", "muon", resolve_groups(spec, "optim.muon"),
                      tuple(t for t in tokens if t in GROUPS))
-    return [rule, RouteRule(f"default:{base}", base)]
+    return [rule, RouteRule(f"default:{base}", base, is_default=True)]
 
 
 def check_rules(rules: Sequence[RouteRule], n_layers: int, key: str = "optim.route") -> None:
@@ -184,13 +180,11 @@ def _parse_entry(selector: str, optimizer: str, key: str) -> RouteRule:
     if groups_text == "default":
         if at:
             raise RoutingError(f"{key}: entry {text!r}: the default takes no layers")
-        return RouteRule(text, optimizer)
+        return RouteRule(text, optimizer, is_default=True)
     if at and not _LAYERS.match(layers):
         raise RoutingError(f"{key}: entry {text!r} has layers {layers!r}; write @i, @i-j (inclusive) "
                            "or @-k (the last k layers)")
     groups = resolve_groups(groups_text, key)
-    if not groups:
-        raise RoutingError(f"{key}: entry {text!r} names no group; valid aliases: {', '.join(ALIASES)}")
     if at and groups <= {"embed", "head"}:
         raise RoutingError(f"{key}: entry {text!r}: {groups_text} is outside the layers; drop @{layers}")
     named = tuple(t for t in spec_tokens(groups_text) if t in GROUPS)
