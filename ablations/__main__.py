@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from ablations.grid import load_grid, with_overrides
 from ablations.report import build_report
-from ablations.runner import plan_lines, print_outcomes, run_grid
+from ablations.runner import next_stage, plan_lines, print_outcomes, run_grid, write_manifest
 from ablations.slurm import SlurmOptions, manifest_text, sbatch_script, write_slurm
 from common.errors import UserError
 from training.stop import STOPPED_EXIT_CODE
@@ -38,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables, plots and report.md from a grid's run directories")
     rep.add_argument("runs_dir", type=Path)
     rep.add_argument("--out", type=Path, help="output directory (default: RUNS_DIR/report)")
+    rep.add_argument("--iso-loss", type=float, metavar="LOSS",
+                     help="target eval loss of the iso-loss analysis (default: the highest final eval loss "
+                          "of any run, which every run reaches)")
     return p
 
 
@@ -50,15 +54,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                             cpus_per_task=args.cpus_per_task,
                             time=args.time, partition=args.partition, account=args.account,
                             max_parallel=args.max_parallel)
+        # A tuned grid is two arrays: the sweep, then (rerun this command) the runs at the chosen values.
+        stage = next_stage(grid, out)
+        staged = dataclasses.replace(grid, runs=stage.runs)
         if args.dry_run:
             manifest = out / "slurm" / f"{grid.name}.runs"
-            print(f"\n# {manifest}:\n{manifest_text(grid, out)}")
-            print(f"# {out / 'slurm' / f'{grid.name}.sbatch'}:\n{sbatch_script(grid, out, manifest, opts)}")
+            print(f"\n# {manifest}:\n{manifest_text(staged, out)}")
+            print(f"# {out / 'slurm' / f'{grid.name}.sbatch'}:\n{sbatch_script(staged, out, manifest, opts)}")
             return 0
-        script, manifest = write_slurm(grid, out, opts)
-        print(f"\nwrote {script} and {manifest} ({len(grid.runs)} array tasks).\n"
-              f"Submit from the repository root:  sbatch {script}\n"
-              f"Then:  python -m ablations report {out}")
+        write_manifest(grid, out, stage)
+        script, manifest = write_slurm(staged, out, opts)
+        then = ("Once it has finished, run this command again for the grid's runs at the chosen values.\n"
+                if stage.name == "tuning" else f"Then:  python -m ablations report {out}")
+        print(f"\nwrote {script} and {manifest} ({len(staged.runs)} array tasks: the {stage.name} stage).\n"
+              f"Submit from the repository root:  sbatch {script}\n{then}")
         return 0
     if args.dry_run:
         return 0
@@ -70,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    report = build_report(args.runs_dir, args.out)
+    report = build_report(args.runs_dir, args.out, iso_loss=args.iso_loss)
     print(f"wrote {report} (with table.md, table.csv and the plots next to it)")
     return 0
 

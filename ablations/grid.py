@@ -16,6 +16,10 @@ A grid YAML has these top-level keys (all dotted config keys, as on the train.py
     seeds: [0, 1, 2]                 # optional; an axis on train.seed
     exclude:                         # optional; drop runs matching every key of an entry
       - {optim.muon: ffn_gate, model.ffn_type: gelu}
+    tune:                            # optional; tune every arm (run without its seed) first
+      keys: {optim.adamw_lr: [3e-3, 1e-2, 3e-2]}
+      seeds: [0]
+      metric: final/eval_loss        # optional; the summary.json loss to minimize
 
 Each run is named from the settings that distinguish it (e.g. ``muon-vo+ffn_swiglu_s0``).
 docs/ablations.md describes the format in full.
@@ -40,7 +44,7 @@ from optim.groups import spec_tokens
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
-TOP_LEVEL_KEYS = ("name", "description", "base", "overrides", "runs", "axes", "seeds", "exclude")
+TOP_LEVEL_KEYS = ("name", "description", "base", "overrides", "runs", "axes", "seeds", "exclude", "tune")
 RUN_META_KEYS = ("label", "paper_ref")
 # What a paper_ref may name: the final eval loss, or the QA first-token accuracy on the rarest group.
 PAPER_REF_KEYS = ("eval_loss", "qa_tail_fta")
@@ -66,11 +70,24 @@ class Run:
     seed: int | None = None
     paper_ref: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    arm: str | None = None  # set on tuned runs: the grid run (without seed) whose values they try
 
     @property
     def group(self) -> str:
-        """The run's name without its seed token: runs differing only in seed share it."""
+        """The arm of a tuned run, else the run's name without its seed token: seeds share it."""
+        if self.arm is not None:
+            return self.arm
         return self.name if self.seed is None else self.name.removesuffix(f"_s{self.seed}")
+
+
+@dataclass(frozen=True)
+class Tune:
+    """A grid's `tune:` section: each arm is trained at every value of `keys` with `seeds` first, and
+    the grid's own seeds then run at the values with the lowest final eval loss (ablations/tuning.py)."""
+
+    keys: dict[str, list[Any]]
+    seeds: list[int]
+    metric: str = "final/eval_loss"  # summary.json key the sweep minimizes
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,7 @@ class Grid:
     base_config: dict[str, Any]
     description: str
     runs: list[Run]
+    tune: Tune | None = None
 
 
 def routing_label(muon: Any, base: Any = "adamw") -> str:
@@ -144,13 +162,19 @@ def _name_tokens(varying: dict[str, Any], merged: dict[str, Any]) -> list[str]:
         tokens.append(_token_value(varying[FFN_KEY]))
     for key, value in varying.items():
         if key not in (MUON_KEY, BASE_KEY, FFN_KEY, SEED_KEY):
-            tokens.append(f"{key.rsplit('.', 1)[-1]}-{_token_value(value)}")
+            tokens.append(setting_token(key, value))
     return tokens
 
 
-def _sanitize(name: str) -> str:
-    # Run names become directory names and wandb names: keep them shell- and filesystem-safe.
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-")
+def setting_token(key: str, value: Any) -> str:
+    """A setting as a run-name token: the key's last part and the value ('adamw_lr-0.003')."""
+    return f"{key.rsplit('.', 1)[-1]}-{_token_value(value)}"
+
+
+def join_name(tokens: list[str]) -> str:
+    """A run name from its tokens; run names become directory and wandb names, so keep them shell-
+    and filesystem-safe."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", "_".join(tokens)).strip("-")
 
 
 def _check_mapping(value: Any, what: str) -> dict[str, Any]:
@@ -196,9 +220,7 @@ def _axes(raw: Any, seeds: Any) -> dict[str, list[_Choice]]:
             settings = {k: v for k, v in value.items() if k != "label"}
             axes[key].append(_Choice(_check_mapping(settings, f"axes.{key}[{i}]"), str(value["label"])))
     if seeds is not None:
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-            raise GridError("`seeds` must be a non-empty list of integers, e.g. seeds: [0, 1, 2]")
-        axes["seeds"] = [_Choice({SEED_KEY: s}) for s in seeds]
+        axes["seeds"] = [_Choice({SEED_KEY: s}) for s in _seed_list(seeds, "seeds")]
     owners = Counter(k for choices in axes.values() for k in {k for c in choices for k in c.overrides})
     twice = sorted(k for k, n in owners.items() if n > 1)
     if twice:
@@ -253,6 +275,41 @@ def _exclude(raw: Any) -> list[dict[str, Any]]:
     return entries
 
 
+def _seed_list(value: Any, where: str) -> list[int]:
+    if not isinstance(value, list) or not value or not all(isinstance(s, int) for s in value):
+        raise GridError(f"`{where}` must be a non-empty list of integers, e.g. {where}: [0, 1, 2]")
+    return value
+
+
+def _tune(raw: Any, runs: list[Run]) -> Tune | None:
+    """Parse `tune:`; a tuned key may not also be set by the grid's runs (the sweep would override it)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not {"keys", "seeds"} <= set(raw) <= {"keys", "seeds", "metric"}:
+        raise GridError("`tune` must be a mapping with `keys` (dotted key -> list of values), `seeds` and "
+                        "optionally `metric` (a summary.json key to minimize, default final/eval_loss), "
+                        "e.g. tune: {keys: {optim.adamw_lr: [3e-3, 1e-2]}, seeds: [0]}")
+    keys = _check_mapping(raw["keys"], "tune.keys")
+    if not keys:
+        raise GridError("tune.keys is empty; name at least one key to sweep, e.g. optim.adamw_lr")
+    for key, values in keys.items():
+        if not isinstance(values, list) or not values:
+            raise GridError(f"tune.keys.{key} must be a non-empty list of values")
+        if key == SEED_KEY:
+            raise GridError(f"tune.keys: {SEED_KEY} is not a hyperparameter; list seeds in tune.seeds")
+    for run in runs:
+        clash = sorted(set(keys) & set(run.overrides))
+        if clash:
+            raise GridError(f"{', '.join(clash)} is both tuned (tune.keys) and set for run {run.name} "
+                            "(runs/axes/overrides); remove one")
+    metric = str(raw.get("metric", Tune.metric))
+    if not metric.startswith(("final/", "eval/", "qa/")) or "loss" not in metric:
+        raise GridError(f"tune.metric={metric} is not a final loss of summary.json; use final/eval_loss "
+                        "(default) or final/train_loss (data without a validation split, e.g. bios)")
+    return Tune(keys={k: list(v) for k, v in keys.items()}, seeds=_seed_list(raw["seeds"], "tune.seeds"),
+                metric=metric)
+
+
 def expand(spec: dict[str, Any], path: Path) -> Grid:
     """Expand a parsed grid mapping into its runs (explicit runs x product of the axes)."""
     unknown = sorted(set(spec) - set(TOP_LEVEL_KEYS))
@@ -261,7 +318,7 @@ def expand(spec: dict[str, Any], path: Path) -> Grid:
                         f"valid keys: {', '.join(TOP_LEVEL_KEYS)}")
     if spec.get("runs") is None and spec.get("axes") is None and spec.get("seeds") is None:
         raise GridError(f"{path}: the grid has no runs; add `runs:` and/or `axes:`")
-    name = _sanitize(str(spec.get("name") or path.stem))
+    name = join_name([str(spec.get("name") or path.stem)])
     base = spec.get("base")
     base_flat = load_base(base)
     common = _check_mapping(spec.get("overrides"), "overrides")
@@ -296,7 +353,7 @@ def expand(spec: dict[str, Any], path: Path) -> Grid:
             if seed is not None:
                 labels["seed"] = str(seed)
             paper_ref = next((refs[b] for b in bundles if b in refs), refs.get(None, {}))
-            runs.append(Run(name=_sanitize("_".join(tokens)) or "base",
+            runs.append(Run(name=join_name(tokens) or "base",
                             overrides=overrides,
                             seed=seed, paper_ref=paper_ref, labels=labels))
     unused = [exclude[i] for i, n in enumerate(excluded) if n == 0]
@@ -309,7 +366,7 @@ def expand(spec: dict[str, Any], path: Path) -> Grid:
         raise GridError(f"{path}: several runs would be named {', '.join(duplicates)}; "
                         "give those run entries distinct `label:`s")
     return Grid(name=name, path=path, base=base, base_config=base_flat,
-                description=str(spec.get("description") or ""), runs=runs)
+                description=str(spec.get("description") or ""), runs=runs, tune=_tune(spec.get("tune"), runs))
 
 
 def load_grid(arg: str | Path) -> Grid:
@@ -335,6 +392,10 @@ def with_overrides(grid: Grid, items: list[str]) -> Grid:
 
     load_config(overrides=items)
     extra = flatten(OmegaConf.to_container(OmegaConf.from_dotlist(items)))
+    tuned = sorted(set(extra) & set(grid.tune.keys if grid.tune else ()))
+    if tuned:
+        raise GridError(f"{', '.join(tuned)} is tuned by the grid (tune.keys); edit the sweep in the grid "
+                        "file instead of overriding it")
     tag = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode()).hexdigest()[:6]
     runs = [dataclasses.replace(run, overrides={**run.overrides, **extra}) for run in grid.runs]
     return dataclasses.replace(grid, name=f"{grid.name}+{tag}", runs=runs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -11,7 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from ablations.matched_loss import ArmAtTarget, OverallLoss, StepsToTarget  # noqa: E402
 from ablations.results import Row, RunData  # noqa: E402
+from ablations.tuning import ArmTuning, profile  # noqa: E402
 
 SPECTRA_GROUPS = ("v", "o", "ffn_out")
 SPECTRA_METRICS = ("svd_entropy", "effective_rank", "top10_energy", "q75_q25")
@@ -190,3 +193,99 @@ def qa_fta(runs: list[RunData], rows: list[Row], out: Path) -> Path | None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     return _save(fig, out / "qa_fta.png")
+
+
+def tuning_curves(tunings: list[ArmTuning], sweep: dict[str, list], rows: list[Row],
+                  out: Path) -> Path | None:
+    """Final eval loss against each swept key's values (best over the other keys), one curve per arm;
+    the chosen value is starred. Diverged points are drawn at the top edge as crosses."""
+    if not tunings:
+        return None
+    color = colors(rows)
+    keys = list(sweep)
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        finite = [loss for t in tunings if key in t.keys for _, loss in profile(t, key)
+                  if math.isfinite(loss)]
+        top = max(finite) if finite else 1.0
+        for t in tunings:
+            if key not in t.keys:
+                continue
+            points = profile(t, key)
+            c = color.get(t.arm, "gray")
+            ax.plot([v for v, _ in points], [loss if math.isfinite(loss) else top for _, loss in points],
+                    marker="o", ms=4, color=c, label=t.arm)
+            ax.scatter([v for v, loss in points if not math.isfinite(loss)],
+                       [top for _, loss in points if not math.isfinite(loss)], marker="x", s=60, color=c)
+            best = dict(points)[t.chosen[key]]
+            ax.scatter([t.chosen[key]], [best], marker="*", s=180, color=c, edgecolor="black", zorder=5)
+        values = [v for v in sweep[key] if isinstance(v, (int, float))]
+        if values and min(values) > 0 and max(values) / min(values) >= 10:
+            ax.set_xscale("log")
+        ax.set(xlabel=key, ylabel="final eval loss (mean over tuning seeds)",
+               title=f"Sweep of {key} (star: chosen; x: diverged)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, out / "tuning.png")
+
+
+_ISO_PANELS = (("eval/tail/tail_loss", "tail-bucket loss"), ("eval/tail/gap", "tail − head gap"),
+               ("qa/fta/tail", "QA first-token accuracy, rarest group"))
+
+
+def iso_loss_trajectories(rows: list[Row], arms: list[ArmAtTarget], loss: OverallLoss,
+                          out: Path) -> Path | None:
+    """Tail metrics against overall eval loss over each run's evals; the x axis runs in the direction of
+    training (loss decreasing to the right), the dashed line is the iso-loss target."""
+    panels = [(m, label) for m, label in _ISO_PANELS
+              if any(m in r.history for row in rows for r in row.runs)]
+    if not panels:
+        return None
+    color = colors(rows)
+    targets = sorted({a.target for a in arms})
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (metric, label) in zip(axes[0], panels, strict=True):
+        labelled = set()
+        for row in rows:
+            for run in row.runs:
+                overall = dict(run.history.get(loss.history, []))
+                points = [(overall[s], v) for s, v in run.history.get(metric, []) if s in overall]
+                if not points:
+                    continue
+                ax.plot(*zip(*points, strict=True), marker="o", ms=2, lw=1.1,
+                        color=color.get(row.group, "gray"), ls="--" if row.longer else "-",
+                        label=None if row.group in labelled else row.group)
+                labelled.add(row.group)
+        for target in targets:
+            ax.axvline(target, color="black", ls=":", lw=1)
+        ax.invert_xaxis()
+        ax.set(xlabel=f"overall {loss.label} (training goes right)", ylabel=label,
+               title=f"{label} vs overall loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, out / "iso_loss.png")
+
+
+def steps_to_target_bars(results: list[StepsToTarget], loss: OverallLoss, out: Path) -> Path | None:
+    """Steps to the AdamW final loss per arm (mean, 95% t interval over the seeds that reach it)."""
+    shown = [r for r in results if r.arm.steps is not None]
+    if not shown:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(shown) + 1.5))
+    names = [r.arm.row.group for r in shown]
+    stats = [r.arm.steps for r in shown]
+    means = [s.mean for s in stats]
+    # one seed has no interval: a zero-length error bar
+    errors = [[s.mean - (s.ci95_low if s.ci95_low is not None else s.mean) for s in stats],
+              [(s.ci95_high if s.ci95_high is not None else s.mean) - s.mean for s in stats]]
+    ax.barh(names, means, xerr=errors, color="tab:blue", alpha=0.7)
+    for y, r in enumerate(shown):
+        note = f" {r.speedup:.2f}x" if r.speedup else ""
+        ax.text(r.arm.steps.mean, y, note + f"  ({len(r.arm.reached)}/{len(r.arm.runs)} seeds)",
+                va="center", fontsize=7)
+    for budget in {r.adamw_steps for r in shown}:
+        ax.axvline(budget, color="black", ls=":", lw=1)
+    ax.set(xlabel=f"steps to reach AdamW's final {loss.label} (dotted: AdamW's budget)",
+           title="Steps to target (label: speed-up over AdamW)")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, out / "steps_to_target.png")

@@ -6,14 +6,29 @@ grid.json for paper references: wandb is never needed.
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from ablations import plots
-from ablations.results import ADAMW, FULL_MUON, Row, RunData, Stat, aggregate, load_runs
+from ablations.analysis_report import analyses
+from ablations.analysis_tables import PValue, md_cell, write_table
+from ablations.results import ADAMW, EVAL_LOSS, FULL_MUON, Row, RunData, aggregate, load_runs, read_manifest
+from ablations.stats import Stat
 from common.errors import MissingFileError
+
+
+def _p(row: Row, vs: str) -> PValue | None:
+    test = (row.vs_adamw if vs == "adamw" else row.vs_muon).get(EVAL_LOSS)
+    return None if test is None else PValue(test.p)
+
+
+def _tests(row: Row) -> str | None:
+    names = {t.test for t in (row.vs_adamw.get(EVAL_LOSS), row.vs_muon.get(EVAL_LOSS)) if t}
+    return " / ".join(sorted(names)) or None
+
+
+def _tuned(row: Row) -> str | None:
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in row.tuned.items()) or None
 
 # table.csv columns: (header, value of a row). Missing values are empty cells.
 CSV_COLUMNS: list[tuple[str, Callable[[Row], object]]] = [
@@ -23,36 +38,40 @@ CSV_COLUMNS: list[tuple[str, Callable[[Row], object]]] = [
     ("seeds", lambda r: " ".join(map(str, r.seeds))),
     ("eval_loss", lambda r: r.eval_loss and r.eval_loss.mean),
     ("eval_loss_std", lambda r: r.eval_loss and r.eval_loss.std),
+    ("n_seeds", lambda r: r.eval_loss and r.eval_loss.n),
+    ("ci95_low", lambda r: r.eval_loss and r.eval_loss.ci95_low),
+    ("ci95_high", lambda r: r.eval_loss and r.eval_loss.ci95_high),
+    ("p_vs_adamw", lambda r: _p(r, "adamw")),
+    ("p_vs_muon", lambda r: _p(r, "muon")),
+    ("test", _tests),
     ("delta_vs_adamw", lambda r: r.delta_vs_adamw),
     ("share_recovered", lambda r: r.share_recovered),
+    ("share_ci95_low", lambda r: r.share_ci95 and r.share_ci95[0]),
+    ("share_ci95_high", lambda r: r.share_ci95 and r.share_ci95[1]),
     ("tail_loss", lambda r: r.tail_loss and r.tail_loss.mean),
     ("tail_gap", lambda r: r.tail_gap and r.tail_gap.mean),
     ("qa_tail_fta", lambda r: r.qa_tail_fta and r.qa_tail_fta.mean),
     ("qa_tail_fta_std", lambda r: r.qa_tail_fta and r.qa_tail_fta.std),
     ("paper_eval_loss", lambda r: r.paper_ref.get("eval_loss")),
     ("paper_qa_tail_fta", lambda r: r.paper_ref.get("qa_tail_fta")),
+    ("steps", lambda r: r.steps),
+    ("tuned", _tuned),
 ]
 
 
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    return f"{value + 0.0:.6f}" if isinstance(value, float) else str(value)  # + 0.0: no "-0.000000"
-
-
 def write_csv(rows: list[Row], path: Path) -> Path:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([name for name, _ in CSV_COLUMNS])
-        for row in rows:
-            writer.writerow([_cell(get(row)) for _, get in CSV_COLUMNS])
-    return path
+    return write_table(([name for name, _ in CSV_COLUMNS], [[get(row) for _, get in CSV_COLUMNS]
+                                                           for row in rows]), path)
 
 
 def _pm(stat: Stat | None, digits: int = 4) -> str:
     if stat is None:
         return ""
     return f"{stat.mean:.{digits}f}" + ("" if stat.std is None else f" ± {stat.std:.{digits}f}")
+
+
+def _ci(stat: Stat | None) -> str:
+    return "" if stat is None or stat.ci95_low is None else f"[{stat.ci95_low:.4f}, {stat.ci95_high:.4f}]"
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -68,11 +87,17 @@ MD_COLUMNS: list[tuple[str, Callable[[Row], str]]] = [
     ("eval loss", lambda r: _pm(r.eval_loss)),
     ("Δ vs AdamW", lambda r: _num(r.delta_vs_adamw, "+.4f")),
     ("share of Muon gain", lambda r: _num(r.share_recovered, ".0%")),
+    ("share 95% CI", lambda r: r.share_ci95 and f"[{r.share_ci95[0]:.0%}, {r.share_ci95[1]:.0%}]" or ""),
+    ("loss 95% CI", lambda r: _ci(r.eval_loss)),
+    ("p vs AdamW", lambda r: md_cell(_p(r, "adamw"))),
+    ("p vs Muon", lambda r: md_cell(_p(r, "muon"))),
     ("tail loss", lambda r: _pm(r.tail_loss)),
     ("tail − head gap", lambda r: _pm(r.tail_gap)),
     ("QA tail FTA", lambda r: _pm(r.qa_tail_fta, 3)),
     ("paper loss", lambda r: _num(r.paper_ref.get("eval_loss"), ".4f")),
     ("paper tail FTA", lambda r: _num(r.paper_ref.get("qa_tail_fta"), ".3f")),
+    ("steps", lambda r: str(r.steps) if r.longer else ""),
+    ("tuned", lambda r: _tuned(r) or ""),
 ]
 
 
@@ -110,8 +135,9 @@ FIGURES = [
 
 
 def report_markdown(runs_dir: Path, runs: list[RunData], rows: list[Row], images: dict[str, Path],
-                    out: Path, grid: dict) -> str:
-    """report.md: what was run, the table, the figures with how to read them, unfinished runs."""
+                    out: Path, grid: dict, sections: list[str]) -> str:
+    """report.md: what was run, the table, the figures with how to read them, the analyses
+    (`sections`), unfinished runs."""
     title = grid.get("name") or runs_dir.name
     done = sum(r.summary is not None for r in runs)
     parts = [f"# Ablation report: {title}\n",
@@ -127,11 +153,14 @@ def report_markdown(runs_dir: Path, runs: list[RunData], rows: list[Row], images
              "this routing recovers (100% = all of it). *Tail loss/gap*: loss on the rarest token bucket "
              "and its difference from the most frequent bucket. *Paper*: the reference value from "
              "arXiv 2509.26030 (160M model, 10k steps on FineWeb; tail FTA: rarest of 15 groups), to "
-             "compare orderings with, not absolute numbers.\n"]
+             "compare orderings with, not absolute numbers. *p*: t-test of the final eval loss against "
+             "that reference (see Statistics); *(n.s.)*: not significant at 0.05. *Tuned*: the arm's "
+             "chosen values.\n"]
     for key, heading, how_to_read in FIGURES:
         if key in images:
             parts += [f"## {heading}\n", f"![{heading}]({images[key].relative_to(out).as_posix()})\n",
                       f"{how_to_read}\n"]
+    parts += sections
     unfinished = [r.name for r in runs if r.summary is None]
     if unfinished:
         parts += ["## Unfinished runs\n",
@@ -140,15 +169,19 @@ def report_markdown(runs_dir: Path, runs: list[RunData], rows: list[Row], images
     return "\n".join(p for p in parts if p)
 
 
-def build_report(runs_dir: Path, out: Path | None = None) -> Path:
-    """Write the table, plots and report.md for the runs under runs_dir; returns report.md's path."""
+def build_report(runs_dir: Path, out: Path | None = None, iso_loss: float | None = None) -> Path:
+    """Write the tables, plots and report.md for the runs under runs_dir; returns report.md's path.
+
+    `iso_loss`: the target loss of the iso-loss analysis (default: the highest final loss of a family).
+    """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise MissingFileError(f"runs directory {runs_dir} does not exist; give the --out directory of "
                                "`python -m ablations run`")
     out = Path(out) if out else runs_dir / "report"
-    runs = load_runs(runs_dir)
-    rows = aggregate(runs)
+    manifest = read_manifest(runs_dir)
+    runs = [r for r in load_runs(runs_dir) if r.role != "tuning"]  # the sweep has its own section
+    rows = aggregate(runs, tuple(manifest.get("tune", {}).get("keys", ())))
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "table.csv")
     (out / "table.md").write_text(markdown_table(rows))
@@ -160,8 +193,7 @@ def build_report(runs_dir: Path, out: Path | None = None) -> Path:
         "qa_fta": plots.qa_fta(runs, rows, out),
     }
     images = {k: p for k, p in figures.items() if p is not None}
-    grid_json = runs_dir / "grid.json"
-    grid = json.loads(grid_json.read_text()) if grid_json.is_file() else {}
+    sections = analyses(runs_dir, rows, manifest, out, iso_loss)
     report = out / "report.md"
-    report.write_text(report_markdown(runs_dir, runs, rows, images, out, grid))
+    report.write_text(report_markdown(runs_dir, runs, rows, images, out, manifest, sections))
     return report

@@ -2,7 +2,10 @@
 
 Runs are grouped by their resolved config minus seed, run name/dir and logging settings, so the
 seeds of one setting form one row. Each row is compared with the AdamW row (optim.muon=none,
-optim.base=adamw) and the full-Muon row (optim.muon=hidden) that differ from it only in routing.
+optim.base=adamw) and the full-Muon row (optim.muon=hidden) of its family: the rows that differ
+from it only in routing, in the tuned keys (each arm runs at its own chosen values) and in
+train.steps. The references are the family's rows at its most common step count (ties: the
+fewest steps), so an arm trained k times longer is compared with the AdamW of the normal budget.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,17 +21,22 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ablations.grid import BASE_KEY, FFN_KEY, MUON_KEY, SEED_KEY, flatten, routing_label
+from ablations.stats import Comparison, Stat, compare, share_interval
 from common.errors import MissingFileError
 from common.rundir import RunDir
 
 # Config keys that do not change what a run computes (or that distinguish seeds of one setting).
 _IGNORED_PREFIXES = ("run.", "logging.")
 _IGNORED_KEYS = (SEED_KEY, "train.resume")
+STEPS_KEY = "train.steps"
 # The final metrics the table reports, as named in summary.json.
 EVAL_LOSS, TAIL_LOSS, TAIL_GAP = "final/eval_loss", "eval/tail/tail_loss", "eval/tail/gap"
+TRAIN_LOSS = "final/train_loss"
 QA_TAIL = "qa/fta/tail"
 # The reference rows: AdamW everywhere, and Muon on all hidden matrices (the paper's "full Muon").
 ADAMW, FULL_MUON = "adamw", "muon-hidden"
+# The final metrics each row gets statistics and tests for.
+FINAL_METRICS = (EVAL_LOSS, TAIL_LOSS, TAIL_GAP, QA_TAIL, TRAIN_LOSS)
 
 
 @dataclass
@@ -42,6 +50,16 @@ class RunData:
     history: dict[str, list[tuple[int, float]]]  # metric -> [(step, value)] sorted by step
     group: str
     paper_ref: dict[str, float] = field(default_factory=dict)
+    diverged: bool = False
+    role: str = "final"  # "tuning": a sweep run that is not one of the table's runs
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get(SEED_KEY, 0))
+
+    @property
+    def steps(self) -> int:
+        return int(self.config.get(STEPS_KEY, 0))
 
     @property
     def routing(self) -> str:
@@ -53,22 +71,6 @@ class RunData:
 
 
 @dataclass
-class Stat:
-    """Mean and sample standard deviation over seeds (std None with one seed)."""
-
-    mean: float
-    std: float | None
-    n: int
-
-    @classmethod
-    def of(cls, values: list[float]) -> Stat | None:
-        if not values:
-            return None
-        std = statistics.stdev(values) if len(values) > 1 else None
-        return cls(statistics.fmean(values), std, len(values))
-
-
-@dataclass
 class Row:
     """One setting of the grid: its completed seeds and the aggregated final metrics."""
 
@@ -77,16 +79,44 @@ class Row:
     ffn_type: str
     runs: list[RunData]
     paper_ref: dict[str, float]
-    eval_loss: Stat | None = None
-    tail_loss: Stat | None = None
-    tail_gap: Stat | None = None
-    qa_tail_fta: Stat | None = None
+    finals: dict[str, dict[int, float]] = field(default_factory=dict)  # metric -> seed -> final value
     delta_vs_adamw: float | None = None
     share_recovered: float | None = None
+    share_ci95: tuple[float, float] | None = None
+    vs_adamw: dict[str, Comparison] = field(default_factory=dict)  # metric -> test against the AdamW row
+    vs_muon: dict[str, Comparison] = field(default_factory=dict)  # ... against the full-Muon row
+    tuned: dict[str, object] = field(default_factory=dict)  # the arm's chosen values of a tuned grid
+    longer: bool = False  # trained for more steps than the family's references
+    family: str = ""  # rows of one family differ only in routing, tuned values and steps
+    adamw: Row | None = None  # the family's AdamW reference row (possibly this row)
+    full_muon: Row | None = None  # the family's full-Muon reference row
 
     @property
     def seeds(self) -> list[int]:
-        return sorted(r.config.get(SEED_KEY, 0) for r in self.runs)
+        return sorted(r.seed for r in self.runs)
+
+    @property
+    def steps(self) -> int:
+        return self.runs[0].steps
+
+    def stat(self, metric: str) -> Stat | None:
+        return Stat.of(list(self.finals.get(metric, {}).values()))
+
+    @property
+    def eval_loss(self) -> Stat | None:
+        return self.stat(EVAL_LOSS)
+
+    @property
+    def tail_loss(self) -> Stat | None:
+        return self.stat(TAIL_LOSS)
+
+    @property
+    def tail_gap(self) -> Stat | None:
+        return self.stat(TAIL_GAP)
+
+    @property
+    def qa_tail_fta(self) -> Stat | None:
+        return self.stat(QA_TAIL)
 
 
 def read_history(run: RunDir) -> dict[str, list[tuple[int, float]]]:
@@ -100,84 +130,112 @@ def read_history(run: RunDir) -> dict[str, list[tuple[int, float]]]:
     return {k: sorted(v.items()) for k, v in by_key.items()}
 
 
-def _grid_manifest(runs_dir: Path) -> dict[str, dict[str, Any]]:
+def read_manifest(runs_dir: Path) -> dict[str, Any]:
+    """The runner's grid.json (an empty mapping for run directories made by hand)."""
     path = runs_dir / "grid.json"
-    if not path.is_file():
-        return {}
-    return {r["name"]: r for r in json.loads(path.read_text())["runs"]}
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _entries(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """grid.json's runs by name, the table's runs (role "final") after the sweep's (role "tuning")."""
+    entries = {r["name"]: {**r, "role": "tuning"} for r in manifest.get("tuning_runs", [])}
+    return entries | {r["name"]: {**r, "role": "final"} for r in manifest.get("runs", [])}
 
 
 def run_dirs(runs_dir: Path) -> list[Path]:
     """The run directories under runs_dir (or runs_dir itself if it is one), in the grid's order."""
     if RunDir(runs_dir).exists():
         return [runs_dir]
-    order = list(_grid_manifest(runs_dir))
+    order = list(_entries(read_manifest(runs_dir)))
     found = [p for p in runs_dir.iterdir() if RunDir(p).exists()] if runs_dir.is_dir() else []
     return sorted(found, key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
 
 
-def load_run(path: Path, manifest: dict[str, dict[str, Any]]) -> RunData:
-    """Read one run directory; `manifest` (grid.json's runs by name) supplies group and paper_ref."""
+def load_run(path: Path, entries: dict[str, dict[str, Any]]) -> RunData:
+    """Read one run directory; `entries` (grid.json's runs by name) supply group, paper_ref and role."""
     run = RunDir(path)
     config = flatten(OmegaConf.to_container(OmegaConf.load(run.config), resolve=True))
     summary = run.read_summary()
-    entry = manifest.get(path.name, {})
+    entry = entries.get(path.name, {})
     seed = config.get(SEED_KEY)
     group = entry.get("group") or re.sub(rf"_s{seed}$", "", path.name)
     return RunData(path.name, path, config, summary, read_history(run), group,
-                   dict(entry.get("paper_ref") or {}))
+                   dict(entry.get("paper_ref") or {}), run.diverged(), entry.get("role", "final"))
 
 
 def load_runs(runs_dir: Path) -> list[RunData]:
-    """Every run directory under runs_dir; raises FileNotFoundError when there is none."""
+    """Every run directory under runs_dir; raises MissingFileError when there is none."""
     dirs = run_dirs(runs_dir)
     if not dirs:
         raise MissingFileError(f"no run directories (with config.yaml) under {runs_dir}; "
                                 "give the --out directory of `python -m ablations run`")
-    manifest = _grid_manifest(runs_dir)
-    return [load_run(p, manifest) for p in dirs]
+    entries = _entries(read_manifest(runs_dir))
+    return [load_run(p, entries) for p in dirs]
 
 
-def _setting_key(config: dict[str, Any], *, drop_routing: bool) -> str:
-    ignored = set(_IGNORED_KEYS) | ({MUON_KEY, BASE_KEY} if drop_routing else set())
+def _setting_key(config: dict[str, Any], *, drop: set[str] = frozenset()) -> str:
+    ignored = set(_IGNORED_KEYS) | drop
     kept = {k: v for k, v in config.items() if k not in ignored and not k.startswith(_IGNORED_PREFIXES)}
     return json.dumps(kept, sort_keys=True, default=str)
 
 
-def _final(runs: list[RunData], key: str) -> Stat | None:
-    values = [r.summary[key] for r in runs if r.summary and isinstance(r.summary.get(key), (int, float))]
-    return Stat.of([float(v) for v in values if math.isfinite(v)])
+def _finals(runs: list[RunData], key: str) -> dict[int, float]:
+    """seed -> the final value of `key`, over the runs that have a finite one."""
+    values = {r.seed: r.summary.get(key) for r in runs if r.summary}
+    return {s: float(v) for s, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
-def aggregate(runs: list[RunData]) -> list[Row]:
-    """Rows (one per setting, seeds pooled) of the completed runs, with Δ and share of Muon gain."""
+def aggregate(runs: list[RunData], tuned_keys: tuple[str, ...] = ()) -> list[Row]:
+    """Rows (one per setting, seeds pooled) of the completed table runs, with Δ, share of the Muon
+    gain and the tests against the AdamW and full-Muon rows of their family."""
     rows: dict[str, Row] = {}
     family: dict[str, str] = {}
     for run in runs:
-        if run.summary is None:
+        if run.summary is None or run.role == "tuning":
             continue
-        key = _setting_key(run.config, drop_routing=False)
+        key = _setting_key(run.config)
         if key not in rows:
             rows[key] = Row(run.group, run.routing, run.ffn_type, [], {})
-            family[key] = _setting_key(run.config, drop_routing=True)
+            family[key] = _setting_key(run.config, drop={MUON_KEY, BASE_KEY, STEPS_KEY, *tuned_keys})
         rows[key].runs.append(run)
     for row in rows.values():
         row.paper_ref = next((r.paper_ref for r in row.runs if r.paper_ref), {})
-        row.eval_loss = _final(row.runs, EVAL_LOSS)
-        row.tail_loss = _final(row.runs, TAIL_LOSS)
-        row.tail_gap = _final(row.runs, TAIL_GAP)
-        row.qa_tail_fta = _final(row.runs, QA_TAIL)
+        row.finals = {metric: _finals(row.runs, metric) for metric in FINAL_METRICS}
+        row.tuned = {k: row.runs[0].config[k] for k in tuned_keys if k in row.runs[0].config}
+    base_steps = {}
+    for fam in set(family.values()):
+        counts = Counter(row.steps for key, row in rows.items() if family[key] == fam)
+        base_steps[fam] = min(counts, key=lambda steps: (-counts[steps], steps))
     for key, row in rows.items():
-        adamw = _find(rows, family, family[key], ADAMW)
-        full = _find(rows, family, family[key], FULL_MUON)
-        if adamw and adamw.eval_loss and row.eval_loss:
-            row.delta_vs_adamw = row.eval_loss.mean - adamw.eval_loss.mean
-            if full and full.eval_loss and full.eval_loss.mean != adamw.eval_loss.mean:
-                row.share_recovered = (adamw.eval_loss.mean - row.eval_loss.mean) / (
-                    adamw.eval_loss.mean - full.eval_loss.mean)
+        fam = row.family = family[key]
+        row.longer = row.steps > base_steps[fam]
+        row.adamw = _find(rows, family, fam, ADAMW, base_steps[fam])
+        row.full_muon = _find(rows, family, fam, FULL_MUON, base_steps[fam])
+        _compare(row, row.adamw, row.full_muon)
     return list(rows.values())
 
 
-def _find(rows: dict[str, Row], family: dict[str, str], fam: str, routing: str) -> Row | None:
-    """The row of the same family (same config but for the routing) with the given routing label."""
-    return next((row for key, row in rows.items() if family[key] == fam and row.routing == routing), None)
+def _compare(row: Row, adamw: Row | None, full: Row | None) -> None:
+    """Δ, share of the Muon gain (with its bootstrap interval) and the t-tests of `row` against the
+    references of its family."""
+    for ref, tests in ((adamw, row.vs_adamw), (full, row.vs_muon)):
+        if ref is None or ref is row:
+            continue
+        for metric in FINAL_METRICS:
+            if (result := compare(row.finals[metric], ref.finals[metric])) is not None:
+                tests[metric] = result
+    if not (adamw and adamw.eval_loss and row.eval_loss):
+        return
+    row.delta_vs_adamw = row.eval_loss.mean - adamw.eval_loss.mean
+    if full and full.eval_loss and full.eval_loss.mean != adamw.eval_loss.mean:
+        row.share_recovered = (adamw.eval_loss.mean - row.eval_loss.mean) / (
+            adamw.eval_loss.mean - full.eval_loss.mean)
+        if row is not adamw and row is not full:
+            row.share_ci95 = share_interval(adamw.finals[EVAL_LOSS], row.finals[EVAL_LOSS],
+                                            full.finals[EVAL_LOSS])
+
+
+def _find(rows: dict[str, Row], family: dict[str, str], fam: str, routing: str, steps: int) -> Row | None:
+    """The family's row with the given routing at the family's reference step count."""
+    return next((row for key, row in rows.items()
+                 if family[key] == fam and row.routing == routing and row.steps == steps), None)

@@ -1,9 +1,11 @@
 """Run every run of a grid with train.py: sequentially on CPU, one run per GPU, or several GPUs per run.
 
 Each run writes to <out>/<name>/ (train.py's run directory), its stdout/stderr go to
-<out>/logs/<name>.log, and <out>/grid.json records the grid (names, overrides, paper references)
-for the report. A run whose summary.json exists is skipped; any other is started with
-train.resume=auto, so an interrupted run continues from its newest checkpoint.
+<out>/logs/<name>.log, and <out>/grid.json records the grid (names, overrides, paper references,
+the tuning sweep and its choices) for the report. A run whose summary.json (or diverged.json)
+exists is skipped; any other is started with train.resume=auto, so an interrupted run continues
+from its newest checkpoint. A grid with `tune:` runs in two stages: the sweep, then the grid's
+seeds at each arm's chosen values (ablations/tuning.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from ablations.grid import REPO_ROOT, Grid, Run, config_diff
+from ablations.tuning import ArmTuning, final_runs, ranking_loss, select, tuning_runs
 from common.errors import UserError
 from common.rundir import RunDir
 
@@ -38,7 +41,8 @@ class LaunchError(UserError):
 @dataclass
 class Outcome:
     """How one run of the grid ended: 'done', 'skipped' (already finished), 'interrupted' (stopped by a
-    signal after a checkpoint: the next run of the grid resumes it) or 'failed'."""
+    signal after a checkpoint: the next run of the grid resumes it), 'diverged' (non-finite loss: an
+    outcome of a learning-rate sweep, not rerun) or 'failed'."""
 
     name: str
     status: str
@@ -80,28 +84,79 @@ def train_args(grid: Grid, run: Run, out: Path) -> list[str]:
     return args
 
 
+@dataclass(frozen=True)
+class Stage:
+    """What a grid runs next: its tuning sweep, or its runs (at each arm's chosen values once tuned)."""
+
+    name: str  # "tuning" or "grid"
+    runs: list[Run]
+    tunings: list[ArmTuning] | None = None  # the sweep's outcome, once it has finished
+
+
+def next_stage(grid: Grid, out: Path) -> Stage:
+    """The tuning sweep while any of its runs is unfinished, else the grid's runs."""
+    if grid.tune is None:
+        stage = Stage("grid", grid.runs)
+    else:
+        sweep = tuning_runs(grid)
+        metric = grid.tune.metric
+        tunings = select(sweep, grid.tune.keys, lambda name: ranking_loss(RunDir(out / name), metric))
+        stage = (Stage("tuning", sweep) if tunings is None else
+                 Stage("grid", final_runs(grid, {t.arm: t.chosen for t in tunings}), tunings))
+    return stage
+
+
+def choice_lines(grid: Grid, tunings: list[ArmTuning]) -> list[str]:
+    """Each arm's chosen values, then the 'widen the sweep' warnings."""
+    assert grid.tune is not None
+    lines = [f"  {t.arm}: " + " ".join(f"{k}={format_value(v)}" for k, v in t.chosen.items())
+             for t in tunings]
+    return lines + [f"  warning: {w}" for t in tunings for w in t.warnings(grid.tune.keys)]
+
+
 def plan_lines(grid: Grid, out: Path) -> list[str]:
     """The plan: one line per run with its routing, FFN type, status and config diff from the base."""
+    stage = next_stage(grid, out)
+    runs = tuning_runs(grid) if grid.tune else stage.runs
     lines = [f"grid {grid.name}: {len(grid.runs)} runs -> {out}  (base: {grid.base or 'train.py defaults'})"]
-    width = max(len(r.name) for r in grid.runs)
-    for run in grid.runs:
-        state = "finished" if RunDir(out / run.name).is_finished() else "to run"
+    if grid.tune:
+        sweep = " x ".join(f"{k} {v}" for k, v in grid.tune.keys.items())
+        lines.append(f"tuning sweep first: {len(runs)} runs, {sweep}, seeds {grid.tune.seeds}")
+    width = max(len(r.name) for r in runs)
+    for run in runs:
+        run_dir = RunDir(out / run.name)
+        state = "finished" if run_dir.is_finished() else "diverged" if run_dir.diverged() else "to run"
         diff = " ".join(f"{k}={format_value(v)}" for k, v in config_diff(grid, run).items())
         lines.append(f"  {run.name:<{width}}  routing={run.labels['routing']:<16} "
                      f"ffn={run.labels['ffn_type']:<7} [{state}]  {diff}")
+    if grid.tune and stage.tunings is None:
+        lines.append(f"then the grid's {len(grid.runs)} runs at each arm's chosen values (once the sweep has "
+                     "finished)")
+    elif grid.tune:
+        swept = {r.name for r in runs}
+        lines += ["chosen values:", *choice_lines(grid, stage.tunings), "then the grid's runs:"]
+        lines += [f"  {r.name} [{'finished' if RunDir(out / r.name).is_finished() else 'to run'}]"
+                  + (" (a tuning run)" if r.name in swept else "") for r in stage.runs]
     return lines
 
 
-def write_manifest(grid: Grid, out: Path) -> Path:
-    """<out>/grid.json: what the report needs to know about the grid beyond the run directories."""
+def write_manifest(grid: Grid, out: Path, stage: Stage) -> Path:
+    """<out>/grid.json: what the report needs to know about the grid beyond the run directories.
+
+    `runs` are the runs the report's table shows: the grid's runs, or for a tuned grid its runs at
+    the chosen values (empty until the sweep has finished); `tuning_runs` are the sweep's.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {
+    manifest: dict[str, Any] = {
         "name": grid.name,
         "path": str(grid.path),
         "base": grid.base,
         "description": grid.description,
-        "runs": [{**asdict(r), "group": r.group} for r in grid.runs],
+        "runs": [] if stage.name == "tuning" else [{**asdict(r), "group": r.group} for r in stage.runs],
     }
+    if grid.tune is not None:
+        manifest["tune"] = asdict(grid.tune)
+        manifest["tuning_runs"] = [{**asdict(r), "group": r.group} for r in tuning_runs(grid)]
     path = out / "grid.json"
     path.write_text(json.dumps(manifest, indent=2))
     return path
@@ -150,26 +205,52 @@ def _run_one(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, float
 
 def run_grid(grid: Grid, out: Path, *, num_gpus: int | None = None, gpus_per_run: int = 1,
              train_cmd: Sequence[str] | None = None) -> list[Outcome]:
-    """Run the grid's unfinished runs, up to one per GPU slot at a time; never stops on a failure."""
+    """Run the grid's unfinished runs, up to one per GPU slot at a time; never stops on a failure.
+
+    A tuned grid runs its sweep first and, once every sweep run has finished or diverged, the grid's
+    runs at each arm's chosen values (a sweep run that is also a final run is not run twice).
+    """
     out = out.resolve()
-    write_manifest(grid, out)
     slots = gpu_slots(detect_gpus() if num_gpus is None else num_gpus, gpus_per_run)
+    stage = next_stage(grid, out)
+    write_manifest(grid, out, stage)
+    outcomes = _run_stage(grid, stage, out, slots, train_cmd)
+    if stage.name == "tuning" and all(o.status in ("done", "skipped", "diverged") for o in outcomes):
+        stage = next_stage(grid, out)
+        write_manifest(grid, out, stage)
+        tqdm.write("tuning done; chosen values:\n" + "\n".join(choice_lines(grid, stage.tunings)))
+        swept = {o.name for o in outcomes}
+        outcomes += _run_stage(grid, Stage(stage.name, [r for r in stage.runs if r.name not in swept]),
+                               out, slots, train_cmd)
+    elif stage.name == "tuning":
+        tqdm.write("the tuning sweep has unfinished runs: the grid's runs start once it is complete; "
+                   "rerun the same command to finish it")
+    return outcomes
+
+
+def _run_stage(grid: Grid, stage: Stage, out: Path, slots: list[list[int]],
+               train_cmd: Sequence[str] | None) -> list[Outcome]:
+    """Run one stage's unfinished runs over the slots, with a progress bar."""
     free: queue.Queue[int] = queue.Queue()
     for i in range(len(slots)):
         free.put(i)
     outcomes: dict[str, Outcome] = {}
     todo = []
-    for run in grid.runs:
+    for run in stage.runs:
         log = out / "logs" / f"{run.name}.log"
-        if RunDir(out / run.name).is_finished():
-            outcomes[run.name] = Outcome(run.name, "skipped", None, log, 0.0)
+        run_dir = RunDir(out / run.name)
+        if run_dir.is_finished() or run_dir.diverged():
+            outcomes[run.name] = Outcome(run.name, "skipped" if run_dir.is_finished() else "diverged",
+                                         None, log, 0.0)
         else:
             todo.append(run)
     running: set[str] = set()
-    bar = tqdm(total=len(grid.runs), initial=len(outcomes), desc=f"grid {grid.name}", unit="run")
+    desc = f"{stage.name} {grid.name}" if stage.name == "tuning" else f"grid {grid.name}"
+    bar = tqdm(total=len(stage.runs), initial=len(outcomes), desc=desc, unit="run")
 
     def postfix() -> None:
-        counts = {s: sum(o.status == s for o in outcomes.values()) for s in ("done", "failed", "skipped")}
+        counts = {s: sum(o.status == s for o in outcomes.values())
+                  for s in ("done", "failed", "diverged", "skipped")}
         bar.set_postfix(**counts, running=",".join(sorted(running)) or "-")
 
     def work(run: Run) -> None:
@@ -192,11 +273,14 @@ def run_grid(grid: Grid, out: Path, *, num_gpus: int | None = None, gpus_per_run
         finally:
             running.discard(run.name)
             free.put(slot)
-        if rc == 0 and RunDir(out / run.name).is_finished():
+        run_dir = RunDir(out / run.name)
+        if rc == 0 and run_dir.is_finished():
             status = "done"
+        elif run_dir.diverged():
+            status = "diverged"
         else:
             # stopped.json, not the exit code: a launcher (torchrun) replaces train.py's code 75
-            status = "interrupted" if RunDir(out / run.name).stop_marker.is_file() else "failed"
+            status = "interrupted" if run_dir.stop_marker.is_file() else "failed"
         outcomes[run.name] = Outcome(run.name, status, rc, log, seconds)
         if status == "failed":
             why = exit_reason(rc)
@@ -216,7 +300,7 @@ def run_grid(grid: Grid, out: Path, *, num_gpus: int | None = None, gpus_per_run
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
-    return [outcomes[r.name] for r in grid.runs]
+    return [outcomes[r.name] for r in stage.runs]
 
 
 def print_outcomes(outcomes: list[Outcome], out: Path, console: Console | None = None) -> None:
@@ -233,7 +317,9 @@ def print_outcomes(outcomes: list[Outcome], out: Path, console: Console | None =
         table.add_row(o.name, status, f"{o.seconds:.0f} s" if o.seconds else "-",
                       "-" if loss is None else f"{loss:.4f}", str(o.log) if o.status == "failed" else "")
     console.print(table)
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "interrupted", "failed")}
+    counts = {s: sum(o.status == s for o in outcomes)
+              for s in ("done", "skipped", "interrupted", "diverged", "failed")}
     console.print(f"{counts['done']} done, {counts['skipped']} skipped (already finished), "
-                  f"{counts['interrupted']} interrupted (rerun to resume), {counts['failed']} failed; "
+                  f"{counts['interrupted']} interrupted (rerun to resume), {counts['diverged']} diverged, "
+                  f"{counts['failed']} failed; "
                   f"report: python -m ablations report {out}")

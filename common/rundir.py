@@ -8,6 +8,7 @@
       metrics.jsonl      one JSON object per logging event, each with "step"
       summary.json       final metrics; its presence marks the run as finished
       stopped.json       present while a run stopped by a signal waits to be resumed
+      diverged.json      present when the run stopped on a non-finite loss (step, loss)
       checkpoints/step_<N>/   accelerate's state; complete once loop_state.json is in it
       evals/step_<N>.json     `python -m training.evaluate` of that checkpoint
 
@@ -76,6 +77,11 @@ class RunDir:
         return self.path / "stopped.json"
 
     @property
+    def divergence_marker(self) -> Path:
+        """Written when the training loss became non-finite; removed when the run is started again."""
+        return self.path / "diverged.json"
+
+    @property
     def checkpoints_root(self) -> Path:
         return self.path / "checkpoints"
 
@@ -96,6 +102,10 @@ class RunDir:
     def is_finished(self) -> bool:
         """Whether the run completed: summary.json is written last."""
         return self.summary.is_file()
+
+    def diverged(self) -> bool:
+        """Whether the run's last attempt stopped on a non-finite loss."""
+        return self.divergence_marker.is_file()
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first."""

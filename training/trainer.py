@@ -215,6 +215,7 @@ class Trainer:
             write_json(run.data_manifest, self.meta)
             run.summary.unlink(missing_ok=True)
             run.stop_marker.unlink(missing_ok=True)
+            run.divergence_marker.unlink(missing_ok=True)
             if self.resume_from is None:
                 run.metrics.unlink(missing_ok=True)
                 shutil.rmtree(run.checkpoints_root, ignore_errors=True)
@@ -326,6 +327,8 @@ class Trainer:
         self.state.train_loss = self.accelerator.reduce(mean_loss, reduction="mean").item()
         if not math.isfinite(self.state.train_loss):
             good = self.run.latest_checkpoint()
+            if self.is_main:  # evidence for the grid runner: a diverged run is an outcome, not a crash
+                write_json(self.run.divergence_marker, {"step": step, "loss": str(self.state.train_loss)})
             raise NonFiniteLossError(
                 f"training loss is {self.state.train_loss} at step {step}; last good checkpoint: "
                 f"{good or 'none'}. Lower optim.adamw_lr/optim.muon_lr or set optim.grad_clip, then rerun "

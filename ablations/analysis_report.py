@@ -1,0 +1,136 @@
+"""The report's statistics, tuning and "speed or inductive bias" sections: their CSV files, plots
+and markdown (ablations/report.py places them after the main table)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ablations import plots
+from ablations.analysis_tables import (
+    iso_table,
+    longer_table,
+    markdown,
+    stats_table,
+    steps_table,
+    tuning_table,
+    write_table,
+)
+from ablations.grid import Run
+from ablations.matched_loss import (
+    TRAIN,
+    iso_loss,
+    iso_tests,
+    longer_adamw,
+    overall_loss,
+    steps_to_target,
+    tail_metrics,
+)
+from ablations.results import Row
+from ablations.stats import ALPHA, BOOTSTRAP_RESAMPLES
+from ablations.tuning import ranking_loss, select
+from common.rundir import RunDir
+
+
+def _image(path: Path | None, out: Path, title: str) -> str:
+    return "" if path is None else f"![{title}]({path.relative_to(out).as_posix()})\n"
+
+
+def statistics_section(rows: list[Row], out: Path) -> list[str]:
+    table = stats_table(rows)
+    write_table(table, out / "stats.csv")
+    if not any(stat_n > 1 for _, _, stat_n, *_ in table[1]):
+        return []
+    return ["## Statistics over seeds\n", markdown(table),
+            f"\nFor every setting with at least 2 seeds: mean, sample std and the 95% Student-t interval "
+            "of the mean. *p vs AdamW / Muon*: two-sided t-test against the AdamW / full-Muon row of the "
+            "same family — a **paired** t-test when both ran the same seeds (a seed fixes the "
+            "initialization and the data order, so seed-matched runs share that noise), else **Welch's** "
+            f"t-test; *(n.s.)*: not significant at {ALPHA}. The share of the Muon gain's interval is a "
+            f"percentile bootstrap over seeds ({BOOTSTRAP_RESAMPLES} resamples, seeds resampled jointly "
+            "when they pair up). With 3 seeds these tests have little power: a non-significant "
+            "difference is not evidence of no difference.\n"]
+
+
+def tuning_runs_of(manifest: dict[str, Any]) -> list[Run]:
+    """The sweep's runs as the runner recorded them in grid.json."""
+    names = {f.name for f in dataclasses.fields(Run)}
+    entries = manifest.get("tuning_runs", [])
+    return [Run(**{k: v for k, v in entry.items() if k in names}) for entry in entries]
+
+
+def tuning_section(runs_dir: Path, manifest: dict[str, Any], rows: list[Row], out: Path) -> list[str]:
+    """tuning.csv, tuning.png and their section, for a grid with `tune:`."""
+    if "tune" not in manifest:
+        return []
+    sweep = manifest["tune"]["keys"]
+    metric = manifest["tune"]["metric"]
+    tunings = select(tuning_runs_of(manifest), sweep,
+                     lambda name: ranking_loss(RunDir(runs_dir / name), metric))
+    if tunings is None:
+        return ["## Tuning\n", "The tuning sweep has unfinished runs: rerun the grid to finish it.\n"]
+    write_table(tuning_table(tunings, metric), out / "tuning.csv")
+    chosen = "\n".join(f"- `{t.arm}`: " + ", ".join(f"{k} = {v}" for k, v in t.chosen.items())
+                       for t in tunings)
+    warnings = [w for t in tunings for w in t.warnings(sweep)]
+    seeds = manifest["tune"]["seeds"]
+    parts = ["## Tuning\n",
+             f"Each arm was trained at every value of {', '.join(f'`{k}` {v}' for k, v in sweep.items())} "
+             f"with seed(s) {seeds}; the table's runs use each arm's values with the lowest `{metric}` "
+             "(mean over those seeds; a diverged run counts as +inf; ties go to the smaller value). "
+             "Chosen:\n", chosen + "\n"]
+    if warnings:
+        parts.append("**Warning**: " + "; ".join(warnings) + ".\n")
+    parts.append(_image(plots.tuning_curves(tunings, sweep, rows, out), out, "Tuning sweep"))
+    return parts
+
+
+def matched_loss_sections(rows: list[Row], out: Path, iso_target: float | None) -> list[str]:
+    """iso_loss.csv, steps_to_target.csv and longer_adamw.csv, with their plots and sections."""
+    loss = overall_loss(rows)
+    parts = [] if loss is not TRAIN else [
+        "*These runs log no eval loss (data without a validation split, such as bios): the analyses "
+        "below match arms on the training loss (logged every `train.log_every` steps).*\n"]
+    arms = iso_loss(rows, loss, iso_target)
+    metrics = tail_metrics([r for row in rows for r in row.runs])
+    iso = iso_table(arms, iso_tests(arms), metrics)
+    write_table(iso, out / "iso_loss.csv")
+    if arms:
+        which = (f"the given target {iso_target}" if iso_target is not None else
+                 f"the highest final {loss.label} of any run of the family, which every run reaches")
+        parts += ["## Iso-loss: the tail at matched overall loss\n",
+                  f"Each arm's tail metrics at the step where its eval loss first reaches {which}, "
+                  "interpolated linearly between the two evals around that step (*eval_bracket_steps*: "
+                  "the widest such interval; a run already below the target at its first eval, or that "
+                  "never reaches it, is reported, not extrapolated). If an arm is only faster, its tail "
+                  "here equals AdamW's; if it is biased toward the tail, its tail loss is lower (and QA "
+                  "tail accuracy higher) at the same overall loss. p: t-test against AdamW at the same "
+                  "target.\n", markdown(iso),
+                  _image(plots.iso_loss_trajectories(rows, arms, loss, out), out, "Iso-loss trajectories")]
+    steps = steps_to_target(rows, loss)
+    write_table(steps_table(steps), out / "steps_to_target.csv")
+    if steps:
+        parts += ["## Steps to AdamW's final loss\n",
+                  "The steps each arm needs to reach its family's AdamW mean final eval loss (interpolated "
+                  "between evals; mean and 95% t interval over the seeds that reach it); *speedup_vs_adamw* "
+                  "= AdamW's step budget / that mean. Caveat: the arms reach the target at different "
+                  "points of their learning-rate schedules.\n", markdown(steps_table(steps)),
+                  _image(plots.steps_to_target_bars(steps, loss, out), out, "Steps to target")]
+    longer = longer_adamw(rows, loss)
+    if longer:
+        write_table(longer_table(longer), out / "longer_adamw.csv")
+        parts += ["## Longer AdamW against Muon at matched loss\n",
+                  "The AdamW arm trained for more steps, read where its eval loss first reaches each Muon "
+                  "arm's mean final loss (*_longer*), next to that Muon arm's final tail metrics "
+                  "(*_muon*); p: t-test between the two. If AdamW given more steps matches Muon's tail at "
+                  "the same overall loss, Muon's tail advantage is speed; if not, it is a bias.\n",
+                  markdown(longer_table(longer))]
+    return parts
+
+
+def analyses(runs_dir: Path, rows: list[Row], manifest: dict[str, Any], out: Path,
+             iso_target: float | None) -> list[str]:
+    """Write the statistics, tuning and matched-loss files under `out`; return their report sections."""
+    return (statistics_section(rows, out) + tuning_section(runs_dir, manifest, rows, out)
+            + matched_loss_sections(rows, out, iso_target))

@@ -1,0 +1,139 @@
+"""The report's statistics, tuning and matched-loss tables, each built once and written twice: as
+CSV (full precision, for other tools) and as markdown (rounded, p-values marked "n.s." at 0.05)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from pathlib import Path
+
+from ablations.matched_loss import ArmAtTarget, LongerVsMuon, StepsToTarget, column
+from ablations.results import FINAL_METRICS, QA_TAIL, TAIL_GAP, TAIL_LOSS, Row
+from ablations.stats import ALPHA, Comparison
+from ablations.tuning import ArmTuning, profile
+
+HEADLINE = (TAIL_LOSS, TAIL_GAP, QA_TAIL)
+
+
+class PValue(float):
+    """A p-value: markdown shows it with 'n.s.' when it is not significant at ALPHA."""
+
+
+Cell = object
+Table = tuple[list[str], list[list[Cell]]]
+
+
+def _p(test: Comparison | None) -> PValue | None:
+    return None if test is None else PValue(test.p)
+
+
+def csv_cell(value: Cell) -> str:
+    if value is None:
+        return ""
+    return f"{value + 0.0:.6f}" if isinstance(value, float) else str(value)  # + 0.0: no "-0.000000"
+
+
+def md_cell(value: Cell) -> str:
+    if isinstance(value, PValue):
+        return f"{value:.3f}" + ("" if value < ALPHA else " (n.s.)")
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value + 0.0:.4f}" if abs(value) < 10 else f"{value:.1f}"  # losses, then steps
+    return csv_cell(value)
+
+
+def write_table(table: Table, path: Path) -> Path:
+    header, rows = table
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows([csv_cell(c) for c in row] for row in rows)
+    return path
+
+
+def markdown(table: Table, drop_empty: bool = True) -> str:
+    """A markdown table; columns empty in every row are left out (e.g. QA columns outside bios)."""
+    header, rows = table
+    cells = [[md_cell(c) for c in row] for row in rows]
+    keep = [i for i in range(len(header)) if not drop_empty or any(c[i] for c in cells)]
+    lines = ["| " + " | ".join(header[i] for i in keep) + " |", "|" + "---|" * len(keep)]
+    lines += ["| " + " | ".join(c[i] for i in keep) + " |" for c in cells]
+    return "\n".join(lines) + "\n"
+
+
+def stats_table(rows: list[Row]) -> Table:
+    """stats.csv: every row × final metric: n, mean, std, 95% t interval, tests against the references."""
+    header = ["run", "metric", "n_seeds", "mean", "std", "ci95_low", "ci95_high",
+              "p_vs_adamw", "test_vs_adamw", "p_vs_muon", "test_vs_muon"]
+    body = []
+    for row in rows:
+        for metric in FINAL_METRICS:
+            stat = row.stat(metric)
+            if stat is None:
+                continue
+            a, m = row.vs_adamw.get(metric), row.vs_muon.get(metric)
+            body.append([row.group, metric, stat.n, stat.mean, stat.std, stat.ci95_low, stat.ci95_high,
+                         _p(a), a and a.test, _p(m), m and m.test])
+    return header, body
+
+
+def tuning_table(tunings: list[ArmTuning], metric: str) -> Table:
+    """tuning.csv: one row per arm and swept value, its final loss (`metric`, named in the last
+    column; mean over the tuning seeds, best over the other swept keys) and whether it was chosen."""
+    header = ["arm", "key", "value", "eval_loss", "chosen", "metric"]
+    body = [[t.arm, key, value, loss, value == t.chosen[key], metric]
+            for t in tunings for key in t.keys for value, loss in profile(t, key)]
+    return header, body
+
+
+def iso_table(arms: list[ArmAtTarget], tests: dict[int, dict[str, Comparison]], metrics: list[str]) -> Table:
+    """iso_loss.csv: each arm at the common target loss: the step, and the tail metrics there (mean
+    over the seeds that reached it; headline metrics with their p-value against AdamW there)."""
+    header = ["arm", "target_loss", "step_at_target", "step_ci95_low", "step_ci95_high", "n_seeds",
+              "n_reached", "eval_bracket_steps", "status"]
+    headline = [m for m in HEADLINE if m in metrics]
+    header += [c for m in headline for c in (column(m), f"p_{column(m)}_vs_adamw")]
+    header += [column(m) for m in metrics if m not in headline]
+    body = []
+    for i, arm in enumerate(arms):
+        steps = arm.steps
+        cells = [arm.row.group, arm.target, steps and steps.mean, steps and steps.ci95_low,
+                 steps and steps.ci95_high, len(arm.runs), len(arm.reached), arm.bracket(), arm.status()]
+        for m in headline:
+            cells += [_mean(arm.values(m)), _p(tests.get(i, {}).get(m))]
+        cells += [_mean(arm.values(m)) for m in metrics if m not in headline]
+        body.append(cells)
+    return header, body
+
+
+def steps_table(results: list[StepsToTarget]) -> Table:
+    """steps_to_target.csv: steps to the family's AdamW final loss (mean, 95% t interval over seeds)."""
+    header = ["arm", "target_loss", "steps", "ci95_low", "ci95_high", "speedup_vs_adamw", "n_seeds",
+              "n_reached", "eval_bracket_steps", "status"]
+    body = []
+    for r in results:
+        steps = r.arm.steps
+        body.append([r.arm.row.group, r.arm.target, steps and steps.mean, steps and steps.ci95_low,
+                     steps and steps.ci95_high, r.speedup, len(r.arm.runs), len(r.arm.reached),
+                     r.arm.bracket(), r.arm.status()])
+    return header, body
+
+
+def longer_table(results: list[LongerVsMuon]) -> Table:
+    """longer_adamw.csv: a longer AdamW at a Muon arm's final loss vs that Muon arm's final metrics."""
+    header = ["longer_arm", "muon_arm", "target_loss", "step_at_target", "status"]
+    for m in HEADLINE:
+        header += [f"{column(m)}_longer", f"{column(m)}_muon", f"p_{column(m)}"]
+    body = []
+    for r in results:
+        steps = r.longer.steps
+        cells = [r.longer.row.group, r.muon.group, r.longer.target, steps and steps.mean, r.longer.status()]
+        for m in HEADLINE:
+            cells += [_mean(r.longer.values(m)), _mean(r.muon.finals.get(m, {})), _p(r.tests.get(m))]
+        body.append(cells)
+    return header, body
+
+
+def _mean(values: dict[int, float]) -> float | None:
+    return statistics.fmean(values.values()) if values else None
+

@@ -1,0 +1,201 @@
+"""Speed or inductive bias? The report's analyses at matched overall loss.
+
+- **Iso-loss**: each arm's tail metrics at the step where its eval loss first reaches a common
+  target. If Muon is only faster, its tail at equal overall loss equals AdamW's; if it is biased
+  toward the tail, its tail is better there.
+- **Steps to target**: the steps each arm needs to reach its family's AdamW final eval loss, and
+  the speed-up over AdamW's budget (AdamW's train.steps / the arm's mean steps).
+- **Longer AdamW**: an AdamW arm trained k× longer, read at the step where it reaches a Muon
+  arm's final loss: does AdamW given more steps catch up on the tail?
+
+Every value at a target is interpolated between two logged evals (ablations/curves.py); a run
+that never reaches the target, or is already below it at its first eval, is reported as such.
+The overall loss is the eval loss; for runs that log none (data without a validation split, such
+as bios) it is the training loss, and the report says so.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ablations.curves import NO_BRACKET, NOT_REACHED, REACHED, Crossing, first_crossing, value_at
+from ablations.results import EVAL_LOSS, QA_TAIL, TAIL_GAP, TAIL_LOSS, TRAIN_LOSS, Row, RunData
+from ablations.stats import Comparison, Stat, compare
+
+
+@dataclass(frozen=True)
+class OverallLoss:
+    """The loss arms are matched on: its logged series and its summary.json final value."""
+
+    history: str
+    final: str
+    label: str
+
+
+EVAL, TRAIN = (OverallLoss("eval/loss", EVAL_LOSS, "eval loss"),
+               OverallLoss("train/loss", TRAIN_LOSS, "training loss"))
+
+
+def overall_loss(rows: list[Row]) -> OverallLoss:
+    """The eval loss, or the training loss when no run logs an eval loss."""
+    return EVAL if any(EVAL.history in r.history for row in rows for r in row.runs) else TRAIN
+# The tail metrics read at a target loss: the summary's headline ones, then every bucket and group.
+_HEADLINE = (TAIL_LOSS, TAIL_GAP, QA_TAIL)
+_PER_BUCKET = re.compile(r"eval/tail/loss_b\d+|qa/fta/g\d+")
+
+
+def tail_metrics(runs: list[RunData]) -> list[str]:
+    """The tail metrics logged over training by any of `runs`, headline ones first."""
+    logged = {k for r in runs for k in r.history}
+    per_bucket = sorted((k for k in logged if _PER_BUCKET.fullmatch(k)),
+                        key=lambda k: (k.split("/")[0], int(re.sub(r"\D", "", k.rsplit("/", 1)[1]))))
+    return [k for k in _HEADLINE if k in logged] + per_bucket
+
+
+def column(metric: str) -> str:
+    """A metric as a CSV column name: 'eval/tail/loss_b3' -> 'loss_b3', 'qa/fta/g2' -> 'qa_fta_g2'."""
+    short = {TAIL_LOSS: "tail_loss", TAIL_GAP: "tail_gap", QA_TAIL: "qa_tail_fta"}
+    return short.get(metric) or metric.removeprefix("eval/tail/").replace("/", "_")
+
+
+@dataclass(frozen=True)
+class RunAtTarget:
+    """One run at a target loss: where it crossed, and its tail metrics interpolated there."""
+
+    run: RunData
+    crossing: Crossing
+    metrics: dict[str, float]  # metric -> value at the crossing (absent: not logged around it)
+
+
+@dataclass(frozen=True)
+class ArmAtTarget:
+    """An arm's seeds at a target loss."""
+
+    row: Row
+    target: float
+    runs: list[RunAtTarget]
+
+    @property
+    def reached(self) -> list[RunAtTarget]:
+        return [r for r in self.runs if r.crossing.status == REACHED]
+
+    @property
+    def steps(self) -> Stat | None:
+        return Stat.of([r.crossing.step for r in self.reached])
+
+    def values(self, metric: str) -> dict[int, float]:
+        """seed -> the metric at the target, over the seeds that reached it."""
+        return {r.run.seed: r.metrics[metric] for r in self.reached if metric in r.metrics}
+
+    def status(self) -> str:
+        """'reached' by every seed, else how many did and why the others did not."""
+        if len(self.reached) == len(self.runs):
+            return REACHED
+        missing = [r.crossing.status for r in self.runs if r.crossing.status != REACHED]
+        why = ", ".join(f"{missing.count(s)} {s}" for s in (NOT_REACHED, NO_BRACKET) if s in missing)
+        return f"{len(self.reached)}/{len(self.runs)} reached ({why})"
+
+    def bracket(self) -> int | None:
+        """The widest step interval between the two evals a seed's crossing was interpolated in."""
+        widths = [r.crossing.bracket[1] - r.crossing.bracket[0] for r in self.reached]
+        return max(widths) if widths else None
+
+
+def at_target(row: Row, loss: OverallLoss, target: float, metrics: list[str]) -> ArmAtTarget:
+    """Each of the row's runs at `target`: its crossing step and tail metrics interpolated there."""
+    runs = []
+    for run in row.runs:
+        crossing = first_crossing(run.history.get(loss.history, []), target)
+        values = {}
+        if crossing.status == REACHED:
+            for metric in metrics:
+                value = value_at(run.history.get(metric, []), crossing.step)
+                if value is not None:
+                    values[metric] = value
+        runs.append(RunAtTarget(run, crossing, values))
+    return ArmAtTarget(row, target, runs)
+
+
+def _families(rows: list[Row]) -> dict[str, list[Row]]:
+    families: dict[str, list[Row]] = {}
+    for row in rows:
+        families.setdefault(row.family, []).append(row)
+    return families
+
+
+def iso_loss(rows: list[Row], loss: OverallLoss, target: float | None = None) -> list[ArmAtTarget]:
+    """Every row at a common target loss: `target`, or per family the highest final loss of its runs
+    (every run reaches it, at the latest at its last logged value)."""
+    results = []
+    for family in _families(rows).values():
+        runs = [r for row in family for r in row.runs if r.history.get(loss.history)]
+        if not runs:
+            continue
+        goal = target if target is not None else max(r.history[loss.history][-1][1] for r in runs)
+        metrics = tail_metrics(runs)
+        results += [at_target(row, loss, goal, metrics) for row in family]
+    return results
+
+
+@dataclass(frozen=True)
+class StepsToTarget:
+    """An arm's steps to its family's AdamW final eval loss, and its speed-up over AdamW's budget."""
+
+    arm: ArmAtTarget
+    adamw_steps: int
+
+    @property
+    def speedup(self) -> float | None:
+        steps = self.arm.steps
+        return None if steps is None or steps.mean <= 0 else self.adamw_steps / steps.mean
+
+
+def steps_to_target(rows: list[Row], loss: OverallLoss) -> list[StepsToTarget]:
+    """Each row with an AdamW reference: the steps it needs to reach that reference's mean final loss."""
+    results = []
+    for row in rows:
+        ref = row.adamw and row.adamw.stat(loss.final)
+        if ref is not None:
+            results.append(StepsToTarget(at_target(row, loss, ref.mean, []), row.adamw.steps))
+    return results
+
+
+@dataclass(frozen=True)
+class LongerVsMuon:
+    """A longer-trained AdamW arm at a Muon arm's final loss, next to that Muon arm's final metrics."""
+
+    longer: ArmAtTarget
+    muon: Row
+    tests: dict[str, Comparison]  # metric -> longer AdamW at the target vs Muon at its end
+
+
+def longer_adamw(rows: list[Row], loss: OverallLoss) -> list[LongerVsMuon]:
+    """Every longer AdamW row against every Muon row of normal length in its family."""
+    results = []
+    for family in _families(rows).values():
+        metrics = tail_metrics([r for row in family for r in row.runs])
+        for longer in (r for r in family if r.longer and r.routing == "adamw"):
+            for muon in (r for r in family if not r.longer and r.routing.startswith("muon")):
+                final = muon.stat(loss.final)
+                if final is None:
+                    continue
+                arm = at_target(longer, loss, final.mean, metrics)
+                tests = {m: c for m in _HEADLINE
+                         if (c := compare(arm.values(m), muon.finals.get(m, {}))) is not None}
+                results.append(LongerVsMuon(arm, muon, tests))
+    return results
+
+
+def iso_tests(arms: list[ArmAtTarget]) -> dict[int, dict[str, Comparison]]:
+    """For each arm (by index), the t-tests of its headline tail metrics at the target against the
+    AdamW arm of its family at the same target."""
+    by_row = {id(a.row): a for a in arms}
+    tests: dict[int, dict[str, Comparison]] = {}
+    for i, arm in enumerate(arms):
+        ref = by_row.get(id(arm.row.adamw)) if arm.row.adamw is not None else None
+        if ref is None or ref is arm:
+            continue
+        tests[i] = {m: c for m in _HEADLINE if (c := compare(arm.values(m), ref.values(m))) is not None}
+    return tests
+
