@@ -86,7 +86,7 @@ class MetricsSection:
     qa_every: int | None = None  # None: at every eval (bios sources only); 0: off
     qa_max_per_group: int = 256
     peak_flops: float | None = None  # override the GPU peak used for perf/mfu
-    curvature_every: int = 0  # curvature/<group>/{gain,penalty,nds} at every N-th spectra eval; 0: off
+    curvature_every: int = 0  # curvature/<group>/... at spectra evals on step multiples of N; 0: off
 
 
 @dataclass
