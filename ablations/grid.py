@@ -40,7 +40,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from common.errors import UserError
-from optim.groups import spec_tokens
+from optim.routing import routing_label
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
@@ -51,9 +51,10 @@ PAPER_REF_KEYS = ("eval_loss", "qa_tail_fta")
 # Keys the runner sets itself for every run; a grid setting them would be silently overwritten.
 RUNNER_KEYS = ("run.dir", "run.name", "train.resume", "logging.wandb_group", "logging.wandb_tags")
 SEED_KEY = "train.seed"
-MUON_KEY, BASE_KEY, FFN_KEY = "optim.muon", "optim.base", "model.ffn_type"
+MUON_KEY, BASE_KEY, ROUTE_KEY, FFN_KEY = "optim.muon", "optim.base", "optim.route", "model.ffn_type"
+ROUTING_KEYS = (MUON_KEY, BASE_KEY, ROUTE_KEY)
 # train.py defaults for the keys that name a run (see the config section of INTERFACES/DESIGN).
-DEFAULTS = {MUON_KEY: "hidden", BASE_KEY: "adamw"}
+DEFAULTS = {MUON_KEY: "hidden", BASE_KEY: "adamw", ROUTE_KEY: None}
 _MISSING = object()
 
 
@@ -103,13 +104,10 @@ class Grid:
     tune: Tune | None = None
 
 
-def routing_label(muon: Any, base: Any = "adamw") -> str:
-    """A short name for a routing: 'adamw' / 'sgd' without Muon, else 'muon-<groups>' (+ '-sgd')."""
-    groups = spec_tokens(muon)
-    if not groups or groups == ["none"]:
-        return str(base)
-    label = "muon-" + "+".join(groups)
-    return label if base == "adamw" else f"{label}-{base}"
+def label_of(config: dict[str, Any]) -> str:
+    """The routing label (optim.routing.routing_label) of a flat config, train.py's defaults filled in."""
+    merged = {**DEFAULTS, **config}
+    return routing_label(merged[MUON_KEY], merged[BASE_KEY], merged[ROUTE_KEY])
 
 
 def resolve_grid_path(arg: str | Path) -> Path:
@@ -156,12 +154,12 @@ def _token_value(value: Any) -> str:
 def _name_tokens(varying: dict[str, Any], merged: dict[str, Any]) -> list[str]:
     """Name tokens for the varying settings: routing first, then FFN type, then the rest in order."""
     tokens = []
-    if MUON_KEY in varying or BASE_KEY in varying:
-        tokens.append(routing_label(merged[MUON_KEY], merged[BASE_KEY]))
+    if any(k in varying for k in ROUTING_KEYS):
+        tokens.append(label_of(merged))
     if FFN_KEY in varying:
         tokens.append(_token_value(varying[FFN_KEY]))
     for key, value in varying.items():
-        if key not in (MUON_KEY, BASE_KEY, FFN_KEY, SEED_KEY):
+        if key not in (*ROUTING_KEYS, FFN_KEY, SEED_KEY):
             tokens.append(setting_token(key, value))
     return tokens
 
@@ -348,7 +346,7 @@ def expand(spec: dict[str, Any], path: Path) -> Grid:
                 {**entry, **scalar}, merged)
             seed = from_axes.get(SEED_KEY)
             tokens += bundles + ([] if seed is None else [f"s{seed}"])
-            labels = {"routing": routing_label(merged[MUON_KEY], merged[BASE_KEY]),
+            labels = {"routing": label_of(merged),
                       "ffn_type": str(merged.get(FFN_KEY) or "preset")}
             if seed is not None:
                 labels["seed"] = str(seed)

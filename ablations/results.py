@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ablations.grid import BASE_KEY, FFN_KEY, MUON_KEY, SEED_KEY, flatten, routing_label
+from ablations.grid import FFN_KEY, ROUTING_KEYS, SEED_KEY, flatten, label_of
 from ablations.stats import Comparison, Stat, compare, share_interval
 from common.errors import MissingFileError
 from common.rundir import RunDir
@@ -63,7 +63,7 @@ class RunData:
 
     @property
     def routing(self) -> str:
-        return routing_label(self.config.get(MUON_KEY, "hidden"), self.config.get(BASE_KEY, "adamw"))
+        return label_of(self.config)
 
     @property
     def ffn_type(self) -> str:
@@ -196,7 +196,7 @@ def aggregate(runs: list[RunData], tuned_keys: tuple[str, ...] = ()) -> list[Row
         key = _setting_key(run.config)
         if key not in rows:
             rows[key] = Row(run.group, run.routing, run.ffn_type, [], {})
-            family[key] = _setting_key(run.config, drop={MUON_KEY, BASE_KEY, STEPS_KEY, *tuned_keys})
+            family[key] = _setting_key(run.config, drop={*ROUTING_KEYS, STEPS_KEY, *tuned_keys})
         rows[key].runs.append(run)
     for row in rows.values():
         row.paper_ref = next((r.paper_ref for r in row.runs if r.paper_ref), {})

@@ -22,11 +22,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ablations.grid import DEFAULTS, MUON_KEY, SEED_KEY, Grid, GridError, Run, join_name, setting_token
+from ablations.grid import (
+    BASE_KEY,
+    DEFAULTS,
+    MUON_KEY,
+    ROUTE_KEY,
+    SEED_KEY,
+    Grid,
+    GridError,
+    Run,
+    join_name,
+    setting_token,
+)
 from common.rundir import RunDir
-from optim.groups import spec_tokens
+from optim.routing import uses_muon
 
-# Keys that act only on parameters routed to Muon: not swept for arms without Muon.
+# Keys that act only on parameters routed to Muon or NorMuon: not swept for arms without them.
 MUON_ONLY_KEYS = ("optim.muon_lr",)
 
 
@@ -59,8 +70,8 @@ class ArmTuning:
 
 
 def _uses_muon(grid: Grid, run: Run) -> bool:
-    spec = {**DEFAULTS, **grid.base_config, **run.overrides}[MUON_KEY]
-    return spec_tokens(spec) not in ([], ["none"])
+    config = {**DEFAULTS, **grid.base_config, **run.overrides}
+    return uses_muon(config[MUON_KEY], config[BASE_KEY], config[ROUTE_KEY])
 
 
 def arms(grid: Grid) -> list[Run]:

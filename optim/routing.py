@@ -202,6 +202,37 @@ def routing_rules(cfg: Any) -> tuple[list[RouteRule], str]:
     return parse_route(cfg.route, cfg.base), "optim.route"
 
 
+def _rules_of(muon: Any, base: str, route: Any) -> list[RouteRule]:
+    return muon_shorthand(muon, base) if route is None else parse_route(route, base)
+
+
+def routing_label(muon: Any = "hidden", base: str = "adamw", route: Any = None) -> str:
+    """A short, filesystem-safe name for a routing, as grid run names and reports use it.
+
+    Each entry is '<optimizer>-<groups>' ('+'-joined, 'L<layers>' for a layer range), entries are
+    joined by '.', and a default other than AdamW is appended ('-sgd'); nothing but the default is
+    that optimizer's name. So `optim.muon=vo,ffn` is 'muon-vo+ffn', `optim.muon=none` 'adamw',
+    `optim.route="vo,ffn:signum qk@0-1:lion default:sgd"` 'signum-vo+ffn.lion-qkL0-1-sgd'.
+    """
+    rules = _rules_of(muon, base, route)
+    default = next(r.optimizer for r in rules if r.is_default)
+    parts = []
+    for rule in rules:
+        if rule.is_default or not rule.groups:
+            continue
+        selector, _, layers = rule.text.rpartition(":")[0].partition("@")
+        parts.append(f"{rule.optimizer}-{'+'.join(spec_tokens(selector))}" + (f"L{layers}" if layers else ""))
+    if not parts:
+        return default
+    return ".".join(parts) + ("" if default == "adamw" else f"-{default}")
+
+
+def uses_muon(muon: Any = "hidden", base: str = "adamw", route: Any = None) -> bool:
+    """Whether a routing sends any parameter to Muon or NorMuon (whose lr is optim.muon_lr)."""
+    rules = _rules_of(muon, base, route)
+    return any(r.optimizer in MUON_FAMILY and (r.groups or r.is_default) for r in rules)
+
+
 def route_config(model: nn.Module, cfg: Any) -> list[RouteEntry]:
     """`route_rules` for the `optim` section `cfg` (what build_optimizer and --dry-run use)."""
     rules, key = routing_rules(cfg)

@@ -1,5 +1,7 @@
 """metrics.curvature: gain, penalty and nds along an update against finite differences of the loss."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ from torch.func import functional_call
 from metrics.curvature import curvature_metrics
 from model import ModelConfig, Transformer
 from optim.groups import group_of
+from tests.test_train import base_args, corpus, read_metrics, run_train  # noqa: F401  (fixtures)
 
 
 class _TinyLM(nn.Module):
@@ -91,3 +94,15 @@ def test_transformer_runs_double_backward_and_is_left_unchanged():
     zero = curvature_metrics(model, idx[:, :-1], idx[:, 1:], zeros, groups)
     assert all(v == 0.0 for v in zero.values())
     assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.slow
+def test_train_logs_curvature_at_spectra_evaluations(base_args, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    run_train([*base_args, "metrics.curvature_every=10", "train.eval_every=5", f"run.dir={run}"])
+    events = {e["step"]: e for e in read_metrics(run) if any(k.startswith("spectra/") for k in e)}
+    assert not any(k.startswith("curvature/") for k in events[5])  # spectra, but not a curvature step
+    for step in (10, 20):
+        for group in ("q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out"):
+            gain, penalty, nds = (events[step][f"curvature/{group}/{m}"] for m in ("gain", "penalty", "nds"))
+            assert math.isfinite(gain) and math.isfinite(penalty) and math.isfinite(nds)

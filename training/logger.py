@@ -19,6 +19,7 @@ from accelerate import Accelerator
 
 from common.rundir import RunDir
 from optim.groups import spec_tokens
+from optim.routing import routing_label
 from training.config import RunConfig, as_dict
 
 
@@ -73,13 +74,18 @@ class MetricsLogger:
 
 def wandb_names(run: RunDir, cfg: RunConfig) -> dict[str, Any]:
     """name (run.name or the run directory's name), group and tags (given, else derived from the config)."""
-    routing = "+".join(spec_tokens(cfg.optim.muon)) or "none"
     ffn = cfg.model.ffn_type or "preset-ffn"
-    derived_tags = [f"muon:{routing}", f"base:{cfg.optim.base}", f"preset:{cfg.model.preset}", f"ffn:{ffn}",
+    if cfg.optim.route is None:
+        routing = "+".join(spec_tokens(cfg.optim.muon)) or "none"
+        tag, group = f"muon:{routing}", f"muon-{routing}_{cfg.optim.base}"
+    else:
+        routing = routing_label(route=cfg.optim.route, base=cfg.optim.base)
+        tag, group = f"route:{routing}", f"route-{routing}"
+    derived_tags = [tag, f"base:{cfg.optim.base}", f"preset:{cfg.model.preset}", f"ffn:{ffn}",
                     f"seed:{cfg.train.seed}"]
     return {
         "name": cfg.run.name or run.name,
-        "group": cfg.logging.wandb_group or f"{cfg.model.preset}_{ffn}_muon-{routing}_{cfg.optim.base}",
+        "group": cfg.logging.wandb_group or f"{cfg.model.preset}_{ffn}_{group}",
         "tags": list(cfg.logging.wandb_tags) or derived_tags,
     }
 

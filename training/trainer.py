@@ -33,12 +33,14 @@ from common.rundir import RunDir, checkpoint_step
 from data.loader import TokenLoader, check_vocab, val_batches
 from data.prepare import ensure_prepared
 from data.settings import make_settings
+from metrics.curvature import curvature_metrics
 from metrics.spectra import model_spectra, snapshot_weights, update_spectra
 from metrics.throughput import flops_per_token, mfu, peak_flops
 from model import ModelConfig, Transformer
 from model.presets import resolve_model_config
 from optim.build import build_optimizer
-from optim.groups import format_routing_table, route, routing_json
+from optim.groups import format_routing_table, group_of, routing_json
+from optim.routing import route_config
 from training.batching import BatchPlan
 from training.cadence import Cadence, Due
 from training.checkpoint import (
@@ -141,6 +143,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.routing = routing_json(self.optimizer.routing)
         self.resume_from = start.checkpoint
+        self.curvature_rows: torch.Tensor | None = None  # the fixed batch of `curvature/*` (set below)
         self.evaluator = self._evaluator()
         self.qa = QAEval.for_dataset(self.meta, self.data_dir, cfg.metrics, acc.device)
         self.flops_per_token = flops_per_token(self.model_cfg, cfg.train.seq_len)
@@ -254,10 +257,15 @@ class Trainer:
         """Validation loss and tail buckets on this process's validation rows (None: no validation split)."""
         cfg = self.cfg
         if not self.meta["val_tokens"]:
+            if cfg.metrics.curvature_every:
+                raise ConfigError("metrics.curvature_every needs a validation split for its fixed batch, and "
+                                  f"{self.data_dir} has none; set metrics.curvature_every=0 or prepare the "
+                                  "data with validation tokens (data.val_tokens)")
             return None
         val_rows = list(val_batches(self.data_dir, cfg.train.seq_len, cfg.train.eval_tokens,
                                     cfg.train.batch_size, self.rank, self.world,
                                     micro_batch_size=self.plan.micro))
+        self.curvature_rows = val_rows[0][:8].long()
         counts = np.load(self.data_dir / "token_counts.npy")
         return Evaluator(self.accelerator, val_rows, counts, cfg.metrics.tail_buckets, cfg.metrics.tail_mode)
 
@@ -348,10 +356,21 @@ class Trainer:
             metrics.update(model_spectra(whole))
             if self.weights_before is not None:  # the last step's update (none before the first step)
                 metrics.update(update_spectra(self.weights_before, whole))
+                every = self.cfg.metrics.curvature_every
+                if every and step % every == 0:
+                    metrics.update(self._curvature(whole))
                 self.weights_before = None
         if self.is_main and self.qa is not None and due.qa:
             metrics.update(self.qa(whole))
         self.logger.log(metrics, step)
+
+    def _curvature(self, whole: nn.Module) -> dict[str, float]:
+        """`curvature/<group>/*` of the last update on the fixed validation batch (main process)."""
+        rows = self.curvature_rows.to(self.accelerator.device)
+        params = dict(whole.named_parameters())
+        update = {name: params[name].detach() - before for name, before in self.weights_before.items()}
+        return curvature_metrics(whole, rows[:, :-1], rows[:, 1:], update,
+                                 {name: group_of(name) for name in update})
 
     def _stop(self, loss_sum: torch.Tensor, window_steps: int, checkpointed: bool) -> None:
         """Checkpoint here (with the open logging window) and raise Stopped."""
@@ -440,7 +459,7 @@ def check_model_and_routing(cfg: RunConfig) -> None:
         raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds model.max_seq_len="
                           f"{model_cfg.max_seq_len}; lower train.seq_len or raise model.max_seq_len")
     with torch.device("meta"):
-        route(Transformer(model_cfg), cfg.optim.muon, cfg.optim.base)
+        route_config(Transformer(model_cfg), cfg.optim)
 
 
 def device_label(device: torch.device) -> str:
