@@ -12,6 +12,7 @@ from ablations.analysis_tables import (
     iso_table,
     longer_table,
     markdown,
+    pairwise_table,
     stats_table,
     steps_table,
     tuning_table,
@@ -27,7 +28,7 @@ from ablations.matched_loss import (
     steps_to_target,
     tail_metrics,
 )
-from ablations.results import Row
+from ablations.results import EVAL_LOSS, QA_TAIL, TAIL_LOSS, Row
 from ablations.stats import ALPHA, BOOTSTRAP_RESAMPLES
 from ablations.tuning import ranking_loss, select
 from common.rundir import RunDir
@@ -40,8 +41,11 @@ def _image(path: Path | None, out: Path, title: str) -> str:
 def statistics_section(rows: list[Row], out: Path) -> list[str]:
     table = stats_table(rows)
     write_table(table, out / "stats.csv")
+    pairs = pairwise_table(rows)
+    write_table(pairs, out / "pairwise.csv")
     if not any(stat_n > 1 for _, _, stat_n, *_ in table[1]):
         return []
+    headline = (pairs[0], [r for r in pairs[1] if r[0] in (EVAL_LOSS, TAIL_LOSS, QA_TAIL)])
     return ["## Statistics over seeds\n", markdown(table),
             f"\nFor every setting with at least 2 seeds: mean, sample std and the 95% Student-t interval "
             "of the mean. *p vs AdamW / Muon*: two-sided t-test against the AdamW / full-Muon row of the "
@@ -50,7 +54,12 @@ def statistics_section(rows: list[Row], out: Path) -> list[str]:
             f"t-test; *(n.s.)*: not significant at {ALPHA}. The share of the Muon gain's interval is a "
             f"percentile bootstrap over seeds ({BOOTSTRAP_RESAMPLES} resamples, seeds resampled jointly "
             "when they pair up). With 3 seeds these tests have little power: a non-significant "
-            "difference is not evidence of no difference.\n"]
+            "difference is not evidence of no difference.\n",
+            "### Every pair of settings\n",
+            "Final eval loss, tail-bucket loss and QA tail accuracy (all final metrics: `pairwise.csv`): "
+            "the same t-tests between every two settings of a family; *p_bh*: Benjamini–Hochberg "
+            "adjusted over the pairs of a metric, for reading many comparisons at once.\n",
+            markdown(headline) if headline[1] else "No pair has 2 or more seeds on both sides.\n"]
 
 
 def tuning_runs_of(manifest: dict[str, Any]) -> list[Run]:

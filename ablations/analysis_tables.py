@@ -8,9 +8,11 @@ import math
 import statistics
 from pathlib import Path
 
+from scipy import stats
+
 from ablations.matched_loss import ArmAtTarget, LongerVsMuon, StepsToTarget, column
-from ablations.results import FINAL_METRICS, QA_TAIL, TAIL_GAP, TAIL_LOSS, Row
-from ablations.stats import ALPHA, Comparison
+from ablations.results import EVAL_LOSS, FINAL_METRICS, QA_TAIL, TAIL_GAP, TAIL_LOSS, TRAIN_LOSS, Row
+from ablations.stats import ALPHA, Comparison, compare
 from ablations.tuning import ArmTuning, profile
 
 HEADLINE = (TAIL_LOSS, TAIL_GAP, QA_TAIL)
@@ -74,6 +76,29 @@ def stats_table(rows: list[Row]) -> Table:
             a, m = row.vs_adamw.get(metric), row.vs_muon.get(metric)
             body.append([row.group, metric, stat.n, stat.mean, stat.std, stat.ci95_low, stat.ci95_high,
                          _p(a), a and a.test, _p(m), m and m.test])
+    return header, body
+
+
+PAIRWISE_METRICS = (EVAL_LOSS, TAIL_LOSS, TAIL_GAP, QA_TAIL, TRAIN_LOSS)
+
+
+def pairwise_table(rows: list[Row]) -> Table:
+    """pairwise.csv: every two rows of a family, for each final metric both have over ≥ 2 seeds: the
+    means, their difference, the t-test's p and its Benjamini–Hochberg adjustment over the pairs of
+    that metric (scipy.stats.false_discovery_control)."""
+    header = ["metric", "run_a", "run_b", "mean_a", "mean_b", "diff", "p", "p_bh", "test"]
+    body = []
+    for metric in PAIRWISE_METRICS:
+        found = []
+        for i, a in enumerate(rows):
+            for b in rows[i + 1:]:
+                test = a.family == b.family and compare(a.finals[metric], b.finals[metric])
+                if test:
+                    ma, mb = a.stat(metric).mean, b.stat(metric).mean
+                    found.append([metric, a.group, b.group, ma, mb, ma - mb, PValue(test.p), test.test])
+        if found:
+            adjusted = stats.false_discovery_control([f[6] for f in found])
+            body += [[*f[:7], PValue(p_bh), f[7]] for f, p_bh in zip(found, adjusted, strict=True)]
     return header, body
 
 

@@ -165,8 +165,9 @@ def _name_tokens(varying: dict[str, Any], merged: dict[str, Any]) -> list[str]:
 
 
 def setting_token(key: str, value: Any) -> str:
-    """A setting as a run-name token: the key's last part and the value ('adamw_lr-0.003')."""
-    return f"{key.rsplit('.', 1)[-1]}-{_token_value(value)}"
+    """A setting as a run-name token: the key without its section and the value ('adamw_lr-0.003',
+    'sgd.lr-0.1' for optim.sgd.lr)."""
+    return f"{key.split('.', 1)[-1]}-{_token_value(value)}"
 
 
 def join_name(tokens: list[str]) -> str:

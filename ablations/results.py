@@ -3,7 +3,8 @@
 Runs are grouped by their resolved config minus seed, run name/dir and logging settings, so the
 seeds of one setting form one row. Each row is compared with the AdamW row (optim.muon=none,
 optim.base=adamw) and the full-Muon row (optim.muon=hidden) of its family: the rows that differ
-from it only in routing, in the tuned keys (each arm runs at its own chosen values) and in
+from it only in routing, in optim keys an AdamW run does not read (Muon's variants, another
+optimizer's settings), in the tuned keys (each arm runs at its own chosen values) and in
 train.steps. The references are the family's rows at its most common step count (ties: the
 fewest steps), so an arm trained k times longer is compared with the AdamW of the normal budget.
 """
@@ -24,6 +25,7 @@ from ablations.grid import FFN_KEY, ROUTING_KEYS, SEED_KEY, flatten, label_of
 from ablations.stats import Comparison, Stat, compare, share_interval
 from common.errors import MissingFileError
 from common.rundir import RunDir
+from optim.config import ADAMW_RUN_KEYS
 
 # Config keys that do not change what a run computes (or that distinguish seeds of one setting).
 _IGNORED_PREFIXES = ("run.", "logging.")
@@ -179,6 +181,14 @@ def _setting_key(config: dict[str, Any], *, drop: set[str] = frozenset()) -> str
     return json.dumps(kept, sort_keys=True, default=str)
 
 
+def _family_key(config: dict[str, Any], tuned_keys: tuple[str, ...]) -> str:
+    """What rows of one family share: everything but routing, tuned keys, train.steps and the optim keys
+    an AdamW-only run does not read."""
+    not_adamw = {k for k in config
+                 if k.startswith("optim.") and k.removeprefix("optim.") not in ADAMW_RUN_KEYS}
+    return _setting_key(config, drop={*ROUTING_KEYS, STEPS_KEY, *tuned_keys, *not_adamw})
+
+
 def _finals(runs: list[RunData], key: str) -> dict[int, float]:
     """seed -> the final value of `key`, over the runs that have a finite one."""
     values = {r.seed: r.summary.get(key) for r in runs if r.summary}
@@ -196,7 +206,7 @@ def aggregate(runs: list[RunData], tuned_keys: tuple[str, ...] = ()) -> list[Row
         key = _setting_key(run.config)
         if key not in rows:
             rows[key] = Row(run.group, run.routing, run.ffn_type, [], {})
-            family[key] = _setting_key(run.config, drop={*ROUTING_KEYS, STEPS_KEY, *tuned_keys})
+            family[key] = _family_key(run.config, tuned_keys)
         rows[key].runs.append(run)
     for row in rows.values():
         row.paper_ref = next((r.paper_ref for r in row.runs if r.paper_ref), {})

@@ -2,7 +2,8 @@
 
 An arm is a grid run without its seed (a routing, a base optimizer, a step budget...). The sweep
 trains each arm at every combination of the tuned keys' values with the tuning seeds; a key that
-does not act on an arm (optim.muon_lr without Muon) is not swept for it. The chosen values are the
+does not act on an arm is not swept for it: optim.muon_lr without Muon or NorMuon, optim.<name>.*
+without optimizer <name> (optim.sgd.lr for an arm with no SGD). The chosen values are the
 combination with the lowest final loss (`tune.metric`, default final/eval_loss), averaged over the
 tuning seeds; a run that diverged
 (non-finite loss) counts as +inf. **Ties go to the smaller values** (compared key by key in the
@@ -35,7 +36,7 @@ from ablations.grid import (
     setting_token,
 )
 from common.rundir import RunDir
-from optim.routing import uses_muon
+from optim.routing import MUON_FAMILY, OPTIMIZERS, optimizers_used
 
 # Keys that act only on parameters routed to Muon or NorMuon: not swept for arms without them.
 MUON_ONLY_KEYS = ("optim.muon_lr",)
@@ -69,9 +70,17 @@ class ArmTuning:
                 f"{sorted(sweep[key])}; widen the sweep" for key in self.edges]
 
 
-def _uses_muon(grid: Grid, run: Run) -> bool:
-    config = {**DEFAULTS, **grid.base_config, **run.overrides}
-    return uses_muon(config[MUON_KEY], config[BASE_KEY], config[ROUTE_KEY])
+def acts_on(key: str, grid: Grid, arm: Run) -> bool:
+    """Whether a tuned key changes this arm: not optim.muon_lr without Muon/NorMuon, not
+    optim.<optimizer>.* without that optimizer."""
+    config = {**DEFAULTS, **grid.base_config, **arm.overrides}
+    used = optimizers_used(config[MUON_KEY], config[BASE_KEY], config[ROUTE_KEY])
+    if key in MUON_ONLY_KEYS:
+        return bool(used & set(MUON_FAMILY))
+    section = key.split(".")
+    if len(section) > 2 and section[0] == "optim" and section[1] in OPTIMIZERS:
+        return section[1] in used
+    return True
 
 
 def arms(grid: Grid) -> list[Run]:
@@ -85,7 +94,7 @@ def arms(grid: Grid) -> list[Run]:
 def swept_keys(grid: Grid, arm: Run) -> list[str]:
     """The tuned keys that act on this arm, in the order of tune.keys."""
     assert grid.tune is not None
-    return [k for k in grid.tune.keys if k not in MUON_ONLY_KEYS or _uses_muon(grid, arm)]
+    return [k for k in grid.tune.keys if acts_on(k, grid, arm)]
 
 
 def at_values(arm: Run, values: dict[str, Any], seed: int | None) -> Run:

@@ -12,6 +12,12 @@ from typing import Any
 SIGN_LR_RATIO = 0.2
 
 
+# The optim keys an AdamW-only run depends on: runs that differ only in other optim keys (routing,
+# Muon's or another optimizer's settings) have the same AdamW reference run.
+ADAMW_RUN_KEYS = ("adamw_lr", "embed_lr", "head_lr", "betas", "eps", "weight_decay", "schedule",
+                  "warmup_steps", "min_lr_ratio", "decay_fraction", "grad_clip")
+
+
 @dataclass
 class SGDConfig:
     lr: float | None = None  # None: adamw_lr (SGD's momentum is optim.sgd_momentum)

@@ -227,10 +227,10 @@ def routing_label(muon: Any = "hidden", base: str = "adamw", route: Any = None) 
     return ".".join(parts) + ("" if default == "adamw" else f"-{default}")
 
 
-def uses_muon(muon: Any = "hidden", base: str = "adamw", route: Any = None) -> bool:
-    """Whether a routing sends any parameter to Muon or NorMuon (whose lr is optim.muon_lr)."""
-    rules = _rules_of(muon, base, route)
-    return any(r.optimizer in MUON_FAMILY and (r.groups or r.is_default) for r in rules)
+def optimizers_used(muon: Any = "hidden", base: str = "adamw", route: Any = None) -> set[str]:
+    """The optimizers a routing sends parameters to (an entry naming no group, `optim.muon=none`'s, sends
+    none)."""
+    return {r.optimizer for r in _rules_of(muon, base, route) if r.groups or r.is_default}
 
 
 def route_config(model: nn.Module, cfg: Any) -> list[RouteEntry]:

@@ -9,7 +9,7 @@ from model import ModelConfig, Transformer
 from optim.build import build_optimizer
 from optim.config import OptimConfig
 from optim.groups import RoutingError, format_routing_table, route
-from optim.routing import parse_route, route_config
+from optim.routing import optimizers_used, parse_route, route_config, routing_label
 from training.config import ConfigError, load_config, run_name
 
 
@@ -119,3 +119,21 @@ def test_routing_table_names_every_optimizer():
     table = format_routing_table(entries)
     assert re.search(r"model.layers.3.self_attn.q_proj.weight +q +lion ", table)
     assert "signum: 20 tensors" in table and "lion: 2 tensors" in table and "adamw:" in table
+
+
+@pytest.mark.parametrize("muon, base, route, label", [
+    ("vo,ffn", "adamw", None, "muon-vo+ffn"),
+    ("none", "adamw", None, "adamw"),
+    ("hidden", "sgd", None, "muon-hidden-sgd"),
+    ("hidden", "adamw", "hidden:muon default:adamw", "muon-hidden"),  # a route equal to the shorthand
+    ("hidden", "adamw", "vo,ffn:signum qk@0-1:lion default:sgd", "signum-vo+ffn.lion-qkL0-1-sgd"),
+    ("hidden", "adamw", "default:signum", "signum"),
+])
+def test_routing_labels_name_each_entry(muon, base, route, label):
+    assert routing_label(muon, base, route) == label
+
+
+def test_optimizers_used():
+    assert optimizers_used("none") == {"adamw"}
+    assert optimizers_used("qk", "sgd") == {"muon", "sgd"}
+    assert optimizers_used(route="vo:normuon ffn@-1:lion") == {"normuon", "lion", "adamw"}

@@ -16,6 +16,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from ablations.__main__ import main
+from ablations.analysis_tables import pairwise_table
 from ablations.curves import NO_BRACKET, NOT_REACHED, REACHED, first_crossing, value_at
 from ablations.grid import GridError, load_grid, with_overrides
 from ablations.matched_loss import EVAL, TRAIN, iso_loss, longer_adamw, overall_loss, steps_to_target
@@ -348,3 +349,32 @@ def test_tuned_grid_interrupted_rerun_and_reported(tiny_tuned_grid, tmp_path):
     assert set(steps) == set(table) and steps["adamw"]["target_loss"] == table["adamw"]["eval_loss"]
     text = (report / "report.md").read_text()
     assert "## Tuning" in text and "## Iso-loss" in text and "## Steps to AdamW's final loss" in text
+
+
+def test_pairwise_tests_within_a_family_with_benjamini_hochberg(tmp_path):
+    synthetic(tmp_path, "adamw_s0", "none", 0, [8.0, 6.0, 5.5, 5.1], [10.0, 9.0, 8.5, 8.1])
+    synthetic(tmp_path, "adamw_s1", "none", 1, [8.0, 6.0, 5.3, 4.9], [10.0, 9.0, 8.3, 7.9])
+    synthetic(tmp_path, "muon-hidden_s0", "hidden", 0, [8.0, 5.0, 4.6, 4.4], [10.0, 7.0, 6.6, 6.4])
+    synthetic(tmp_path, "muon-hidden_s1", "hidden", 1, [8.0, 5.2, 4.6, 4.3], [10.0, 7.2, 6.6, 6.5])
+    synthetic(tmp_path, "muon-qk_s0", "qk", 0, [8.0, 6.0, 5.0, 4.95], [10.0, 9.0, 8.0, 7.95])
+    synthetic(tmp_path, "muon-qk_s1", "qk", 1, [8.0, 6.0, 5.6, 5.4], [10.0, 9.0, 8.6, 8.4])
+    header, body = pairwise_table(aggregate(load_runs(tmp_path)))
+    loss = [dict(zip(header, r, strict=True)) for r in body if r[0] == "final/eval_loss"]
+    assert [(r["run_a"], r["run_b"]) for r in loss] == [
+        ("adamw", "muon-hidden"), ("adamw", "muon-qk"), ("muon-hidden", "muon-qk")]
+    raw = [scipy_stats.ttest_rel([5.1, 4.9], b).pvalue for b in ([4.4, 4.3], [4.95, 5.4])]
+    raw.append(scipy_stats.ttest_rel([4.4, 4.3], [4.95, 5.4]).pvalue)
+    assert [r["p"] for r in loss] == pytest.approx(raw)
+    assert [r["p_bh"] for r in loss] == pytest.approx(list(scipy_stats.false_discovery_control(raw)))
+    assert loss[0]["diff"] == pytest.approx(5.0 - 4.35)
+
+
+def test_optimizer_settings_are_swept_only_for_arms_using_that_optimizer(tmp_path):
+    runs = '[{optim.muon: none}, {optim.route: "vo,ffn:sgd default:adamw"}, {optim.route: "vo:normuon"}]'
+    grid = load_grid(tuned_grid(tmp_path, "{keys: {optim.adamw_lr: [0.001, 0.01], optim.sgd.lr: [0.1, 1.0], "
+                                          "optim.muon_lr: [0.02, 0.05]}, seeds: [0]}", runs))
+    by_arm: dict[str, int] = {}
+    for run in tuning_runs(grid):
+        by_arm[run.group] = by_arm.get(run.group, 0) + 1
+    assert by_arm == {"adamw": 2, "sgd-vo+ffn": 4, "normuon-vo": 4}
+    assert "sgd-vo+ffn_adamw_lr-0.01_sgd.lr-0.1_s0" in {r.name for r in tuning_runs(grid)}
