@@ -75,8 +75,8 @@ def tuning_section(runs_dir: Path, manifest: dict[str, Any], rows: list[Row], ou
         return []
     sweep = manifest["tune"]["keys"]
     metric = manifest["tune"]["metric"]
-    tunings = select(tuning_runs_of(manifest), sweep,
-                     lambda name: ranking_loss(RunDir(runs_dir / name), metric))
+    sweep_runs = tuning_runs_of(manifest)
+    tunings = select(sweep_runs, sweep, lambda name: ranking_loss(RunDir(runs_dir / name), metric))
     if tunings is None:
         return ["## Tuning\n", "The tuning sweep has unfinished runs: rerun the grid to finish it.\n"]
     write_table(tuning_table(tunings, metric), out / "tuning.csv")
@@ -86,9 +86,12 @@ def tuning_section(runs_dir: Path, manifest: dict[str, Any], rows: list[Row], ou
     seeds = manifest["tune"]["seeds"]
     parts = ["## Tuning\n",
              f"Each arm was trained at every value of {', '.join(f'`{k}` {v}' for k, v in sweep.items())} "
-             f"with seed(s) {seeds}; the table's runs use each arm's values with the lowest `{metric}` "
-             "(mean over those seeds; a diverged run counts as +inf; ties go to the smaller value). "
-             "Chosen:\n", chosen + "\n"]
+             f"with seed(s) {seeds} ({len(sweep_runs)} runs); the table's runs use each arm's values with "
+             f"the lowest `{metric}` (mean over those seeds; a diverged run counts as +inf; ties go to the "
+             "smaller value). A tuning seed that is also one of the grid's seeds reuses its sweep run, "
+             "on which the choice was made: that biases each arm's mean slightly in its favour (use "
+             "tuning seeds outside the grid's to avoid it, at the cost of more runs). Chosen:\n",
+             chosen + "\n"]
     if warnings:
         parts.append("**Warning**: " + "; ".join(warnings) + ".\n")
     parts.append(_image(plots.tuning_curves(tunings, sweep, rows, out), out, "Tuning sweep"))
