@@ -377,3 +377,22 @@ def test_optimizer_settings_are_swept_only_for_arms_using_that_optimizer(tmp_pat
         by_arm[run.group] = by_arm.get(run.group, 0) + 1
     assert by_arm == {"adamw": 2, "sgd-vo+ffn": 4, "normuon-vo": 4}
     assert "sgd-vo+ffn_adamw_lr-0.01_sgd.lr-0.1_s0" in {r.name for r in tuning_runs(grid)}
+
+
+def test_slurm_writes_the_sweep_then_the_final_runs(tmp_path, capsys):
+    path = tuned_grid(tmp_path, "{keys: {optim.adamw_lr: [0.001, 0.01]}, seeds: [0]}")
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--launcher", "slurm", "--out", str(out)]) == 0
+    assert "the tuning stage" in capsys.readouterr().out
+    manifest = out / "slurm" / "tuned.runs"
+    names = [line.split()[0] for line in manifest.read_text().splitlines()]
+    assert names == [r.name for r in tuning_runs(load_grid(path))]
+    assert json.loads((out / "grid.json").read_text())["runs"] == []
+    for name, loss in zip(names, (4.0, 3.9, 3.5, 3.6), strict=True):
+        finish(out, name, loss)
+    assert main(["run", str(path), "--launcher", "slurm", "--out", str(out)]) == 0
+    assert "the grid stage" in capsys.readouterr().out
+    assert [line.split()[0] for line in manifest.read_text().splitlines()] == [
+        "adamw_adamw_lr-0.01_s0", "adamw_adamw_lr-0.01_s1",
+        "muon-hidden_adamw_lr-0.001_s0", "muon-hidden_adamw_lr-0.001_s1"]
+    assert len(json.loads((out / "grid.json").read_text())["runs"]) == 4
