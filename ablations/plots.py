@@ -236,7 +236,9 @@ _ISO_PANELS = (("eval/tail/tail_loss", "tail-bucket loss"), ("eval/tail/gap", "t
 def iso_loss_trajectories(rows: list[Row], arms: list[ArmAtTarget], loss: OverallLoss,
                           out: Path) -> Path | None:
     """Tail metrics against overall eval loss over each run's evals; the x axis runs in the direction of
-    training (loss decreasing to the right), the dashed line is the iso-loss target."""
+    training (loss decreasing to the right), the dotted line is the iso-loss target. The view starts
+    at 3x the target's distance from the lowest loss: the first evals' large losses would squeeze the
+    part of training where the arms are compared."""
     panels = [(m, label) for m, label in _ISO_PANELS
               if any(m in r.history for row in rows for r in row.runs)]
     if not panels:
@@ -246,19 +248,30 @@ def iso_loss_trajectories(rows: list[Row], arms: list[ArmAtTarget], loss: Overal
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (metric, label) in zip(axes[0], panels, strict=True):
         labelled = set()
+        curves = []
         for row in rows:
             for run in row.runs:
                 overall = dict(run.history.get(loss.history, []))
                 points = [(overall[s], v) for s, v in run.history.get(metric, []) if s in overall]
-                if not points:
-                    continue
-                ax.plot(*zip(*points, strict=True), marker="o", ms=2, lw=1.1,
-                        color=color.get(row.group, "gray"), ls="--" if row.longer else "-",
-                        label=None if row.group in labelled else row.group)
-                labelled.add(row.group)
+                if points:
+                    curves.append((row, points))
+        lowest = min(x for _, points in curves for x, _ in points)
+        highest = max(x for _, points in curves for x, _ in points)
+        right = max(targets, default=highest)
+        left = min(highest, right + 2 * max(right - lowest, 0.05))
+        shown = [y for _, points in curves for x, y in points if x <= left]
+        for row, points in curves:
+            ax.plot(*zip(*points, strict=True), marker="o", ms=2, lw=1.1,
+                    color=color.get(row.group, "gray"), ls="--" if row.longer else "-",
+                    label=None if row.group in labelled else row.group)
+            labelled.add(row.group)
         for target in targets:
             ax.axvline(target, color="black", ls=":", lw=1)
-        ax.invert_xaxis()
+        pad = 0.02 * (left - lowest)
+        ax.set_xlim(left + pad, lowest - pad)  # reversed: training goes right
+        if shown:
+            margin = 0.05 * (max(shown) - min(shown) or 1.0)
+            ax.set_ylim(min(shown) - margin, max(shown) + margin)
         ax.set(xlabel=f"overall {loss.label} (training goes right)", ylabel=label,
                title=f"{label} vs overall loss")
         ax.grid(alpha=0.3)

@@ -75,7 +75,11 @@ def _ci(stat: Stat | None) -> str:
 
 
 def _num(value: float | None, fmt: str) -> str:
-    return "" if value is None else format(value + 0.0, fmt)
+    if value is None:
+        return ""
+    text = format(value, fmt)
+    # a value that rounds to zero is shown without its sign ("0%", not "-0%")
+    return text[1:] if text[0] in "+-" and not any(c in "123456789" for c in text) and fmt[0] != "+" else text
 
 
 # table.md columns: (header, cell); a column empty in every row is left out (e.g. QA outside bios grids).
@@ -87,7 +91,8 @@ MD_COLUMNS: list[tuple[str, Callable[[Row], str]]] = [
     ("eval loss", lambda r: _pm(r.eval_loss)),
     ("Δ vs AdamW", lambda r: _num(r.delta_vs_adamw, "+.4f")),
     ("share of Muon gain", lambda r: _num(r.share_recovered, ".0%")),
-    ("share 95% CI", lambda r: r.share_ci95 and f"[{r.share_ci95[0]:.0%}, {r.share_ci95[1]:.0%}]" or ""),
+    ("share 95% CI", lambda r: r.share_ci95 and f"[{_num(r.share_ci95[0], '.0%')}, "
+                               f"{_num(r.share_ci95[1], '.0%')}]" or ""),
     ("loss 95% CI", lambda r: _ci(r.eval_loss)),
     ("p vs AdamW", lambda r: md_cell(_p(r, "adamw"))),
     ("p vs Muon", lambda r: md_cell(_p(r, "muon"))),
