@@ -28,7 +28,7 @@ from ablations.matched_loss import (
     steps_to_target,
     tail_metrics,
 )
-from ablations.results import EVAL_LOSS, QA_TAIL, TAIL_LOSS, Row
+from ablations.results import EVAL_LOSS, QA_MEAN, QA_TAIL, TAIL_LOSS, TRAIN_LOSS, Row
 from ablations.stats import ALPHA, BOOTSTRAP_RESAMPLES
 from ablations.tuning import ranking_loss, select
 from common.rundir import RunDir
@@ -45,7 +45,8 @@ def statistics_section(rows: list[Row], out: Path) -> list[str]:
     write_table(pairs, out / "pairwise.csv")
     if not any(stat_n > 1 for _, _, stat_n, *_ in table[1]):
         return []
-    headline = (pairs[0], [r for r in pairs[1] if r[0] in (EVAL_LOSS, TAIL_LOSS, QA_TAIL)])
+    shown = (EVAL_LOSS, TAIL_LOSS, QA_TAIL, QA_MEAN, TRAIN_LOSS)
+    headline = (pairs[0], [r for r in pairs[1] if r[0] in shown])
     return ["## Statistics over seeds\n", markdown(table),
             f"\nFor every setting with at least 2 seeds: mean, sample std and the 95% Student-t interval "
             "of the mean. *p vs AdamW / Muon*: two-sided t-test against the AdamW / full-Muon row of the "
@@ -56,7 +57,8 @@ def statistics_section(rows: list[Row], out: Path) -> list[str]:
             "when they pair up). With 3 seeds these tests have little power: a non-significant "
             "difference is not evidence of no difference.\n",
             "### Every pair of settings\n",
-            "Final eval loss, tail-bucket loss and QA tail accuracy (all final metrics: `pairwise.csv`): "
+            "Final eval (or training) loss, tail-bucket loss and QA accuracy (all final metrics: "
+            "`pairwise.csv`): "
             "the same t-tests between every two settings of a family; *p_bh*: Benjamini–Hochberg "
             "adjusted over the pairs of a metric, for reading many comparisons at once.\n",
             markdown(headline) if headline[1] else "No pair has 2 or more seeds on both sides.\n"]
@@ -112,7 +114,7 @@ def matched_loss_sections(rows: list[Row], out: Path, iso_target: float | None) 
         which = (f"the given target {iso_target}" if iso_target is not None else
                  f"the highest final {loss.label} of any run of the family, which every run reaches")
         parts += ["## Iso-loss: the tail at matched overall loss\n",
-                  f"Each arm's tail metrics at the step where its eval loss first reaches {which}, "
+                  f"Each arm's tail metrics at the step where its {loss.label} first reaches {which}, "
                   "interpolated linearly between the two evals around that step (*eval_bracket_steps*: "
                   "the widest such interval; a run already below the target at its first eval, or that "
                   "never reaches it, is reported, not extrapolated). If an arm is only faster, its tail "
@@ -124,7 +126,8 @@ def matched_loss_sections(rows: list[Row], out: Path, iso_target: float | None) 
     write_table(steps_table(steps), out / "steps_to_target.csv")
     if steps:
         parts += ["## Steps to AdamW's final loss\n",
-                  "The steps each arm needs to reach its family's AdamW mean final eval loss (interpolated "
+                  f"The steps each arm needs to reach its family's AdamW mean final {loss.label} "
+                  "(interpolated "
                   "between evals; mean and 95% t interval over the seeds that reach it); *speedup_vs_adamw* "
                   "= AdamW's step budget / that mean. Caveat: the arms reach the target at different "
                   "points of their learning-rate schedules.\n", markdown(steps_table(steps)),
@@ -133,8 +136,8 @@ def matched_loss_sections(rows: list[Row], out: Path, iso_target: float | None) 
     if longer:
         write_table(longer_table(longer), out / "longer_adamw.csv")
         parts += ["## Longer AdamW against Muon at matched loss\n",
-                  "The AdamW arm trained for more steps, read where its eval loss first reaches each Muon "
-                  "arm's mean final loss (*_longer*), next to that Muon arm's final tail metrics "
+                  f"The AdamW arm trained for more steps, read where its {loss.label} first reaches each "
+                  "Muon arm's mean final loss (*_longer*), next to that Muon arm's final tail metrics "
                   "(*_muon*); p: t-test between the two. If AdamW given more steps matches Muon's tail at "
                   "the same overall loss, Muon's tail advantage is speed; if not, it is a bias.\n",
                   markdown(longer_table(longer))]

@@ -11,11 +11,11 @@ from pathlib import Path
 from scipy import stats
 
 from ablations.matched_loss import ArmAtTarget, LongerVsMuon, StepsToTarget, column
-from ablations.results import EVAL_LOSS, FINAL_METRICS, QA_TAIL, TAIL_GAP, TAIL_LOSS, TRAIN_LOSS, Row
+from ablations.results import FINAL_METRICS, QA_MEAN, QA_TAIL, TAIL_GAP, TAIL_LOSS, Row
 from ablations.stats import ALPHA, Comparison, compare
 from ablations.tuning import ArmTuning, profile
 
-HEADLINE = (TAIL_LOSS, TAIL_GAP, QA_TAIL)
+HEADLINE = (TAIL_LOSS, TAIL_GAP, QA_TAIL, QA_MEAN)
 
 
 class PValue(float):
@@ -79,7 +79,7 @@ def stats_table(rows: list[Row]) -> Table:
     return header, body
 
 
-PAIRWISE_METRICS = (EVAL_LOSS, TAIL_LOSS, TAIL_GAP, QA_TAIL, TRAIN_LOSS)
+PAIRWISE_METRICS = FINAL_METRICS
 
 
 def pairwise_table(rows: list[Row]) -> Table:

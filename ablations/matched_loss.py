@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from ablations.curves import NO_BRACKET, NOT_REACHED, REACHED, Crossing, first_crossing, value_at
-from ablations.results import EVAL_LOSS, QA_TAIL, TAIL_GAP, TAIL_LOSS, TRAIN_LOSS, Row, RunData
+from ablations.results import EVAL_LOSS, QA_MEAN, QA_TAIL, TAIL_GAP, TAIL_LOSS, TRAIN_LOSS, Row, RunData
 from ablations.stats import Comparison, Stat, compare
 
 
@@ -41,7 +41,7 @@ def overall_loss(rows: list[Row]) -> OverallLoss:
     """The eval loss, or the training loss when no run logs an eval loss."""
     return EVAL if any(EVAL.history in r.history for row in rows for r in row.runs) else TRAIN
 # The tail metrics read at a target loss: the summary's headline ones, then every bucket and group.
-_HEADLINE = (TAIL_LOSS, TAIL_GAP, QA_TAIL)
+_HEADLINE = (TAIL_LOSS, TAIL_GAP, QA_TAIL, QA_MEAN)
 _PER_BUCKET = re.compile(r"eval/tail/loss_b\d+|qa/fta/g\d+")
 
 
@@ -55,7 +55,7 @@ def tail_metrics(runs: list[RunData]) -> list[str]:
 
 def column(metric: str) -> str:
     """A metric as a CSV column name: 'eval/tail/loss_b3' -> 'loss_b3', 'qa/fta/g2' -> 'qa_fta_g2'."""
-    short = {TAIL_LOSS: "tail_loss", TAIL_GAP: "tail_gap", QA_TAIL: "qa_tail_fta"}
+    short = {TAIL_LOSS: "tail_loss", TAIL_GAP: "tail_gap", QA_TAIL: "qa_tail_fta", QA_MEAN: "qa_mean_fta"}
     return short.get(metric) or metric.removeprefix("eval/tail/").replace("/", "_")
 
 

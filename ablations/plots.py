@@ -230,7 +230,8 @@ def tuning_curves(tunings: list[ArmTuning], sweep: dict[str, list], rows: list[R
 
 
 _ISO_PANELS = (("eval/tail/tail_loss", "tail-bucket loss"), ("eval/tail/gap", "tail − head gap"),
-               ("qa/fta/tail", "QA first-token accuracy, rarest group"))
+               ("qa/fta/tail", "QA first-token accuracy, rarest group"),
+               ("qa/fta/mean", "QA first-token accuracy, mean over groups"))
 
 
 def iso_loss_trajectories(rows: list[Row], arms: list[ArmAtTarget], loss: OverallLoss,

@@ -34,11 +34,11 @@ STEPS_KEY = "train.steps"
 # The final metrics the table reports, as named in summary.json.
 EVAL_LOSS, TAIL_LOSS, TAIL_GAP = "final/eval_loss", "eval/tail/tail_loss", "eval/tail/gap"
 TRAIN_LOSS = "final/train_loss"
-QA_TAIL = "qa/fta/tail"
+QA_TAIL, QA_MEAN = "qa/fta/tail", "qa/fta/mean"
 # The reference rows: AdamW everywhere, and Muon on all hidden matrices (the paper's "full Muon").
 ADAMW, FULL_MUON = "adamw", "muon-hidden"
 # The final metrics each row gets statistics and tests for.
-FINAL_METRICS = (EVAL_LOSS, TAIL_LOSS, TAIL_GAP, QA_TAIL, TRAIN_LOSS)
+FINAL_METRICS = (EVAL_LOSS, TAIL_LOSS, TAIL_GAP, QA_TAIL, QA_MEAN, TRAIN_LOSS)
 
 
 @dataclass
