@@ -9,6 +9,7 @@ from typing import Any
 
 from ablations import plots
 from ablations.analysis_tables import (
+    iso_pairwise_table,
     iso_table,
     longer_table,
     markdown,
@@ -110,6 +111,8 @@ def matched_loss_sections(rows: list[Row], out: Path, iso_target: float | None) 
     metrics = tail_metrics([r for row in rows for r in row.runs])
     iso = iso_table(arms, iso_tests(arms), metrics)
     write_table(iso, out / "iso_loss.csv")
+    iso_pairs = iso_pairwise_table(arms, metrics)
+    write_table(iso_pairs, out / "iso_pairwise.csv")
     if arms:
         which = (f"the given target {iso_target}" if iso_target is not None else
                  f"the highest final {loss.label} of any run of the family, which every run reaches")
@@ -121,6 +124,9 @@ def matched_loss_sections(rows: list[Row], out: Path, iso_target: float | None) 
                   "here equals AdamW's; if it is biased toward the tail, its tail loss is lower (and QA "
                   "tail accuracy higher) at the same overall loss. p: t-test against AdamW at the same "
                   "target.\n", markdown(iso),
+                  "Between every two arms at the target (paired or Welch t-test, Benjamini–Hochberg "
+                  "adjusted per metric; `iso_pairwise.csv`):\n",
+                  markdown(iso_pairs) if iso_pairs[1] else "No two arms have 2 seeds or more there.\n",
                   _image(plots.iso_loss_trajectories(rows, arms, loss, out), out, "Iso-loss trajectories")]
     steps = steps_to_target(rows, loss)
     write_table(steps_table(steps), out / "steps_to_target.csv")

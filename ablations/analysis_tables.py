@@ -79,27 +79,40 @@ def stats_table(rows: list[Row]) -> Table:
     return header, body
 
 
-PAIRWISE_METRICS = FINAL_METRICS
+# A setting for the pairwise tests: its name, its family and metric -> seed -> value.
+Compared = tuple[str, str, dict[str, dict[int, float]]]
 
 
-def pairwise_table(rows: list[Row]) -> Table:
-    """pairwise.csv: every two rows of a family, for each final metric both have over ≥ 2 seeds: the
-    means, their difference, the t-test's p and its Benjamini–Hochberg adjustment over the pairs of
-    that metric (scipy.stats.false_discovery_control)."""
+def _pairs(items: list[Compared], metrics: tuple[str, ...] | list[str]) -> Table:
+    """Every two items of a family, for each metric both have over ≥ 2 seeds: the means, their
+    difference, the t-test's p and its Benjamini–Hochberg adjustment over the pairs of that metric
+    (scipy.stats.false_discovery_control)."""
     header = ["metric", "run_a", "run_b", "mean_a", "mean_b", "diff", "p", "p_bh", "test"]
     body = []
-    for metric in PAIRWISE_METRICS:
+    for metric in metrics:
         found = []
-        for i, a in enumerate(rows):
-            for b in rows[i + 1:]:
-                test = a.family == b.family and compare(a.finals[metric], b.finals[metric])
+        for i, (name_a, family_a, a) in enumerate(items):
+            for name_b, family_b, b in items[i + 1:]:
+                va, vb = a.get(metric, {}), b.get(metric, {})
+                test = family_a == family_b and compare(va, vb)
                 if test:
-                    ma, mb = a.stat(metric).mean, b.stat(metric).mean
-                    found.append([metric, a.group, b.group, ma, mb, ma - mb, PValue(test.p), test.test])
+                    ma, mb = statistics.fmean(va.values()), statistics.fmean(vb.values())
+                    found.append([metric, name_a, name_b, ma, mb, ma - mb, PValue(test.p), test.test])
         if found:
             adjusted = stats.false_discovery_control([f[6] for f in found])
             body += [[*f[:7], PValue(p_bh), f[7]] for f, p_bh in zip(found, adjusted, strict=True)]
     return header, body
+
+
+def pairwise_table(rows: list[Row]) -> Table:
+    """pairwise.csv: the t-tests between every two settings of a family, on each final metric."""
+    return _pairs([(r.group, r.family, r.finals) for r in rows], FINAL_METRICS)
+
+
+def iso_pairwise_table(arms: list[ArmAtTarget], metrics: list[str]) -> Table:
+    """iso_pairwise.csv: the same tests on the tail metrics at the iso-loss target (seeds that reach it)."""
+    headline = [m for m in HEADLINE if m in metrics]
+    return _pairs([(a.row.group, a.row.family, {m: a.values(m) for m in headline}) for a in arms], headline)
 
 
 def tuning_table(tunings: list[ArmTuning], metric: str) -> Table:

@@ -28,7 +28,7 @@ def _tests(row: Row) -> str | None:
 
 
 def _tuned(row: Row) -> str | None:
-    return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in row.tuned.items()) or None
+    return " ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in row.tuned.items()) or None
 
 # table.csv columns: (header, value of a row). Missing values are empty cells.
 CSV_COLUMNS: list[tuple[str, Callable[[Row], object]]] = [

@@ -211,7 +211,8 @@ def aggregate(runs: list[RunData], tuned_keys: tuple[str, ...] = ()) -> list[Row
     for row in rows.values():
         row.paper_ref = next((r.paper_ref for r in row.runs if r.paper_ref), {})
         row.finals = {metric: _finals(row.runs, metric) for metric in FINAL_METRICS}
-        row.tuned = {k: row.runs[0].config[k] for k in tuned_keys if k in row.runs[0].config}
+        # the tuned keys that act on this row (optim.sgd.lr is unset, None, for a row without SGD)
+        row.tuned = {k: v for k in tuned_keys if (v := row.runs[0].config.get(k)) is not None}
     base_steps = {}
     for fam in set(family.values()):
         counts = Counter(row.steps for key, row in rows.items() if family[key] == fam)

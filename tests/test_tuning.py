@@ -16,7 +16,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from ablations.__main__ import main
-from ablations.analysis_tables import pairwise_table
+from ablations.analysis_tables import iso_pairwise_table, pairwise_table
 from ablations.curves import NO_BRACKET, NOT_REACHED, REACHED, first_crossing, value_at
 from ablations.grid import GridError, load_grid, with_overrides
 from ablations.matched_loss import EVAL, TRAIN, iso_loss, longer_adamw, overall_loss, steps_to_target
@@ -396,3 +396,17 @@ def test_slurm_writes_the_sweep_then_the_final_runs(tmp_path, capsys):
         "adamw_adamw_lr-0.01_s0", "adamw_adamw_lr-0.01_s1",
         "muon-hidden_adamw_lr-0.001_s0", "muon-hidden_adamw_lr-0.001_s1"]
     assert len(json.loads((out / "grid.json").read_text())["runs"]) == 4
+
+
+def test_iso_pairwise_tests_compare_the_arms_at_the_target(tmp_path):
+    synthetic(tmp_path, "adamw_s0", "none", 0, [8.0, 6.0, 5.5, 5.1], [10.0, 9.0, 8.5, 8.1])
+    synthetic(tmp_path, "adamw_s1", "none", 1, [8.0, 6.0, 5.3, 4.9], [10.0, 9.0, 8.3, 7.9])
+    synthetic(tmp_path, "muon-hidden_s0", "hidden", 0, [8.0, 5.0, 4.6, 4.4], [10.0, 7.0, 6.6, 6.4])
+    synthetic(tmp_path, "muon-hidden_s1", "hidden", 1, [8.0, 5.2, 4.6, 4.3], [10.0, 7.2, 6.6, 6.5])
+    arms = iso_loss(aggregate(load_runs(tmp_path)), EVAL, target=5.4)
+    header, body = iso_pairwise_table(arms, ["eval/tail/tail_loss"])
+    (row,) = [dict(zip(header, r, strict=True)) for r in body]
+    a, m = arms[0].values("eval/tail/tail_loss"), arms[1].values("eval/tail/tail_loss")
+    assert (row["run_a"], row["run_b"]) == ("adamw", "muon-hidden")
+    assert row["p"] == pytest.approx(scipy_stats.ttest_rel([a[0], a[1]], [m[0], m[1]]).pvalue)
+    assert row["diff"] == pytest.approx((a[0] + a[1] - m[0] - m[1]) / 2)
