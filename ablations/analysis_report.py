@@ -19,7 +19,7 @@ from ablations.analysis_tables import (
     tuning_table,
     write_table,
 )
-from ablations.grid import Run
+from ablations.grid import Run, Tune
 from ablations.matched_loss import (
     TRAIN,
     iso_loss,
@@ -31,8 +31,7 @@ from ablations.matched_loss import (
 )
 from ablations.results import EVAL_LOSS, QA_MEAN, QA_TAIL, TAIL_LOSS, TRAIN_LOSS, Row
 from ablations.stats import ALPHA, BOOTSTRAP_RESAMPLES
-from ablations.tuning import ranking_loss, select
-from common.rundir import RunDir
+from ablations.tuning import select
 
 
 def _image(path: Path | None, out: Path, title: str) -> str:
@@ -76,10 +75,10 @@ def tuning_section(runs_dir: Path, manifest: dict[str, Any], rows: list[Row], ou
     """tuning.csv, tuning.png and their section, for a grid with `tune:`."""
     if "tune" not in manifest:
         return []
-    sweep = manifest["tune"]["keys"]
-    metric = manifest["tune"]["metric"]
+    tune = Tune(**manifest["tune"])
+    sweep, metric = tune.keys, tune.metric
     sweep_runs = tuning_runs_of(manifest)
-    tunings = select(sweep_runs, sweep, lambda name: ranking_loss(RunDir(runs_dir / name), metric))
+    tunings = select(sweep_runs, tune, runs_dir)
     if tunings is None:
         return ["## Tuning\n", "The tuning sweep has unfinished runs: rerun the grid to finish it.\n"]
     write_table(tuning_table(tunings, metric), out / "tuning.csv")
@@ -129,24 +128,26 @@ def matched_loss_sections(rows: list[Row], out: Path, iso_target: float | None) 
                   markdown(iso_pairs) if iso_pairs[1] else "No two arms have 2 seeds or more there.\n",
                   _image(plots.iso_loss_trajectories(rows, arms, loss, out), out, "Iso-loss trajectories")]
     steps = steps_to_target(rows, loss)
-    write_table(steps_table(steps), out / "steps_to_target.csv")
+    steps_tab = steps_table(steps)
+    write_table(steps_tab, out / "steps_to_target.csv")
     if steps:
         parts += ["## Steps to AdamW's final loss\n",
                   f"The steps each arm needs to reach its family's AdamW mean final {loss.label} "
                   "(interpolated "
                   "between evals; mean and 95% t interval over the seeds that reach it); *speedup_vs_adamw* "
                   "= AdamW's step budget / that mean. Caveat: the arms reach the target at different "
-                  "points of their learning-rate schedules.\n", markdown(steps_table(steps)),
+                  "points of their learning-rate schedules.\n", markdown(steps_tab),
                   _image(plots.steps_to_target_bars(steps, loss, out), out, "Steps to target")]
     longer = longer_adamw(rows, loss)
     if longer:
-        write_table(longer_table(longer), out / "longer_adamw.csv")
+        longer_tab = longer_table(longer)
+        write_table(longer_tab, out / "longer_adamw.csv")
         parts += ["## Longer AdamW against Muon at matched loss\n",
                   f"The AdamW arm trained for more steps, read where its {loss.label} first reaches each "
                   "Muon arm's mean final loss (*_longer*), next to that Muon arm's final tail metrics "
                   "(*_muon*); p: t-test between the two. If AdamW given more steps matches Muon's tail at "
                   "the same overall loss, Muon's tail advantage is speed; if not, it is a bias.\n",
-                  markdown(longer_table(longer))]
+                  markdown(longer_tab)]
     return parts
 
 

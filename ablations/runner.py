@@ -2,7 +2,7 @@
 
 Each run writes to <out>/<name>/ (train.py's run directory), its stdout/stderr go to
 <out>/logs/<name>.log, and <out>/grid.json records the grid (names, overrides, paper references,
-the tuning sweep and its choices) for the report. A run whose summary.json (or diverged.json)
+the tuning sweep's runs) for the report. A run whose summary.json (or diverged.json)
 exists is skipped; any other is started with train.resume=auto, so an interrupted run continues
 from its newest checkpoint. A grid with `tune:` runs in two stages: the sweep, then the grid's
 seeds at each arm's chosen values (ablations/tuning.py).
@@ -27,7 +27,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from ablations.grid import REPO_ROOT, Grid, Run, config_diff
-from ablations.tuning import ArmTuning, final_runs, ranking_loss, select, tuning_runs
+from ablations.tuning import ArmTuning, final_runs, select, tuning_runs
 from common.errors import UserError
 from common.rundir import RunDir
 
@@ -96,14 +96,12 @@ class Stage:
 def next_stage(grid: Grid, out: Path) -> Stage:
     """The tuning sweep while any of its runs is unfinished, else the grid's runs."""
     if grid.tune is None:
-        stage = Stage("grid", grid.runs)
-    else:
-        sweep = tuning_runs(grid)
-        metric = grid.tune.metric
-        tunings = select(sweep, grid.tune.keys, lambda name: ranking_loss(RunDir(out / name), metric))
-        stage = (Stage("tuning", sweep) if tunings is None else
-                 Stage("grid", final_runs(grid, {t.arm: t.chosen for t in tunings}), tunings))
-    return stage
+        return Stage("grid", grid.runs)
+    sweep = tuning_runs(grid)
+    tunings = select(sweep, grid.tune, out)
+    if tunings is None:
+        return Stage("tuning", sweep)
+    return Stage("grid", final_runs(grid, {t.arm: t.chosen for t in tunings}), tunings)
 
 
 def choice_lines(grid: Grid, tunings: list[ArmTuning]) -> list[str]:
@@ -112,6 +110,10 @@ def choice_lines(grid: Grid, tunings: list[ArmTuning]) -> list[str]:
     lines = [f"  {t.arm}: " + " ".join(f"{k}={format_value(v)}" for k, v in t.chosen.items())
              for t in tunings]
     return lines + [f"  warning: {w}" for t in tunings for w in t.warnings(grid.tune.keys)]
+
+
+def _state(run_dir: RunDir) -> str:
+    return "finished" if run_dir.is_finished() else "diverged" if run_dir.diverged() else "to run"
 
 
 def plan_lines(grid: Grid, out: Path) -> list[str]:
@@ -124,8 +126,7 @@ def plan_lines(grid: Grid, out: Path) -> list[str]:
         lines.append(f"tuning sweep first: {len(runs)} runs, {sweep}, seeds {grid.tune.seeds}")
     width = max(len(r.name) for r in runs)
     for run in runs:
-        run_dir = RunDir(out / run.name)
-        state = "finished" if run_dir.is_finished() else "diverged" if run_dir.diverged() else "to run"
+        state = _state(RunDir(out / run.name))
         diff = " ".join(f"{k}={format_value(v)}" for k, v in config_diff(grid, run).items())
         lines.append(f"  {run.name:<{width}}  routing={run.labels['routing']:<16} "
                      f"ffn={run.labels['ffn_type']:<7} [{state}]  {diff}")
@@ -135,7 +136,7 @@ def plan_lines(grid: Grid, out: Path) -> list[str]:
     elif grid.tune:
         swept = {r.name for r in runs}
         lines += ["chosen values:", *choice_lines(grid, stage.tunings), "then the grid's runs:"]
-        lines += [f"  {r.name} [{'finished' if RunDir(out / r.name).is_finished() else 'to run'}]"
+        lines += [f"  {r.name} [{_state(RunDir(out / r.name))}]"
                   + (" (a tuning run)" if r.name in swept else "") for r in stage.runs]
     return lines
 

@@ -19,8 +19,8 @@ import dataclasses
 import itertools
 import math
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ablations.grid import (
@@ -32,6 +32,7 @@ from ablations.grid import (
     Grid,
     GridError,
     Run,
+    Tune,
     join_name,
     setting_token,
 )
@@ -44,7 +45,7 @@ MUON_ONLY_KEYS = ("optim.muon_lr",)
 
 @dataclass(frozen=True)
 class Trial:
-    """One point of an arm's sweep: the values tried and the final eval loss of each tuning seed."""
+    """One point of an arm's sweep: the values tried and the ranking loss of each tuning seed."""
 
     values: dict[str, Any]
     losses: list[float]  # +inf: the run diverged
@@ -144,14 +145,14 @@ def ranking_loss(run: RunDir, metric: str) -> float | None:
     return float(loss) if math.isfinite(loss) else math.inf
 
 
-def select(tuning: list[Run], sweep: dict[str, list[Any]],
-           final_loss: Callable[[str], float | None]) -> list[ArmTuning] | None:
-    """Each arm's sweep and chosen values, from its tuning runs and `final_loss(run name)` (None: not
-    finished yet, +inf: diverged). None while any tuning run is unfinished."""
+def select(tuning: list[Run], tune: Tune, runs_dir: Path) -> list[ArmTuning] | None:
+    """Each arm's sweep and chosen values, from its tuning runs' directories under `runs_dir`, ranked
+    by `ranking_loss`. None while any tuning run is unfinished."""
+    sweep = tune.keys
     by_arm: dict[str, dict[tuple, list[float]]] = {}
     keys_of: dict[str, list[str]] = {}
     for run in tuning:
-        loss = final_loss(run.name)
+        loss = ranking_loss(RunDir(runs_dir / run.name), tune.metric)
         if loss is None:
             return None
         keys = keys_of.setdefault(run.group, [k for k in sweep if k in run.overrides])
