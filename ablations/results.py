@@ -15,6 +15,7 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ class Row:
     vs_muon: dict[str, Comparison] = field(default_factory=dict)  # ... against the full-Muon row
     tuned: dict[str, object] = field(default_factory=dict)  # the arm's chosen values of a tuned grid
     longer: bool = False  # trained for more steps than the family's references
-    family: str = ""  # rows of one family differ only in routing, tuned values and steps
+    family: str = ""  # rows of one family differ only in routing, tuned values, steps, non-AdamW keys
     adamw: Row | None = None  # the family's AdamW reference row (possibly this row)
     full_muon: Row | None = None  # the family's full-Muon reference row
 
@@ -199,14 +200,13 @@ def aggregate(runs: list[RunData], tuned_keys: tuple[str, ...] = ()) -> list[Row
     """Rows (one per setting, seeds pooled) of the completed table runs, with Δ, share of the Muon
     gain and the tests against the AdamW and full-Muon rows of their family."""
     rows: dict[str, Row] = {}
-    family: dict[str, str] = {}
     for run in runs:
         if run.summary is None or run.role == "tuning":
             continue
         key = _setting_key(run.config)
         if key not in rows:
-            rows[key] = Row(run.group, run.routing, run.ffn_type, [], {})
-            family[key] = _family_key(run.config, tuned_keys)
+            rows[key] = Row(run.group, run.routing, run.ffn_type, [], {},
+                            family=_family_key(run.config, tuned_keys))
         rows[key].runs.append(run)
     for row in rows.values():
         row.paper_ref = next((r.paper_ref for r in row.runs if r.paper_ref), {})
@@ -214,14 +214,14 @@ def aggregate(runs: list[RunData], tuned_keys: tuple[str, ...] = ()) -> list[Row
         # the tuned keys that act on this row (optim.sgd.lr is unset, None, for a row without SGD)
         row.tuned = {k: v for k in tuned_keys if (v := row.runs[0].config.get(k)) is not None}
     base_steps = {}
-    for fam in set(family.values()):
-        counts = Counter(row.steps for key, row in rows.items() if family[key] == fam)
+    for fam in {row.family for row in rows.values()}:
+        counts = Counter(row.steps for row in rows.values() if row.family == fam)
         base_steps[fam] = min(counts, key=lambda steps: (-counts[steps], steps))
-    for key, row in rows.items():
-        fam = row.family = family[key]
-        row.longer = row.steps > base_steps[fam]
-        row.adamw = _find(rows, family, fam, ADAMW, base_steps[fam])
-        row.full_muon = _find(rows, family, fam, FULL_MUON, base_steps[fam])
+    for row in rows.values():
+        steps = base_steps[row.family]
+        row.longer = row.steps > steps
+        row.adamw = _find(rows.values(), row.family, ADAMW, steps)
+        row.full_muon = _find(rows.values(), row.family, FULL_MUON, steps)
         _compare(row, row.adamw, row.full_muon)
     return list(rows.values())
 
@@ -246,7 +246,7 @@ def _compare(row: Row, adamw: Row | None, full: Row | None) -> None:
                                             full.finals[EVAL_LOSS])
 
 
-def _find(rows: dict[str, Row], family: dict[str, str], fam: str, routing: str, steps: int) -> Row | None:
+def _find(rows: Iterable[Row], family: str, routing: str, steps: int) -> Row | None:
     """The family's row with the given routing at the family's reference step count."""
-    return next((row for key, row in rows.items()
-                 if family[key] == fam and row.routing == routing and row.steps == steps), None)
+    return next((row for row in rows
+                 if row.family == family and row.routing == routing and row.steps == steps), None)
