@@ -9,8 +9,10 @@
       summary.json       final metrics; its presence marks the run as finished
       stopped.json       present while a run stopped by a signal waits to be resumed
       diverged.json      present when the run stopped on a non-finite loss (step, loss)
-      checkpoints/step_<N>/   accelerate's state; complete once loop_state.json is in it
+      checkpoints/step_<N>/   accelerate's state; complete once loop_state.json (with each file's size
+                              and sha256) is in it
       evals/step_<N>.json     `python -m training.evaluate` of that checkpoint
+    runs/.<name>.lock    held by the process training the run (beside it: a refused start leaves no directory)
 
 train.py, the checkpoint code, the logger, the exporter, the spectra report, evaluation and the
 ablation runner all read and write run directories through `RunDir`.
@@ -80,6 +82,11 @@ class RunDir:
     def divergence_marker(self) -> Path:
         """Written when the training loss became non-finite; removed when the run is started again."""
         return self.path / "diverged.json"
+
+    @property
+    def lock(self) -> Path:
+        """The lock of the process that trains this run (common/lock.py), beside the directory."""
+        return self.path.parent / f".{self.path.name}.lock"
 
     @property
     def checkpoints_root(self) -> Path:
