@@ -53,13 +53,13 @@ def check_shards(data_dir: str | os.PathLike, meta: dict[str, Any], entries: lis
     without a sha256 (older manifests) are accepted unverified.
     """
     data_dir = Path(data_dir)
-    checked = [e for e in entries if "sha256" in e]
+    checked = [e for e in entries if e.get("sha256")]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1, len(checked) or 1)) as pool:
         problems = pool.map(lambda e: file_problem(data_dir / e["file"], {"sha256": e["sha256"]}), checked)
         for problem in problems:
             if problem is not None:
                 raise UserError(f"{data_dir}: shard {problem}; the prepared dataset is damaged, prepare it "
-                                f"again: `rm -r {data_dir} && {prepare_command(data_dir, meta['settings'])}`")
+                                f"again: `rm -r {data_dir} && {prepare_command(data_dir, meta)}`")
 
 
 # (settings key, data.prepare flag, the flag's default: not repeated)
@@ -71,8 +71,10 @@ _PREPARE_FLAGS = (
 )
 
 
-def prepare_command(data_dir: Path, settings: dict[str, Any]) -> str:
-    """The `python -m data.prepare` command line that prepares `settings` into `data_dir`."""
+def prepare_command(data_dir: Path, meta: dict[str, Any]) -> str:
+    """The `python -m data.prepare` command line that prepares the dataset of `meta` into `data_dir`
+    (from the settings it records; only --source when it records none)."""
+    settings = meta.get("settings") or {"source": meta.get("source", "SRC")}
     words = ["python", "-m", "data.prepare", "--source", settings["source"], "--out", str(data_dir)]
     for key, flag, default in _PREPARE_FLAGS:
         if (value := settings.get(key)) not in (None, default):
