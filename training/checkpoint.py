@@ -3,7 +3,8 @@
 A checkpoint holds what `accelerator.save_state` writes (model weights as model.safetensors, RNG
 states of every process, registered objects such as the optimizer and the loop state). It is
 written to `.tmp_step_<N>` and renamed only once complete, so a directory named `step_<N>` is
-always whole; older ones beyond `keep` are removed after the new one is in place.
+always whole. Its marker, loop_state.json, records every file's size and sha256, which resume
+verifies (`checkpoint_problem`); older checkpoints are removed once `keep` newer ones verify.
 
 Under FSDP2 the same files hold the same whole tensors: the sharded model's weights are gathered
 into model.safetensors (`checkpoint_whole_weights`) and the optimizer's sharded state is gathered

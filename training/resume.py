@@ -6,6 +6,10 @@ the schedule depends on it. Extending a run (`train.extend_to=N`) is allowed onl
 checkpoint whose every step had the learning rate an N-step run would have had. With
 `optim.schedule=constant` that is any checkpoint. With `wsd` it is a checkpoint from before
 the decay. With `cosine` it is never, since the whole curve depends on the length.
+
+`train.resume=auto` continues from the newest checkpoint whose files match the sizes and sha256
+its marker recorded; a newer one that does not is reported and skipped (the resumed run writes
+that step again). When none verifies, nothing is deleted: the error says how to start over.
 """
 
 from __future__ import annotations
