@@ -16,6 +16,8 @@ import torch
 from accelerate.utils.other import get_free_port
 from safetensors.torch import load_file, save_file
 
+from training.checkpoint import load_weights
+
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [
     "the", "king", "queen", "lord", "lady", "sword", "crown", "night", "day", "love", "death", "honour",
@@ -158,6 +160,9 @@ def test_checkpoints_with_wrapper_prefixes_still_resume_exactly(reference_run, b
     run = interrupted_copy(reference_run, tmp_path / "old_format")
     weights = run / "checkpoints" / "step_10" / "model.safetensors"
     save_file({prefix + name: t for name, t in load_file(weights).items()}, weights)
+    model, *_ = load_weights(weights.parent)  # export and evaluation read it too
+    ref_10 = final_weights(reference_run, step=10)
+    assert all(torch.equal(t, ref_10[name]) for name, t in model.state_dict().items() if name in ref_10)
     run_train([*base_args, f"run.dir={run}"])
     assert without_perf(read_metrics(run)) == without_perf(read_metrics(reference_run))
     ref, got = final_weights(reference_run), final_weights(run)
