@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 import fault_runs
@@ -425,43 +426,49 @@ def test_shards_without_checksums_load_unverified(base_args, reference, tmp_path
 
 # -- 8. SIGKILL at random moments ------------------------------------------------------------------
 
-# MUONLAB_CRASH_TRIALS=200 for a longer run (about 10 s per 20 trials on one core); the seed makes the
+# MUONLAB_CRASH_TRIALS=200 for a longer run (about 30 s per 20 trials on the 2-core CPU); the seed makes the
 # kill points reproducible (the kills by time vary with the machine's speed).
 CRASH_TRIALS = int(os.environ.get("MUONLAB_CRASH_TRIALS", "20"))
 CRASH_SEED = int(os.environ.get("MUONLAB_CRASH_SEED", "0"))
 
 
 def test_sigkill_at_random_moments_then_resume_ends_exactly_like_an_uninterrupted_run(
-        base_args, tmp_path):  # noqa: F811
+        base_args, reference, tmp_path):  # noqa: F811  (`reference`: the data is prepared before the timing)
     """8 steps, a checkpoint every 2 (2 kept), a metrics line every step: each trial kills the run once
     or twice, at a random write (half a metrics line, a half-written checkpoint file, a checkpoint
     with its marker not yet in place or not yet renamed, an old checkpoint half deleted) or at a
     random time, then resumes it; the result must be the uninterrupted run's, bit for bit."""
     args = [*base_args, "train.steps=8", "train.checkpoint_every=2", "train.log_every=1",
             "train.eval_every=4"]
-    reference, occurrences = tmp_path / "reference", tmp_path / "occurrences.json"
-    seconds = fault_runs.timed([*args, f"run.dir={reference}"], tmp_path / "reference.log", occurrences)
+    uninterrupted, occurrences = tmp_path / "uninterrupted", tmp_path / "occurrences.json"
+    seconds = fault_runs.timed([*args, f"run.dir={uninterrupted}"], tmp_path / "uninterrupted.log",
+                               occurrences)
     counts = {p: n for p, n in json.loads(occurrences.read_text()).items() if p in fault_runs.KILL_POINTS}
     assert set(counts) == set(fault_runs.KILL_POINTS), counts  # every kill point occurs in the run
     rng = random.Random(CRASH_SEED)
-    killed = 0
+    landed: Counter[str] = Counter()  # kills that struck, by point (a kill may come after the run ended)
+    trials_killed = 0
     for trial in range(CRASH_TRIALS):
-        run, what = tmp_path / f"trial{trial}", []
+        run, what, killed_here = tmp_path / f"trial{trial}", [], False
         for attempt in range(rng.choice([1, 2])):
             log = tmp_path / f"trial{trial}.{attempt}.log"
             if rng.random() < 0.3:
                 at = rng.uniform(0.0, seconds)
                 rc = fault_runs.run_killed_after([*args, f"run.dir={run}"], log, at)
                 what.append(f"after {at:.2f} s")
+                point = "time"
             else:
                 point = rng.choice(sorted(counts))
                 fault = ("kill", point, rng.randint(1, counts[point]))
                 rc = fault_runs.run([*args, f"run.dir={run}"], log, fault)
                 what.append(f"{point} #{fault[2]}")
             assert rc in (0, -9), (what, log.read_text()[-3000:])
-            killed += rc == -9
+            landed[point] += rc == -9
+            killed_here = killed_here or rc == -9
+        trials_killed += killed_here
         rc = fault_runs.run([*args, f"run.dir={run}"], tmp_path / f"trial{trial}.log")
         assert rc == 0, (what, (tmp_path / f"trial{trial}.log").read_text()[-3000:])
-        assert_same_run(run, reference, step=8, context=(trial, what))
+        assert_same_run(run, uninterrupted, step=8, context=(trial, what))
         shutil.rmtree(run)
-    assert killed >= CRASH_TRIALS, f"only {killed} kills landed in {CRASH_TRIALS} trials"
+    print(f"{CRASH_TRIALS} trials, {sum(landed.values())} kills landed: {dict(landed)}")
+    assert trials_killed >= CRASH_TRIALS * 3 // 4, landed  # not a test of runs that were never killed
