@@ -41,9 +41,11 @@ from training.checkpoint import checkpoint_problem, prune_checkpoints
 pytestmark = pytest.mark.slow
 
 
-def train(args: list[str], run: Path, fault: tuple | None = None) -> tuple[int, str]:
-    """(exit code, log) of train.py `args` on `run`, in a forked child with `fault` injected."""
-    log = run.with_name(run.name + f".{time.monotonic_ns()}.log")
+def train(args: list[str], run: Path, fault: tuple | None = None,
+          logs: Path | None = None) -> tuple[int, str]:
+    """(exit code, log) of train.py `args` on `run`, in a forked child with `fault` injected; the log
+    goes to `logs` (default: beside the run)."""
+    log = (logs or run.parent) / f"{run.name}.{time.monotonic_ns()}.log"
     return fault_runs.run([*args, f"run.dir={run}"], log, fault), log.read_text()
 
 
@@ -255,6 +257,10 @@ def test_when_every_checkpoint_is_damaged_nothing_is_deleted(base_args, referenc
     assert rc == 1
     line = error_line(log)
     assert line.startswith(f"error: every checkpoint of {run} fails verification") and "move" in line
+    named = run / "checkpoints" / "step_10"
+    rc, log = train([*base_args, f"train.resume={named}"], run)  # a damaged checkpoint named explicitly
+    assert rc == 1
+    assert error_line(log).startswith(f"error: train.resume={named}: the checkpoint fails verification")
     assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
 
 
@@ -303,6 +309,44 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_rerun_resumes(base_args, 
     assert (kept / "model.safetensors").read_bytes() == (
         reference / "checkpoints" / "step_10" / "model.safetensors").read_bytes()
     rc, log = train(base_args, run)  # "space freed"
+    assert rc == 0 and "resuming" in log, log[-3000:]
+    assert_same_run(run, reference)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path):
+    """mount(size) -> a tmpfs of `size` bytes under tmp_path (root only; skipped where mounting is not
+    allowed, e.g. an unprivileged CI container). Unmounted at the end."""
+    mounted: list[Path] = []
+
+    def mount(size: int) -> Path:
+        where = tmp_path / f"fs{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_real_full_disk_during_a_checkpoint(base_args, reference, small_filesystem, tmp_path):  # noqa: F811
+    """The kernel's ENOSPC on a tmpfs that holds the run up to half of its step-20 checkpoint."""
+    step_20 = sum(f.stat().st_size for f in (reference / "checkpoints" / "step_20").iterdir())
+    whole = sum(f.stat().st_size for f in reference.rglob("*") if f.is_file() and f.name != "summary.json")
+    fs = small_filesystem(whole - step_20 // 2)
+    run = fs / "run"
+    rc, log = train(base_args, run, logs=tmp_path)
+    assert rc == 1
+    assert error_line(log).startswith(f"error: cannot write {run}/checkpoints/step_20 (")
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_10"]  # the half-written one removed
+    assert checkpoint_problem(run / "checkpoints" / "step_10") is None
+    subprocess.run(["mount", "-o", "remount,size=64m", str(fs)], check=True)  # space freed
+    rc, log = train(base_args, run, logs=tmp_path)
     assert rc == 0 and "resuming" in log, log[-3000:]
     assert_same_run(run, reference)
 
