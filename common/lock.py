@@ -6,8 +6,8 @@ dead process is simply free: nothing to detect, nothing to break. The holder wri
 host into the lock file once it holds it; a refused process reads them back for its error line.
 
 On a shared filesystem the lock is as good as the filesystem's `flock`: NFSv4 and Lustre mounted
-with `-o flock` honour it across nodes; where `flock` is missing, filelock falls back to a soft
-(existence) lock.
+with `-o flock` honour it across nodes; where `flock` is missing, filelock falls back to its soft
+lock (a marker file), whose holder line may then read "an unknown process".
 """
 
 from __future__ import annotations
