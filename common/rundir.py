@@ -9,6 +9,7 @@
       summary.json       final metrics; its presence marks the run as finished
       stopped.json       present while a run stopped by a signal waits to be resumed
       diverged.json      present when the run stopped on a non-finite loss (step, loss)
+      extensions.json    the history of `train.extend_to`: [{"from_steps", "to_steps", "checkpoint"}, ...]
       checkpoints/step_<N>/   accelerate's state; complete once loop_state.json is in it
       evals/step_<N>.json     `python -m training.evaluate` of that checkpoint
 
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import MissingFileError
-from common.files import write_text
+from common.files import write_json, write_text
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 CHECKPOINT_MARKER = "loop_state.json"  # written last into a checkpoint: its presence makes it complete
@@ -82,6 +83,11 @@ class RunDir:
         return self.path / "diverged.json"
 
     @property
+    def extensions(self) -> Path:
+        """The run's extension history (`train.extend_to`), oldest first; absent if never extended."""
+        return self.path / "extensions.json"
+
+    @property
     def checkpoints_root(self) -> Path:
         return self.path / "checkpoints"
 
@@ -106,6 +112,16 @@ class RunDir:
     def diverged(self) -> bool:
         """Whether the run's last attempt stopped on a non-finite loss."""
         return self.divergence_marker.is_file()
+
+    def read_extensions(self) -> list[dict[str, Any]]:
+        """[{"from_steps": 60, "to_steps": 120, "checkpoint": "step_60"}, ...]: each `train.extend_to`."""
+        return json.loads(self.extensions.read_text()) if self.extensions.is_file() else []
+
+    def record_extension(self, from_steps: int, to_steps: int, checkpoint: Path) -> None:
+        """Append an extension to the history (written with the longer config.yaml)."""
+        history = [*self.read_extensions(),
+                   {"from_steps": from_steps, "to_steps": to_steps, "checkpoint": Path(checkpoint).name}]
+        write_json(self.extensions, history)
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first."""

@@ -80,6 +80,20 @@ def test_constant_schedule_extends_exactly(base_args, tmp_path):  # noqa: F811
     assert json.loads((extended / "summary.json").read_text())["steps"] == 30
     # the same extension command again: complete, nothing to do
     assert "is complete" in run_train([*constant, "train.extend_to=30", f"run.dir={extended}"]).stdout
+    # the original command remembers the extension: complete, exit 0, nothing touched
+    before = snapshot(extended)
+    proc = run_train([*constant, f"run.dir={extended}"])
+    assert "is complete (extended to 30)" in proc.stdout
+    assert snapshot(extended) == before
+    assert json.loads((extended / "extensions.json").read_text()) == [
+        {"from_steps": 20, "to_steps": 30, "checkpoint": "step_20"}]
+    # an extension not yet finished: the original command says how to resume it
+    (extended / "summary.json").unlink()
+    proc = run_train([*constant, f"run.dir={extended}"], check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {extended} is being extended from 20 to 30 steps; to resume the extension, add "
+        "train.extend_to=30")
 
 
 def test_derived_run_directories_differ_with_the_config():

@@ -143,6 +143,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.routing = routing_json(self.optimizer.routing)
         self.resume_from = start.checkpoint
+        self.extended_from = start.extended_from  # recorded in the run's extension history
         self.curvature_rows: torch.Tensor | None = None  # the fixed batch of `curvature/*` (set below)
         self.evaluator = self._evaluator()
         self.qa = QAEval.for_dataset(self.meta, self.data_dir, cfg.metrics, acc.device)
@@ -221,8 +222,11 @@ class Trainer:
             run.divergence_marker.unlink(missing_ok=True)
             if self.resume_from is None:
                 run.metrics.unlink(missing_ok=True)
+                run.extensions.unlink(missing_ok=True)
                 shutil.rmtree(run.checkpoints_root, ignore_errors=True)
             else:  # an extension restarts from an earlier checkpoint: the later ones are of the old schedule
+                if self.extended_from is not None:
+                    run.record_extension(self.extended_from, self.cfg.train.steps, self.resume_from)
                 start = checkpoint_step(self.resume_from)
                 for ckpt in run.checkpoints():
                     if checkpoint_step(ckpt) > start:
@@ -438,7 +442,8 @@ def train(cfg: RunConfig, dry_run: bool = False) -> dict | None:
     start = plan_start(cfg, run)
     if start.complete and not dry_run:
         if accelerator.is_main_process:
-            print(f"{run.path} is complete ({run.summary.name} written); nothing to do. "
+            how = f"extended to {start.extended_to}" if start.extended_to else f"{run.summary.name} written"
+            print(f"{run.path} is complete ({how}); nothing to do. "
                   "Use train.extend_to=N to continue it, or another run.name/run.dir for a new run")
         accelerator.end_training()
         return run.read_summary()
