@@ -11,7 +11,7 @@
       diverged.json      present when the run stopped on a non-finite loss (step, loss)
       extensions.json    the history of `train.extend_to`: [{"from_steps", "to_steps", "checkpoint"}, ...]
       checkpoints/step_<N>/   accelerate's state; complete once loop_state.json is in it
-      evals/step_<N>.json     `python -m training.evaluate` of that checkpoint
+      evals/step_<N>[_tokens<T>][_data-<id>].json   `python -m training.evaluate` of that checkpoint
 
 train.py, the checkpoint code, the logger, the exporter, the spectra report, evaluation and the
 ablation runner all read and write run directories through `RunDir`.
@@ -95,9 +95,14 @@ class RunDir:
         """Where the checkpoint of `step` lives (complete or not)."""
         return self.checkpoints_root / f"step_{step}"
 
-    def evaluation(self, step: int) -> Path:
-        """Where `python -m training.evaluate` writes its figures for the checkpoint of `step`."""
-        return self.path / "evals" / f"step_{step}.json"
+    def evaluation(self, step: int, tokens: int | None = None, data: str | None = None) -> Path:
+        """Where `python -m training.evaluate` writes its figures for the checkpoint of `step`.
+
+        step_<N>.json on the run's own data and budget; another budget adds `_tokens<T>`, another
+        prepared dataset `_data-<id>` (`data` is a file-name-safe id of it), so no result replaces another.
+        """
+        suffix = (f"_tokens{tokens}" if tokens is not None else "") + (f"_data-{data}" if data else "")
+        return self.path / "evals" / f"step_{step}{suffix}.json"
 
     # -- state ------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -192,6 +193,28 @@ def test_evaluate_matches_the_logged_eval(finished):
     for key in ("eval/loss", "eval/tail/loss_b0", "eval/tail/gap", "spectra/v/svd_entropy"):
         assert out["metrics"][key] == pytest.approx(logged[key], rel=1e-6), key
     assert json.loads((finished / "evals" / "step_10.json").read_text())["metrics"] == out["metrics"]
+
+
+def test_evaluate_never_overwrites(finished, base_args, capsys):  # noqa: F811
+    from training.evaluate import evaluate_checkpoint, main
+
+    ckpt = finished / "checkpoints" / "step_20"
+    small = evaluate_checkpoint(ckpt, tokens=2048)
+    assert small["written"] == str(finished / "evals" / "step_20_tokens2048.json") and "already" not in small
+    written = Path(small["written"]).read_bytes()
+    assert json.loads(written)["eval_tokens"] == 2048
+    assert evaluate_checkpoint(ckpt, tokens=2048)["already"]  # the same budget: not recomputed
+    assert main([str(ckpt), "--tokens", "2048"]) == 0
+    assert "already evaluated (same checkpoint, token budget and data)" in capsys.readouterr().out
+    assert Path(small["written"]).read_bytes() == written
+    default = evaluate_checkpoint(ckpt, tokens=4096)  # the run's own train.eval_tokens: the plain name
+    assert default["written"] == str(finished / "evals" / "step_20.json")
+    assert default["metrics"]["eval/loss"] != small["metrics"]["eval/loss"]
+    data_dir = next(a for a in base_args if a.startswith("data.dir=")).split("=", 1)[1]
+    other = evaluate_checkpoint(ckpt, data_dir=data_dir)
+    assert re.fullmatch(r"step_20_data-ds-[0-9a-f]{8}\.json", Path(other["written"]).name)
+    assert other["data"]["dir"] == data_dir
+    assert Path(small["written"]).read_bytes() == written
 
 
 def test_evaluate_cli_from_another_directory(finished, tmp_path):
