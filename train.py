@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from common.errors import UserError
 from training.config import config_keys_help, config_yaml, load_config
@@ -29,13 +30,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="YAML preset (repeatable; later files override earlier ones)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="build everything, print the routing table, write routing.json and exit")
+                        help="build everything, print the routing table and exit; writes nothing under runs/")
+    parser.add_argument("--out", type=Path, metavar="FILE",
+                        help="with --dry-run: write the routing table as JSON (as routing.json) to FILE")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (defaults <- files <- overrides) and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted config overrides, e.g. optim.muon=vo,ffn model.preset=small")
     # Intermixed: options may come before, between or after the overrides.
-    return parser.parse_intermixed_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    if args.out is not None and not args.dry_run:
+        parser.error("--out goes with --dry-run (a run writes routing.json into its run directory)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(config_yaml(cfg), end="")
             return 0
-        train(cfg, dry_run=args.dry_run)
+        train(cfg, dry_run=args.dry_run, out=args.out)
     except UserError as err:  # "fix your input": one line, exit 1 (MUONLAB_DEBUG=1: the traceback)
         if os.environ.get("MUONLAB_DEBUG"):
             raise

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ from common.errors import MissingFileError
 from common.files import write_json, write_text
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+RUN_STATUSES = ("missing", "running", "stopped", "diverged", "failed", "complete")
+# A started run that wrote nothing for this long without a marker is taken for dead ("failed").
+RUNNING_WINDOW_S = 600.0
 CHECKPOINT_MARKER = "loop_state.json"  # written last into a checkpoint: its presence makes it complete
 WEIGHTS_FILE = "model.safetensors"  # accelerate.save_state's file name for the first model
 
@@ -127,6 +131,29 @@ class RunDir:
         history = [*self.read_extensions(),
                    {"from_steps": from_steps, "to_steps": to_steps, "checkpoint": Path(checkpoint).name}]
         write_json(self.extensions, history)
+
+    def status(self, now: float | None = None) -> str:
+        """The run's state, one of RUN_STATUSES, from its files alone (the one classification).
+
+        complete (summary.json), diverged (diverged.json), stopped (stopped.json: resumable), else, for
+        a started run (config.yaml): running if config.yaml or metrics.jsonl changed within
+        RUNNING_WINDOW_S (a live run logs every train.log_every steps), failed if not (it died without
+        leaving a marker: a crash, a kill). missing: nothing was started here.
+        """
+        if not self.exists():
+            return "missing"
+        if self.is_finished():
+            return "complete"
+        if self.diverged():
+            return "diverged"
+        if self.stop_marker.is_file():
+            return "stopped"
+        age = (time.time() if now is None else now) - self.modified()
+        return "running" if age < RUNNING_WINDOW_S else "failed"
+
+    def modified(self) -> float:
+        """When the run last wrote its config or a metric (a time.time() timestamp; 0 if neither exists)."""
+        return max((p.stat().st_mtime for p in (self.config, self.metrics) if p.is_file()), default=0.0)
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first."""

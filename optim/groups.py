@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from common.errors import UserError
+from common.text_table import text_table
 
 GROUPS = ("q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out", "embed", "head", "scalar")
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -131,14 +132,7 @@ def format_routing_table(entries: Sequence[RouteEntry]) -> str:
     rows = [("parameter", "group", "optimizer", "shape", "count", "entry")]
     rows += [(e.name, e.group, e.optimizer, "x".join(map(str, e.shape)), f"{e.numel:,}", e.entry)
              for e in entries]
-    widths = [max(len(row[i]) for row in rows) for i in range(6)]
-    # left-aligned text columns, right-aligned count
-    lines = [
-        "  ".join([*(c.ljust(w) for c, w in zip(row[:4], widths, strict=False)), row[4].rjust(widths[4]),
-                   row[5]]).rstrip()
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = text_table(rows, right={4})  # the count right-aligned
     total = sum(e.numel for e in entries) or 1
     lines.append("")
     for optimizer in dict.fromkeys(e.optimizer for e in entries):

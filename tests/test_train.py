@@ -100,6 +100,9 @@ def reference_run(base_args, tmp_path_factory) -> Path:
 def test_dry_run_prints_routing(base_args, tmp_path):
     run = tmp_path / "dry"
     proc = run_train(["--dry-run", "optim.muon=vo,ffn", *base_args, f"run.dir={run}"])
+    assert not run.exists()  # a dry run writes nothing under the run directory unless asked (--out)
+    proc = run_train(["--dry-run", "optim.muon=vo,ffn", *base_args, f"run.dir={run}",
+                      "--out", str(run / "routing.json")])
     routing = json.loads((run / "routing.json").read_text())
     by_group = {}
     for row in routing:

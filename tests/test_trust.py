@@ -51,6 +51,16 @@ def test_rerunning_a_finished_run_leaves_it_untouched(finished, base_args):  # n
     assert snapshot(finished) == before
 
 
+def test_a_finished_run_is_complete_in_the_listing(finished, capsys):
+    from common.rundir import RunDir
+    from training.runs import main
+
+    assert RunDir(finished).status() == "complete"
+    assert main([str(finished.parent), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert (row["status"], row["steps_done"], row["steps_total"]) == ("complete", 20, 20)
+
+
 def test_other_steps_is_a_conflict_that_names_extend_to(finished, base_args):  # noqa: F811
     before = snapshot(finished)
     proc = run_train([*base_args, "train.steps=30", f"run.dir={finished}"], check=False)
@@ -242,7 +252,8 @@ def test_export_needs_nothing_but_the_run_directory(finished, base_args, tmp_pat
 
 def test_options_anywhere_and_print_config(base_args, tmp_path):  # noqa: F811
     run = tmp_path / "dry"
-    proc = run_train(["optim.muon=vo", *base_args, f"run.dir={run}", "--dry-run"])
+    proc = run_train(["optim.muon=vo", *base_args, f"run.dir={run}", "--dry-run",
+                      "--out", str(run / "routing.json")])
     assert (run / "routing.json").is_file() and "v_proj" in proc.stdout
     proc = run_train(["optim.adamw_lr=0.02", "--print-config"])
     assert "adamw_lr: 0.02" in proc.stdout

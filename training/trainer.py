@@ -169,13 +169,16 @@ class Trainer:
         return (f"{self.run.path}: {self.world} process{'es' if self.world > 1 else ''} ({self.mode}) on "
                 f"{device_label(self.accelerator.device)}, {self.cfg.train.steps} steps")
 
-    def dry_run(self) -> None:
-        """Print the routing table and write routing.json; nothing else is written."""
+    def dry_run(self, out: Path | None = None) -> None:
+        """Print the routing table; write it as JSON (routing.json's format) to `out` if given. Nothing is
+        written under the run directory: a dry run leaves no run-looking directory behind."""
         if self.is_main:
             print(format_routing_table(self.optimizer.routing))
-            self.run.path.mkdir(parents=True, exist_ok=True)
-            write_json(self.run.routing, self.routing)
-            print(f"routing table written to {self.run.routing}")
+            print(f"the run would go to {self.run.path}")
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                write_json(out, self.routing)
+                print(f"routing table written to {out}")
 
     def fit(self) -> dict:
         """Train to `train.steps` (resuming if a checkpoint is there); returns the summary."""
@@ -430,8 +433,9 @@ class Trainer:
         return summary
 
 
-def train(cfg: RunConfig, dry_run: bool = False) -> dict | None:
-    """Run (or, with dry_run, only build and print) the training job described by `cfg`.
+def train(cfg: RunConfig, dry_run: bool = False, out: Path | None = None) -> dict | None:
+    """Run (or, with dry_run, only build and print, writing the routing to `out` if given) the training
+    job described by `cfg`.
 
     A run that already finished with this config is left as it is: its summary is returned. A
     signal stops the run after a checkpoint and raises `Stopped`.
@@ -449,7 +453,7 @@ def train(cfg: RunConfig, dry_run: bool = False) -> dict | None:
         return run.read_summary()
     trainer = Trainer(start, accelerator, run)
     if dry_run:
-        trainer.dry_run()
+        trainer.dry_run(out)
         return None
     if trainer.is_main:
         extending = f" (extending from {start.checkpoint.name})" if start.extending else ""
