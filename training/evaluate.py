@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from rich.console import Console
 from rich.table import Table
 
-from common.errors import UserError
+from common.cli import ExitCode, run_main
 from common.files import write_json
 from common.rundir import checkpoint_step, locate
 from data.loader import val_batches
@@ -124,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tokens is not None and args.tokens <= 0:
         parser.error(f"--tokens must be positive, got {args.tokens}")
-    try:
-        out = evaluate_checkpoint(args.path, args.data, args.tokens)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return run_main(lambda: _evaluate_and_print(args))
+
+
+def _evaluate_and_print(args: argparse.Namespace) -> int:
+    out = evaluate_checkpoint(args.path, args.data, args.tokens)
     # The path goes on its own line: in the table's title it would wrap mid-path.
     print(f"checkpoint {out['checkpoint']}")
     if out.get("already"):
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     Console().print(table)
     if not out.get("already"):
         print(f"all {len(out['metrics'])} metrics written to {out['written']}")
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from common.cli import ExitCode, run_main
 from common.errors import MissingFileError, UserError
 from common.rundir import RunDir
 from common.text_table import text_table
@@ -106,22 +107,21 @@ def main(argv: list[str] | None = None) -> int:
                              "loss (lowest first)")
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     args = parser.parse_args(argv)
-    root = Path(args.dir)
-    try:
-        if not root.is_dir():
-            raise MissingFileError(f"no directory {root}; pass the directory of the runs (default: runs)")
-        now = time.time()
-        rows = sort_rows([read_row(run, root, now) for run in find_runs(root)], args.sort)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    if args.json:
+    return run_main(lambda: _list(Path(args.dir), args.sort, args.json))
+
+
+def _list(root: Path, sort: str, as_json: bool) -> int:
+    if not root.is_dir():
+        raise MissingFileError(f"no directory {root}; pass the directory of the runs (default: runs)")
+    now = time.time()
+    rows = sort_rows([read_row(run, root, now) for run in find_runs(root)], sort)
+    if as_json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     elif rows:
         print(format_rows(rows))
     else:
         print(f"no runs under {root}")
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":
