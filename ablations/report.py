@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ablations import plots
 from ablations.analysis_report import analyses
 from ablations.analysis_tables import PValue, md_cell, write_table
+from ablations.grid import EVAL_EVERY_KEY, STEPS_KEY
 from ablations.results import ADAMW, EVAL_LOSS, FULL_MUON, Row, RunData, aggregate, load_runs, read_manifest
 from ablations.stats import Stat
 from common.errors import MissingFileError
@@ -139,6 +141,28 @@ FIGURES = [
 ]
 
 
+def as_run(runs: list[RunData], overrides: dict[str, Any]) -> str:
+    """What the runs did, from their configs and logs (the grid's description may predate an override):
+    steps, eval cadence, evals per run, and the overrides given to `python -m ablations run`."""
+    if not runs:
+        return ""
+
+    def span(values: set[int]) -> str:
+        return "/".join(map(str, sorted(values)))
+
+    steps = span({r.steps for r in runs})
+    every = span({int(r.config[EVAL_EVERY_KEY]) for r in runs if EVAL_EVERY_KEY in r.config})
+    evals = span({len(r.history.get("eval/loss", [])) for r in runs})
+    cadence = f", an eval every {every} steps" if every else ""
+    text = f"As run: {steps} steps{cadence}, {evals} evals per run."
+    if overrides:
+        text += " Overrides of every run: " + ", ".join(f"`{k}={v}`" for k, v in overrides.items())
+        if STEPS_KEY in overrides and EVAL_EVERY_KEY not in overrides:
+            text += f" (each run's `{EVAL_EVERY_KEY}` scaled with `{STEPS_KEY}`)"
+        text += "."
+    return text + "\n"
+
+
 def report_markdown(runs_dir: Path, runs: list[RunData], rows: list[Row], images: dict[str, Path],
                     out: Path, grid: dict, sections: list[str]) -> str:
     """report.md: what was run, the table, the figures with how to read them, the analyses
@@ -147,6 +171,7 @@ def report_markdown(runs_dir: Path, runs: list[RunData], rows: list[Row], images
     done = sum(r.summary is not None for r in runs)
     parts = [f"# Ablation report: {title}\n",
              f"{grid['description'].strip()}\n" if grid.get("description") else "",
+             as_run(runs, grid.get("overrides", {})),
              f"Runs directory `{runs_dir}`: {len(runs)} runs, {done} finished, {len(rows)} settings "
              "(seeds pooled: mean ± std). Regenerate with `python -m ablations report "
              f"{runs_dir}`.\n",

@@ -61,6 +61,17 @@ def test_a_finished_run_is_complete_in_the_listing(finished, capsys):
     assert (row["status"], row["steps_done"], row["steps_total"]) == ("complete", 20, 20)
 
 
+def test_progress_bar_shows_the_eval_loss_and_a_pipe_keeps_lines_whole(base_args, tmp_path):  # noqa: F811
+    run = tmp_path / ("a-long-directory-name-" * 5) / "run"
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"} | {
+        "MUONLAB_CACHE": os.environ.get("MUONLAB_CACHE", str(ROOT / ".cache")), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "train.py", *base_args, "train.steps=10", f"run.dir={run}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"eval=\d+\.\d{3}", proc.stderr)  # the latest eval loss, in the progress bar
+    assert any(str(run) in line for line in proc.stdout.splitlines())  # the summary table, not wrapped
+
+
 def test_other_steps_is_a_conflict_that_names_extend_to(finished, base_args):  # noqa: F811
     before = snapshot(finished)
     proc = run_train([*base_args, "train.steps=30", f"run.dir={finished}"], check=False)

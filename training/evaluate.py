@@ -14,10 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from rich.console import Console
 from rich.table import Table
 
 from common.cli import ExitCode, run_main
+from common.console import console
 from common.files import write_json
 from common.rundir import checkpoint_step, locate
 from data.loader import val_batches
@@ -142,7 +142,7 @@ def _evaluate_and_print(args: argparse.Namespace) -> int:
     for key in shown:
         if key in out["metrics"]:
             table.add_row(key, f"{out['metrics'][key]:.4f}")
-    Console().print(table)
+    console().print(table)
     if not out.get("already"):
         print(f"all {len(out['metrics'])} metrics written to {out['written']}")
     return ExitCode.OK

@@ -79,6 +79,7 @@ class LoopState:
     step: int = 0
     wall_before_s: float = 0.0  # wall time of the earlier attempts (a resumed run)
     train_loss: float = math.nan  # the latest logged train/loss (progress bar, NaN message)
+    eval_loss: float = math.nan  # the latest eval/loss (progress bar)
     # The logging window open at a checkpoint (only a stop leaves one open): steps since the last
     # train/loss event and each rank's loss sum, so the resumed run logs the same means.
     window_steps: int = 0
@@ -295,7 +296,8 @@ class Trainer:
             if due.log:
                 tok_s = self.tokens_per_step * timed_steps / (time.perf_counter() - window_start)
                 self._log_train(done, loss_sum / window_steps, grad_norm, tok_s)
-                bar.set_postfix(loss=f"{state.train_loss:.3f}", tok_s=f"{tok_s:,.0f}")
+                bar.set_postfix(loss=f"{state.train_loss:.3f}", eval=f"{state.eval_loss:.3f}",
+                                tok_s=f"{tok_s:,.0f}")
                 loss_sum.zero_()
                 window_steps, window_start, timed_steps = 0, time.perf_counter(), 0
             if due.eval:
@@ -369,6 +371,7 @@ class Trainer:
                 self.weights_before = None
         if self.is_main and self.qa is not None and due.qa:
             metrics.update(self.qa(whole))
+        self.state.eval_loss = metrics.get("eval/loss", self.state.eval_loss)
         self.logger.log(metrics, step)
 
     def _curvature(self, whole: nn.Module) -> dict[str, float]:
