@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from ablations.matched_loss import ArmAtTarget, OverallLoss, StepsToTarget  # noqa: E402
 from ablations.results import Row, RunData  # noqa: E402
 from ablations.tuning import ArmTuning, profile  # noqa: E402
+from common.plotting import legend_beside  # noqa: E402
 
 SPECTRA_GROUPS = ("v", "o", "ffn_out")
 SPECTRA_METRICS = ("svd_entropy", "effective_rank", "top10_energy", "q75_q25")
@@ -24,12 +25,6 @@ def colors(rows: list[Row]) -> dict[str, tuple]:
     """One color per row (setting), shared by every figure."""
     cmap = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
     return {row.group: cmap(i % cmap.N) for i, row in enumerate(rows)}
-
-
-def _legend(ax: plt.Axes) -> None:
-    """The legend beside the axes, never over the curves (tight_layout makes room for it)."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
 
 
 def _save(fig: plt.Figure, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:
@@ -60,7 +55,7 @@ def loss_curves(runs: list[RunData], rows: list[Row], out: Path) -> Path | None:
             axes[1].plot(*zip(*tail, strict=True), marker="o", ms=2, label=label, **style)
     axes[0].set(xlabel="step", ylabel="eval loss", title="Eval loss (dotted: run not finished)")
     axes[1].set(xlabel="step", ylabel="eval loss", title="Second half of training")
-    _legend(axes[1])  # one legend for both panels, right of the second
+    legend_beside(axes[1])  # one legend for both panels, right of the second
     for ax in axes:
         ax.grid(alpha=0.3)
     return _save(fig, out / "loss_curves.png")
@@ -121,7 +116,7 @@ def tail_buckets(rows: list[Row], out: Path) -> Path | None:
                             color=color[row.group], label=row.group)
     axes[0, 0].set(xlabel="frequency bucket (0 = most frequent tokens)", ylabel="final eval loss",
                    title="Loss by token-frequency bucket")
-    _legend(axes[0, -1])
+    legend_beside(axes[0, -1])
     if with_delta:
         axes[0, 1].axhline(0, color="black", lw=0.8)
         axes[0, 1].set(xlabel="frequency bucket (0 = most frequent tokens)", ylabel="loss - AdamW loss",
@@ -197,7 +192,7 @@ def qa_fta(runs: list[RunData], rows: list[Row], out: Path) -> Path | None:
                 ylim=(-0.02, 1.02))
     for ax in axes:
         ax.grid(alpha=0.3)
-        _legend(ax)
+        legend_beside(ax)
     return _save(fig, out / "qa_fta.png")
 
 
@@ -231,7 +226,7 @@ def tuning_curves(tunings: list[ArmTuning], sweep: dict[str, list], rows: list[R
         ax.set(xlabel=key, ylabel="final eval loss (mean over tuning seeds)",
                title=f"Sweep of {key} (star: chosen; x: diverged)")
         ax.grid(alpha=0.3)
-        _legend(ax)
+        legend_beside(ax)
     return _save(fig, out / "tuning.png")
 
 
@@ -274,7 +269,7 @@ def iso_loss_trajectories(rows: list[Row], arms: list[ArmAtTarget], loss: Overal
         ax.set(xlabel=f"overall {loss.label} (training goes right)", ylabel=label,
                title=f"{label} vs overall loss")
         ax.grid(alpha=0.3)
-        _legend(ax)
+        legend_beside(ax)
     return _save(fig, out / "iso_loss.png")
 
 

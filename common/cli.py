@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from enum import IntEnum
 
-from common.errors import UserError
+from common.errors import InputWarning, UserError
 
 
 class ExitCode(IntEnum):
@@ -37,8 +38,24 @@ class StoppedBySignal(Exception):  # noqa: N818  (a request honoured, not an err
 def run_main(body: Callable[[], int]) -> int:
     """Run a command's body and turn its outcome into an ExitCode (and one line on stderr).
 
-    MUONLAB_DEBUG=1 re-raises user errors with their traceback.
+    MUONLAB_DEBUG=1 re-raises user errors with their traceback. Warnings about the input
+    (InputWarning) are printed once each, as one `warning:` line without a source line.
     """
+    with warnings.catch_warnings():
+        warnings.simplefilter("once", InputWarning)
+        default_show = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+            if issubclass(category, InputWarning):
+                print(f"warning: {message}", file=sys.stderr)
+            else:
+                default_show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        return _outcome(body)
+
+
+def _outcome(body: Callable[[], int]) -> int:
     try:
         return body()
     except UserError as err:

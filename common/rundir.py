@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import MissingFileError
+from common.errors import InputWarning, MissingFileError
 from common.files import write_json, write_text
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -135,19 +135,19 @@ class RunDir:
     def status(self, now: float | None = None) -> str:
         """The run's state, one of RUN_STATUSES, from its files alone (the one classification).
 
-        complete (summary.json), diverged (diverged.json), stopped (stopped.json: resumable), else, for
-        a started run (config.yaml): running if config.yaml or metrics.jsonl changed within
-        RUNNING_WINDOW_S (a live run logs every train.log_every steps), failed if not (it died without
-        leaving a marker: a crash, a kill). missing: nothing was started here.
+        The markers first, whatever else is there: complete (summary.json), diverged (diverged.json),
+        stopped (stopped.json: resumable). Then missing (no config.yaml: nothing was started here).
+        Else running if config.yaml or metrics.jsonl changed within RUNNING_WINDOW_S (a live run logs
+        every train.log_every steps), failed if not (it died without a marker: a crash, a kill).
         """
-        if not self.exists():
-            return "missing"
         if self.is_finished():
             return "complete"
         if self.diverged():
             return "diverged"
         if self.stop_marker.is_file():
             return "stopped"
+        if not self.exists():
+            return "missing"
         age = (time.time() if now is None else now) - self.modified()
         return "running" if age < RUNNING_WINDOW_S else "failed"
 
@@ -179,7 +179,8 @@ class RunDir:
             try:
                 yield line, json.loads(line)
             except json.JSONDecodeError:
-                warnings.warn(f"{self.metrics}:{i + 1}: skipping a line that is not JSON", stacklevel=3)
+                warnings.warn(f"{self.metrics}:{i + 1}: skipping a line that is not JSON", InputWarning,
+                              stacklevel=3)
 
     def events(self) -> Iterator[dict[str, Any]]:
         """The logged events, in order."""

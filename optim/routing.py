@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import nn
 
+from common.errors import InputWarning
 from optim.groups import (
     GROUPS,
     RouteEntry,
@@ -134,6 +135,7 @@ def route_rules(model: nn.Module, rules: Sequence[RouteRule], key: str = "optim.
         warnings.warn(
             f"routing {' and '.join(to_muon)} to Muon: Muon is meant for hidden matrices; "
             "allowed for ablations only",
+            InputWarning,
             stacklevel=3,
         )
     return entries

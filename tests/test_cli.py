@@ -4,7 +4,11 @@ table of exit codes for every command."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +18,8 @@ from common.errors import UserError
 from train import main as train_main
 from training.config import ConfigError, load_config, run_dir, schema_leaves
 from training.config_text import config_keys_help, key_docs, resolved_config_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -93,3 +99,24 @@ def test_train_and_ablations_agree_on_a_user_error(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("error: unknown key 'stepz'; did you mean train.steps?")
     assert err[1].startswith("error: ")
+
+
+def test_export_help_is_whole(capsys):
+    from training.export import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "`AutoModelForCausalLM.from_pretrained(OUT_DIR)` (and `AutoTokenizer`) load." in out
+
+
+def test_an_input_warning_is_one_line_printed_once():
+    code = ("from common.cli import run_main; from optim.groups import route; from model import ModelConfig, "
+            "Transformer; m = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, "
+            "n_kv_heads=2, ffn_hidden=48, max_seq_len=16)); "
+            "raise SystemExit(run_main(lambda: [route(m, 'hidden,embed') for _ in range(2)] and 0))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0
+    assert proc.stderr.splitlines() == [
+        "warning: routing embed to Muon: Muon is meant for hidden matrices; allowed for ablations only"]

@@ -124,3 +124,35 @@ def test_results_table_in_a_pipe_keeps_long_lines_and_names_the_logs(tmp_path, c
 @pytest.fixture(autouse=True)
 def _no_terminal(monkeypatch):
     monkeypatch.setattr("sys.stdout.isatty", lambda: False, raising=False)
+
+
+def test_a_single_run_report_goes_beside_the_run(tmp_path):
+    runs = make_grid(tmp_path / "runs", [0, 50, 100])
+    before = sorted(p.name for p in (runs / "muon_s0").iterdir())
+    report = build_report(runs / "muon_s0")
+    assert report == runs / "muon_s0_report" / "report.md"
+    assert sorted(p.name for p in (runs / "muon_s0").iterdir()) == before
+
+
+def test_the_table_legend_describes_only_the_columns_shown(tmp_path):
+    text = build_report(make_grid(tmp_path / "runs", [0, 50, 100])).read_text()
+    legend = next(line for line in text.splitlines() if line.startswith("*Δ vs AdamW*"))
+    assert "*Share of Muon gain*" in legend and "*Tail loss/gap*" in legend
+    assert "*Paper*" not in legend and "*Tuned*" not in legend  # no paper reference, no tuning here
+
+
+def test_layer_plots_have_whole_layer_ticks_and_legends_beside(tmp_path, monkeypatch):
+    from metrics import spectra_report
+    from metrics.spectra import METRICS
+
+    seen = {}
+    monkeypatch.setattr(spectra_report, "_save", lambda fig, path: seen.setdefault("fig", fig) and path)
+    metrics = {f"spectra/{g}/layer{i}/{m}": 0.5 + i / 10
+               for g in ("v", "o") for i in range(3) for m in METRICS}
+    spectra_report.plot_layers(spectra_report.Source("run", None, metrics=metrics), ("v", "o"), tmp_path)
+    fig = seen["fig"]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert len(legends) == 1 and legends[0].get_bbox_to_anchor().x0 >= legends[0].axes.bbox.x1
