@@ -16,6 +16,8 @@ import torch
 from accelerate.utils.other import get_free_port
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # every test here runs train.py end to end
+
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [
     "the", "king", "queen", "lord", "lady", "sword", "crown", "night", "day", "love", "death", "honour",
