@@ -91,3 +91,8 @@ def test_listing_table_and_errors(runs: Path, tmp_path: Path, capsys):
     assert capsys.readouterr().err.startswith(f"error: no directory {tmp_path / 'nowhere'}")
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 0 and "no runs under" in capsys.readouterr().out
+
+
+def test_no_runs_directory_yet_is_not_an_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a fresh clone: runs/ does not exist before the first run
+    assert main([]) == 0 and capsys.readouterr().out.strip() == "no runs under runs"

@@ -101,20 +101,20 @@ def format_rows(rows: list[RunRow]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.runs",
                                      description="List runs: status, steps, routing, lr, eval loss, age.")
-    parser.add_argument("dir", nargs="?", default="runs", help="the directory of the runs (default: runs)")
+    parser.add_argument("dir", nargs="?", help="the directory of the runs (default: runs)")
     parser.add_argument("--sort", choices=SORT_KEYS, default="age",
                         help="age (newest first, the default), name, status, steps (most first), "
                              "loss (lowest first)")
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     args = parser.parse_args(argv)
-    return run_main(lambda: _list(Path(args.dir), args.sort, args.json))
+    return run_main(lambda: _list(Path(args.dir or "runs"), args.sort, args.json, default=args.dir is None))
 
 
-def _list(root: Path, sort: str, as_json: bool) -> int:
-    if not root.is_dir():
+def _list(root: Path, sort: str, as_json: bool, default: bool = False) -> int:
+    if not root.is_dir() and not default:  # the default runs/ is simply not there before the first run
         raise MissingFileError(f"no directory {root}; pass the directory of the runs (default: runs)")
     now = time.time()
-    rows = sort_rows([read_row(run, root, now) for run in find_runs(root)], sort)
+    rows = sort_rows([read_row(run, root, now) for run in find_runs(root)], sort) if root.is_dir() else []
     if as_json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     elif rows:
