@@ -9,7 +9,8 @@ process keeps freed memory in-process as train.py does (`training.runtime.keep_f
 applies to both models) unless `--default-malloc` is given.
 
     python -m benchmarks.bench_train [--presets tiny,small,gpt2-160m] [--batch B] [--seq T]
-        [--steps N] [--compile] [--dtype fp32|bf16] [--device cpu|cuda] [--threads N] [--default-malloc]
+        [--steps N] [--compile] [--modes eager,compiled] [--optims adamw,muon] [--dtype fp32|bf16]
+        [--device cpu|cuda] [--threads N] [--default-malloc]
         [--no-memory] [--out FILE]
 """
 
@@ -39,6 +40,8 @@ from benchmarks.common import (
     median,
     print_table,
     run_in_fresh_process,
+    split_choices,
+    synchronize,
     time_interleaved,
     write_results,
 )
@@ -144,6 +147,18 @@ class TrainStep:
         self.cpu_seconds.append(time.process_time() - start)
 
 
+def sdpa_kernels(step: TrainStep) -> list[str]:
+    """The scaled-dot-product-attention kernels (aten ops) one forward of a contender runs, e.g.
+    `_scaled_dot_product_flash_attention`: under torch.compile transformers' Llama keeps an explicit
+    causal mask with torch < 2.14, which rules flash attention out for it."""
+    device = step.inputs.device
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof, torch.no_grad():
+        step.loss()
+    synchronize(device)
+    return sorted({e.key.removeprefix("aten::") for e in prof.key_averages()
+                   if "scaled_dot_product" in e.key and e.key != "aten::scaled_dot_product_attention"})
+
+
 def check_same_loss(steps: dict[str, TrainStep], dtype: str) -> float:
     """The contenders start from identical weights, so their first losses must agree; returns the loss.
 
@@ -193,14 +208,15 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device) ->
     flops = flops_per_token(cfg, args.seq)  # PaLM accounting, as train.py's perf/mfu
     peak = peak_flops(device_name(device)) if device.type == "cuda" else None  # the table is bf16 GPUs
     rows = []
-    for compiled in (False, True) if args.compile else (False,):
-        variants = [Variant(m, o, compiled) for o in OPTIMS for m in MODELS]
+    for compiled in (mode == "compiled" for mode in args.modes):
+        variants = [Variant(m, o, compiled) for o in args.optims for m in MODELS]
         steps = {v.name: TrainStep(v, cfg, batch, args.dtype) for v in variants}
         initial_loss = check_same_loss(steps, args.dtype)
         params = {v.name: sum(p.numel() for p in steps[v.name].model.parameters()) for v in variants}
         warmup = 3 if compiled else 2  # first steps allocate optimizer state (and compile)
         times = time_interleaved(steps, args.steps, warmup, device, desc=f"{preset} {variants[0].mode}")
         cpu_times = {name: step.cpu_seconds[warmup:] for name, step in steps.items()}
+        attention = {name: sdpa_kernels(step) for name, step in steps.items()}
         del steps  # free the models before the memory probes and the next mode
         for v in variants:
             seconds = median(times[v.name])
@@ -217,7 +233,7 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device) ->
                 "cpu_ms_per_step": median(cpu_times[v.name]) * 1e3,
                 "tokens_per_s": tokens / seconds, "model_flops_per_s": tokens / seconds * flops,
                 "mfu": mfu(tokens / seconds, flops, 1, peak), "peak_memory_bytes": memory,
-                "initial_loss": initial_loss, "note": note,
+                "initial_loss": initial_loss, "attention": attention[v.name], "note": note,
             })
     for row in rows:
         peer = next(r for r in rows if r["model"] == "llama" and r["optim"] == row["optim"]
@@ -233,15 +249,14 @@ def summary_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     for row in rows:
         if row["model"] == "muonlab" and row["optim"] == "adamw":
             ok = "met" if row["ratio_vs_llama"] >= TARGET_RATIO else "NOT met"
-            muon = next(r for r in rows if r["preset"] == row["preset"] and r["mode"] == row["mode"]
-                        and r["model"] == "muonlab" and r["optim"] == "muon")
-            lines.append(
-                f"{row['preset']} {row['mode']}: muonlab {row['ratio_vs_llama']:.2f}x Llama's tokens/s "
-                f"(target >= {TARGET_RATIO}x: {ok}; by CPU time {row['cpu_ratio_vs_llama']:.2f}x); "
-                "with Muon on hidden matrices "
-                f"{muon['tokens_per_s']:,.0f} tok/s = {muon['tokens_per_s'] / row['tokens_per_s']:.2f}x "
-                "the AdamW step"
-            )
+            muon = next((r for r in rows if r["preset"] == row["preset"] and r["mode"] == row["mode"]
+                         and r["model"] == "muonlab" and r["optim"] == "muon"), None)
+            line = (f"{row['preset']} {row['mode']}: muonlab {row['ratio_vs_llama']:.2f}x Llama's tokens/s "
+                    f"(target >= {TARGET_RATIO}x: {ok}; by CPU time {row['cpu_ratio_vs_llama']:.2f}x)")
+            if muon is not None:
+                line += (f"; with Muon on hidden matrices {muon['tokens_per_s']:,.0f} tok/s = "
+                         f"{muon['tokens_per_s'] / row['tokens_per_s']:.2f}x the AdamW step")
+            lines.append(line)
     return lines
 
 
@@ -254,6 +269,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seq", type=int, help="sequence length (CPU 128, CUDA 1024)")
     parser.add_argument("--steps", type=int, help="timed steps per variant (CPU 8, CUDA 20)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    parser.add_argument("--modes", help="comma list of eager, compiled (default: eager; both with --compile)")
+    parser.add_argument("--optims", help=f"comma list of {', '.join(OPTIMS)} (default: all)")
     parser.add_argument("--dtype", choices=DTYPES, help="fp32, or bf16 autocast (CPU fp32, CUDA bf16)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -274,6 +291,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if getattr(args, key) < 1:
             parser.error(f"--{key} must be a positive integer, got {getattr(args, key)}")
     args.device = device
+    modes = args.modes or ("eager,compiled" if args.compile else "eager")
+    args.modes = split_choices(parser, "--modes", modes, ("eager", "compiled"))
+    args.optims = split_choices(parser, "--optims", args.optims or ",".join(OPTIMS), tuple(OPTIMS))
     args.presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     unknown = [p for p in args.presets if p not in PRESETS]
     if unknown:
@@ -300,11 +320,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(
         f"train step, batch {args.batch} x seq {args.seq}, {args.dtype} — {describe_environment(env)}",
         ["preset", "mode", "optim", "model", "params", "ms/step", "tokens/s", "GFLOP/s", "MFU", "peak mem",
-         "vs Llama", "CPU ms/step", "vs Llama (CPU time)"],
+         "vs Llama", "CPU ms/step", "vs Llama (CPU time)", "attention kernel"],
         [[r["preset"], r["mode"], r["optim"], r["model"], f"{r['params'] / 1e6:.1f}M",
           f"{r['ms_per_step']:.1f}", f"{r['tokens_per_s']:,.0f}", f"{r['model_flops_per_s'] / 1e9:,.1f}",
           "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}", format_bytes(r["peak_memory_bytes"]),
-          f"{r['ratio_vs_llama']:.2f}x", f"{r['cpu_ms_per_step']:.1f}", f"{r['cpu_ratio_vs_llama']:.2f}x"]
+          f"{r['ratio_vs_llama']:.2f}x", f"{r['cpu_ms_per_step']:.1f}", f"{r['cpu_ratio_vs_llama']:.2f}x",
+          ", ".join(r["attention"]) or "none seen"]
          for r in rows],
     )
     for note in sorted({r["note"] for r in rows if r["note"]}):

@@ -7,6 +7,7 @@ medians over rounds, which shrugs off the occasional step slowed down by another
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import json
@@ -187,6 +188,18 @@ def run_in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
         return pool.apply(fn, args)
+
+
+def split_choices(
+    parser: argparse.ArgumentParser, flag: str, value: str, choices: Sequence[str]
+) -> list[str]:
+    """A comma list of `choices`, in the order given, or a usage error (exit 2) naming `flag`."""
+    picked = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in picked if v not in choices]
+    if unknown or not picked:
+        parser.error(f"{flag}: unknown value(s) {', '.join(unknown) or '(none given)'}; "
+                     f"choose from {', '.join(choices)}")
+    return picked
 
 
 def write_results(name: str, payload: Mapping[str, Any], out: str | Path | None = None) -> Path:

@@ -47,20 +47,32 @@ def singular_values(W: torch.Tensor) -> torch.Tensor:
     return torch.where(s > tolerance, s, torch.zeros_like(s))
 
 
+def spectrum_statistics(s: torch.Tensor) -> torch.Tensor:
+    """[total energy, entropy (nats), top-10 energy share, Q25, Q75] of a singular value vector, float64.
+
+    Computed on the device of `s` with no host read (every tensor made here is put there), so a GPU
+    evaluation syncs once per matrix, in `metrics_from_singular_values`.
+    """
+    energy = s.double() ** 2
+    q = energy / energy.sum()
+    levels = torch.tensor([0.25, 0.75], dtype=torch.float64, device=s.device)
+    q25, q75 = torch.quantile(s.double(), levels).unbind()
+    # narrow/unbind rather than [:10]/[0]: the same values, and ops that fake CUDA tensors support
+    # (tests/test_gpu_rehearsal.py runs this on them).
+    top10 = q.narrow(0, 0, min(10, q.numel())).sum()
+    return torch.stack([energy.sum(), -torch.xlogy(q, q).sum(), top10, q25, q75])
+
+
 def metrics_from_singular_values(s: torch.Tensor) -> dict[str, float]:
     """The four isotropy metrics of a (descending) singular value vector; see the module docstring."""
-    energy = s.double() ** 2
-    total = energy.sum()
+    total, entropy, top10, q25, q75 = spectrum_statistics(s).tolist()
     if total <= 0:
         raise ValueError("all singular values are zero: a zero matrix has no spectrum")
-    q = energy / total
-    entropy = float(-torch.xlogy(q, q).sum())
     n = s.numel()
-    q25, q75 = torch.quantile(s.double(), torch.tensor([0.25, 0.75], dtype=torch.float64)).tolist()
     return {
         "svd_entropy": entropy / math.log(n) if n > 1 else 1.0,
         "effective_rank": math.exp(entropy),
-        "top10_energy": float(q[:10].sum()),
+        "top10_energy": top10,
         "q75_q25": q75 / q25 if q25 > 0 else math.inf,
     }
 

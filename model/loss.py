@@ -18,11 +18,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from model.precision import autocast_dtype
+from model.precision import autocast_dtype, autocast_off
 
-# Rows per chunk. 256 rows x 4096 logits (4 MiB in fp32) stay in a CPU's L2/L3 between the softmax
-# and the two matmuls that consume it; at vocabulary 50k, 256-512 rows measured best on CPU.
-CHUNK_ROWS = 256
+# Rows per chunk, by device type. Each chunk costs one read-modify-write of the fp32 head gradient
+# (vocab x d: 154 MB at 50304 x 768) against 6 x rows x vocab x d FLOPs of matmuls.
+# - CPU: 256 rows x 4096 logits (4 MiB in fp32) stay in L2/L3 between the softmax and the two matmuls
+#   that consume it; measured best at 256-512 rows, at vocabularies 4096 and 50k (benchmarks/README.md).
+# - CUDA (reasoned, then measured by the GPU check's loss_chunks part): at 256 rows an H100/H200 spends
+#   about as long on the 2 x 154 MB of grad_w traffic (~0.07 ms at ~4 TB/s) as on the chunk's matmuls
+#   (~0.09 ms at ~700 TFLOP/s), ~20% of a gpt2-160m step; at 4096 rows the traffic is ~5% of the matmuls
+#   while one chunk of fp32 logits is 0.8 GB, small beside an 80-141 GB GPU.
+CHUNK_ROWS = {"cpu": 256, "cuda": 4096}
+
+
+def default_chunk_rows(device: torch.device) -> int:
+    """The chunk size for `device` (CHUNK_ROWS; the CPU's on any other device type)."""
+    return CHUNK_ROWS.get(device.type, CHUNK_ROWS["cpu"])
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -65,11 +76,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_h * scale.to(grad_h.dtype), grad_w * scale.to(grad_w.dtype), None, None, None
 
 
-def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_rows: int = CHUNK_ROWS) -> Tensor:
+def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_rows: int | None = None) -> Tensor:
     """Mean cross-entropy of the logits `h @ weight.T` against `targets`, in fp32, logits never stored.
 
     h: [..., d] hidden states (cast to the autocast dtype when autocast is on, as nn.Linear would);
-    weight: [vocab, d]; targets: [...] class indices (every one counted; no ignore index).
+    weight: [vocab, d]; targets: [...] class indices (every one counted; no ignore index);
+    chunk_rows: rows per chunk (default: `default_chunk_rows` of h's device).
     Equals `F.cross_entropy(F.linear(h, weight).float().flatten(0, -2), targets.flatten())`.
     """
     if targets.shape != h.shape[:-1]:
@@ -78,6 +90,6 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_rows:
     dtype = autocast_dtype(h.device.type) or h.dtype
     with_grads = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
     # Autocast off inside: the function casts by itself and must keep the softmax in fp32.
-    with torch.autocast(h.device.type, enabled=False):
-        return _LinearCrossEntropy.apply(h.to(dtype).flatten(0, -2), weight, targets.flatten(), chunk_rows,
-                                         with_grads)
+    with autocast_off(h.device.type):
+        return _LinearCrossEntropy.apply(h.to(dtype).flatten(0, -2), weight, targets.flatten(),
+                                         chunk_rows or default_chunk_rows(h.device), with_grads)

@@ -34,6 +34,8 @@ NOT_RUN = {
     "python -m metrics.spectra": "needs trained runs; tests/test_spectra.py runs it on one",
     "python -m training.evaluate": "a placeholder run (runs/<name>); tests/test_trust.py evaluates real runs",
     "python -m training.export": "a placeholder run (runs/<name>); tests/test_hf.py exports real runs",
+    "bash benchmarks/wheelhouse.sh": "downloads wheels from a package index (tests/test_gpu_check.py)",
+    "bash benchmarks/gpu_check.sh": "needs a GPU; tests/test_gpu_check.py runs it with --cpu-smoke",
 }
 # Appended to every train.py command: the fixture corpus and a batch it can fill. The model, routing
 # and every other key stay as documented.

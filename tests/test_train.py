@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.utils.other import get_free_port
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+
+from training.checkpoint import load_weights
 
 pytestmark = pytest.mark.slow  # every test here runs train.py end to end
 
@@ -66,9 +68,10 @@ LAUNCHERS = {
 }
 
 
-def run_train(args: list[str], launcher: str = "python", check: bool = True) -> subprocess.CompletedProcess:
+def run_train(args: list[str], launcher: str = "python", check: bool = True,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "MUONLAB_CACHE": os.environ.get("MUONLAB_CACHE", str(ROOT / ".cache")),
-           "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+           "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", **(env or {})}
     # A free rendezvous port each time: accelerate's default (29500) may still be held by an
     # earlier test's process group.
     port = ["--main_process_port", str(get_free_port())] if launcher.startswith("accelerate") else []
@@ -154,6 +157,57 @@ def test_resume_continues_exactly(reference_run, base_args, tmp_path):
     assert ref.keys() == got.keys()
     for name in ref:
         assert torch.equal(ref[name], got[name]), name
+
+
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "module.", "_orig_mod.module."])
+def test_checkpoints_with_wrapper_prefixes_still_resume_exactly(reference_run, base_args, tmp_path, prefix):
+    """Checkpoints written before the unwrapped format carry compile's / DDP's prefixes in their names."""
+    run = interrupted_copy(reference_run, tmp_path / "old_format")
+    weights = run / "checkpoints" / "step_10" / "model.safetensors"
+    save_file({prefix + name: t for name, t in load_file(weights).items()}, weights)
+    model, *_ = load_weights(weights.parent)  # export and evaluation read it too
+    ref_10 = final_weights(reference_run, step=10)
+    assert all(torch.equal(t, ref_10[name]) for name, t in model.state_dict().items() if name in ref_10)
+    run_train([*base_args, f"run.dir={run}"])
+    assert without_perf(read_metrics(run)) == without_perf(read_metrics(reference_run))
+    ref, got = final_weights(reference_run), final_weights(run)
+    assert ref.keys() == got.keys()  # written back without the prefix
+    assert all(torch.equal(ref[name], got[name]) for name in ref)
+
+
+@pytest.fixture(scope="module")
+def compiled_run(base_args, tmp_path_factory) -> tuple[Path, str]:
+    """train.compile=true (inductor on the CPU), with dynamo's recompilations logged."""
+    run = tmp_path_factory.mktemp("runs") / "compiled"
+    proc = run_train([*base_args, "train.compile=true", f"run.dir={run}"], env={"TORCH_LOGS": "recompiles"})
+    return run, proc.stderr
+
+
+def test_compiled_run_saves_unwrapped_weights_and_evaluates_without_recompiling(compiled_run, reference_run):
+    run, log = compiled_run
+    # evaluation and QA run the uncompiled module: the compiled forward is built once, for training
+    assert "Recompiling" not in log, log[-3000:]
+    assert final_weights(run).keys() == final_weights(reference_run).keys()  # no "_orig_mod." names
+    ref, got = read_metrics(reference_run), read_metrics(run)
+    for r, g in zip(ref, got, strict=True):
+        for key in ("train/loss", "eval/loss"):
+            if key in r:  # inductor's fused kernels round differently from eager
+                assert g[key] == pytest.approx(r[key], rel=1e-3), (r["step"], key)
+
+
+@pytest.mark.parametrize("direction", ["compiled_then_eager", "eager_then_compiled"])
+def test_resume_with_compile_toggled(compiled_run, reference_run, base_args, tmp_path, direction):
+    first, compile_after = (compiled_run[0], "false") if direction == "compiled_then_eager" else (
+        reference_run, "true")
+    run = interrupted_copy(first, tmp_path / direction)
+    proc = run_train([*base_args, f"train.compile={compile_after}", f"run.dir={run}"])
+    assert "resuming" in proc.stdout
+    ref, got = read_metrics(first), read_metrics(run)
+    assert [e["step"] for e in got] == [e["step"] for e in ref]
+    for r, g in zip(ref, got, strict=True):
+        for key in ("train/loss", "eval/loss"):
+            if key in r:
+                assert g[key] == pytest.approx(r[key], rel=1e-3), (r["step"], key)
 
 
 def test_accumulation_matches_one_big_batch(reference_run, base_args, tmp_path):

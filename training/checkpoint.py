@@ -103,6 +103,27 @@ def _whole(tree: Any) -> Any:
     return tree
 
 
+def checkpoint_unwrapped_weights(accelerator: Accelerator, module: nn.Module) -> None:
+    """Save and load the weights of the model that accelerate prepared as `module`'s own state dict,
+    whatever wraps it for training (DDP's `module.`, torch.compile's `_orig_mod.`).
+
+    A checkpoint then resumes with `train.compile` toggled and under any number of processes, and
+    export and evaluation read it as it is. Checkpoints written before this (with a wrapper's
+    prefixes in their names) still load. Through accelerate's save/load hooks: the save hook replaces
+    the wrapped state dict accelerate is about to write, and the load hook loads the file itself and
+    takes the model off accelerate's list, which would load it into the wrapper.
+    """
+    def save_weights(_models: list, weights: list, _output_dir: str) -> None:
+        weights[0] = module.state_dict()
+
+    def load_weights(models: list, input_dir: str) -> None:
+        module.load_state_dict(unwrapped_names(load_file(Path(input_dir) / WEIGHTS_FILE)))
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save_weights)
+    accelerator.register_load_state_pre_hook(load_weights)
+
+
 def checkpoint_whole_weights(accelerator: Accelerator, model: nn.Module) -> None:
     """Save and load the weights of a fully_shard-ed `model`, which is not registered with accelerate,
     as the whole model.safetensors that accelerate writes for a plain or DDP model.
@@ -116,7 +137,7 @@ def checkpoint_whole_weights(accelerator: Accelerator, model: nn.Module) -> None
              safe_serialization=True)
 
     def load_whole_weights(_models: list, input_dir: str) -> None:
-        whole = load_file(Path(input_dir) / SAFE_WEIGHTS_NAME)
+        whole = unwrapped_names(load_file(Path(input_dir) / SAFE_WEIGHTS_NAME))
         set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True))
 
     accelerator.register_save_state_pre_hook(save_weights)
@@ -126,8 +147,19 @@ def checkpoint_whole_weights(accelerator: Accelerator, model: nn.Module) -> None
 # -- the weights alone (export, evaluation) --------------------------------------------------
 
 
-# Prefixes that torch.compile / DDP wrappers add to parameter names.
+# Prefixes that torch.compile / DDP wrappers add to parameter names (in checkpoints written before
+# checkpoint_unwrapped_weights, e.g. "_orig_mod.module.lm_head.weight" from a compiled DDP model).
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def unwrapped_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with the wrappers' prefixes taken off every name."""
+    out = {}
+    for name, tensor in state.items():
+        while name.startswith(WRAPPER_PREFIXES):  # nested wrappers, in either order
+            name = name.split(".", 1)[1]
+        out[name] = tensor
+    return out
 
 
 def _load_run_config(run: RunDir) -> dict[str, Any]:
@@ -146,11 +178,7 @@ def load_weights(path: str | Path) -> tuple[Transformer, dict[str, Any], RunDir,
     directory (its newest checkpoint) or a checkpoint directory."""
     run, ckpt = locate(path)
     run_cfg = _load_run_config(run)
-    state = {}
-    for name, tensor in load_file(ckpt / WEIGHTS_FILE).items():
-        for prefix in WRAPPER_PREFIXES:
-            name = name.removeprefix(prefix)
-        state[name] = tensor
+    state = unwrapped_names(load_file(ckpt / WEIGHTS_FILE))
     if "model.embed_tokens.weight" not in state:
         raise UserError(f"{ckpt / WEIGHTS_FILE} has no model.embed_tokens.weight; not a muonlab checkpoint")
     # The embedding's row count is the vocabulary the run trained with, whatever the data config says.

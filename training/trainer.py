@@ -45,6 +45,7 @@ from training.batching import BatchPlan
 from training.cadence import Cadence, Due
 from training.checkpoint import (
     WholeOptimizerState,
+    checkpoint_unwrapped_weights,
     checkpoint_whole_weights,
     load_checkpoint,
     save_checkpoint,
@@ -64,6 +65,7 @@ from training.logger import MetricsLogger
 from training.qa_eval import QAEval
 from training.resume import Start, plan_start
 from training.runtime import make_accelerator
+from training.step_timer import StepTimer, device_sync
 from training.stop import Stopped, StopSignals
 from training.summary import print_summary, write_summary
 
@@ -154,6 +156,7 @@ class Trainer:
         self.tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
         # Set up by fit():
         self.whole = WholeModel(None)
+        self.train_forward: nn.Module = self.model  # compiled by _wrap_model when train.compile
         self.logger: MetricsLogger | None = None
         self.loader: TokenLoader | None = None
         self.state = LoopState()
@@ -238,7 +241,12 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _wrap_model(self) -> None:
-        """Make `model` the one that trains (prepared, compiled or sharded) and `whole` the one read whole.
+        """Make `model` the one that trains (prepared or sharded), `train_forward` its forward (compiled
+        when train.compile) and `whole` the one read whole.
+
+        Only the training step runs the compiled forward: evaluation and QA run `model` itself, at
+        other shapes and under no_grad, where the compiled one would recompile. Checkpoints hold the
+        unwrapped weights whatever wraps them, so a run resumes with train.compile toggled.
 
         Under FSDP2 the optimizer built in __init__ (which validated the routing) holds the parameters
         that fully_shard replaces with DTensors, so it is rebuilt on the sharded model; the main process
@@ -246,20 +254,23 @@ class Trainer:
         """
         cfg, acc = self.cfg, self.accelerator
         if not self.sharded:
-            self.model = acc.prepare(torch.compile(self.model) if cfg.train.compile else self.model)
+            # Compiled after prepare (DDP, autocast), as accelerate's own dynamo_backend does.
+            self.model = acc.prepare(self.model)
             self.whole = WholeModel(acc.unwrap_model(self.model))
-            return
-        needs_whole = cfg.metrics.spectra_every != 0 or self.qa is not None
-        whole = WholeModel.copy_for(self.model, acc) if needs_whole else WholeModel(None)
-        sharded = autocast_forward(shard_model(self.model, acc.device, self.world), acc)
-        self.optimizer = build_optimizer(sharded, cfg.optim)
-        checkpoint_whole_weights(acc, sharded)
-        self.model = torch.compile(sharded) if cfg.train.compile else sharded
-        if needs_whole:
-            whole.sharded = sharded
-        self.whole = whole
-        if self.is_main:
-            print(f"FSDP2: weights, gradients and optimizer state sharded over {self.world} processes")
+            checkpoint_unwrapped_weights(acc, self.whole.module)
+        else:
+            needs_whole = cfg.metrics.spectra_every != 0 or self.qa is not None
+            whole = WholeModel.copy_for(self.model, acc) if needs_whole else WholeModel(None)
+            sharded = autocast_forward(shard_model(self.model, acc.device, self.world), acc)
+            self.optimizer = build_optimizer(sharded, cfg.optim)
+            checkpoint_whole_weights(acc, sharded)
+            self.model = sharded
+            if needs_whole:
+                whole.sharded = sharded
+            self.whole = whole
+            if self.is_main:
+                print(f"FSDP2: weights, gradients and optimizer state sharded over {self.world} processes")
+        self.train_forward = torch.compile(self.model) if cfg.train.compile else self.model
 
     def _evaluator(self) -> Evaluator | None:
         """Validation loss and tail buckets on this process's validation rows (None: no validation split)."""
@@ -284,22 +295,24 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.accelerator.device)
         if state.window_steps:  # a window left open by a stop
             loss_sum.fill_(state.window_loss_sums[self.rank])
-        window_steps, window_start, timed_steps = state.window_steps, time.perf_counter(), 0
+        window_steps, timer = state.window_steps, StepTimer(device_sync(self.accelerator.device))
         bar = tqdm(total=steps, initial=start, disable=not self.is_main, desc="train", unit="step",
                    dynamic_ncols=True)
         for step in range(start, steps):
             done = step + 1
             due = self.cadence.at(done)
             grad_norm = self._step(step, loss_sum, snapshot=due.spectra)
-            state.step, window_steps, timed_steps = done, window_steps + 1, timed_steps + 1
+            state.step, window_steps = done, window_steps + 1
+            timer.step()
             bar.update(1)
             if due.log:
-                tok_s = self.tokens_per_step * timed_steps / (time.perf_counter() - window_start)
+                tok_s = timer.read(self.tokens_per_step)
                 self._log_train(done, loss_sum / window_steps, grad_norm, tok_s)
                 bar.set_postfix(loss=f"{state.train_loss:.3f}", eval=f"{state.eval_loss:.3f}",
                                 tok_s=f"{tok_s:,.0f}")
                 loss_sum.zero_()
-                window_steps, window_start, timed_steps = 0, time.perf_counter(), 0
+                window_steps = 0
+            timer.pause()  # evaluations and checkpoints are not training throughput
             if due.eval:
                 self._evaluate(done, due)
             if due.checkpoint:
@@ -307,6 +320,7 @@ class Trainer:
             if done < steps and self.stop.agreed(self.accelerator):
                 bar.close()
                 self._stop(loss_sum, window_steps, checkpointed=due.checkpoint)
+            timer.resume()
         bar.close()
 
     def _step(self, step: int, loss_sum: torch.Tensor, snapshot: bool = False) -> torch.Tensor:
@@ -326,7 +340,7 @@ class Trainer:
             rows = rows.to(acc.device, non_blocking=True)
             # Gradients are all-reduced only on the last micro-batch of the step.
             with acc.no_sync(self.model) if i < plan.accum - 1 else nullcontext():
-                loss = self.model(rows[:, :-1], rows[:, 1:]) / plan.accum  # fused head + cross-entropy
+                loss = self.train_forward(rows[:, :-1], rows[:, 1:]) / plan.accum  # fused head + loss
                 acc.backward(loss)
             loss_sum += loss.detach()
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
