@@ -31,6 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
     ("train.micro_batch_size=x", "train.micro_batch_size=x: expected an integer or null"),
     ("train.compile=maybe", "train.compile=maybe: expected true or false"),
     ("optim.betas=abc", "optim.betas=abc: expected a list such as [a, b]"),
+    ("optim.betas=[a,b]", "optim.betas[0]=a: expected a number"),
+    ("model=3", "a config section (model, optim, train, data, metrics, run, logging) was given a value, not "
+                "keys (in override 'model=3')"),
 ])
 def test_config_errors_in_our_words(override, message):
     with pytest.raises(ConfigError) as err:

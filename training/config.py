@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -245,6 +246,10 @@ def _merge(cfg: DictConfig, other: Any, where: str) -> DictConfig:
     except ConfigKeyError as err:
         raise ConfigError(_unknown_key(err.full_key, where)) from None
     except ValidationError as err:
+        if not err.full_key:  # a whole section given a value (model=3, or "train: 5" in a file)
+            sections = ", ".join(f.name for f in dataclasses.fields(RunConfig))
+            raise ConfigError(f"a config section ({sections}) was given a value, not keys ({where}); set "
+                              "its keys, e.g. train.steps=100") from None
         expected = _expected(err.full_key)
         raise ConfigError(f"{err.full_key}={err.value}: expected {expected} ({where})") from None
     except OmegaConfBaseException as err:  # anything else OmegaConf rejects: its own first line
@@ -277,9 +282,15 @@ def schema_leaves(cls: type | None = None, prefix: str = "") -> Iterator[tuple[s
 
 
 def _expected(key: str) -> str:
-    """What a key's schema type accepts, in words ('an integer', 'true or false', 'a list ...')."""
-    owner, name = next((owner, name) for k, owner, name in schema_leaves() if k == key)
+    """What a key's schema type accepts, in words ('an integer', 'true or false', 'a list ...'); for an
+    element of a list key (optim.betas[0]), what the elements are."""
+    leaf = re.sub(r"\[\d+\]$", "", key)
+    owner, name = next(((owner, name) for k, owner, name in schema_leaves() if k == leaf), (None, None))
+    if owner is None:
+        return "keys, not a value (a config section)"
     hint = typing.get_type_hints(owner)[name]
+    if leaf != key:
+        hint = typing.get_args(hint)[0]
     optional = type(None) in typing.get_args(hint)
     base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
     words = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
