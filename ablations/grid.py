@@ -399,11 +399,15 @@ def with_overrides(grid: Grid, items: list[str]) -> Grid:
     if tuned:
         raise GridError(f"{', '.join(tuned)} is tuned by the grid (tune.keys); edit the sweep in the grid "
                         "file instead of overriding it")
-    tag = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    scaled = STEPS_KEY in extra and EVAL_EVERY_KEY not in extra
+    # The scaled cadence is part of what the runs compute: a grid run with the same overrides before
+    # the scaling existed keeps its own directory (its finished runs are not in conflict with these).
+    named = {**extra, EVAL_EVERY_KEY: "scaled"} if scaled else extra
+    tag = hashlib.sha256(json.dumps(named, sort_keys=True, default=str).encode()).hexdigest()[:6]
 
     def overridden(run: Run) -> Run:
         merged = {**run.overrides, **extra}
-        if STEPS_KEY in extra and EVAL_EVERY_KEY not in extra:
+        if scaled:
             own = {**grid.base_config, **run.overrides}
             steps = own.get(STEPS_KEY, TrainSection.steps)
             every = own.get(EVAL_EVERY_KEY, TrainSection.eval_every)

@@ -4,6 +4,7 @@ cadence, sparse evals are warned about, plots frame all their data; the grid's o
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -93,6 +94,9 @@ def test_overriding_steps_scales_the_eval_cadence():
     short = with_overrides(grid, ["train.steps=60"])
     assert {r.overrides["train.eval_every"] for r in short.runs} == {10}
     assert short.overrides == {"train.steps": 60}
+    # a new directory: not the one the same override had before its cadence was scaled
+    unscaled = hashlib.sha256(json.dumps({"train.steps": 60}, sort_keys=True).encode()).hexdigest()[:6]
+    assert short.name.startswith("smoke+") and short.name != f"smoke+{unscaled}"
     kept = with_overrides(grid, ["train.steps=60", "train.eval_every=30"])
     assert {r.overrides["train.eval_every"] for r in kept.runs} == {30}
 
