@@ -19,6 +19,7 @@ ablation runner all read and write run directories through `RunDir`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -200,6 +201,12 @@ def checkpoint_step(path: Path) -> int | None:
     """N for a directory named step_<N>, else None."""
     match = _STEP_DIR.match(Path(path).name)
     return int(match.group(1)) if match else None
+
+
+def checkpoint_id(path: Path) -> str:
+    """Tells apart two checkpoints of one step (an extension rewrites the later ones): a hash of the
+    marker, which records the step, tokens and wall time of its writing."""
+    return hashlib.sha256((Path(path) / CHECKPOINT_MARKER).read_bytes()).hexdigest()[:12]
 
 
 def is_complete_checkpoint(path: Path) -> bool:

@@ -26,6 +26,7 @@ from test_train import (  # noqa: F401  (fixtures)
     without_perf,
 )
 
+from common.errors import UserError
 from training.config import load_config, run_dir
 from training.stop import STOPPED_EXIT_CODE
 
@@ -235,6 +236,17 @@ def test_evaluate_never_overwrites(finished, base_args, capsys):  # noqa: F811
     other = evaluate_checkpoint(ckpt, data_dir=data_dir)
     assert re.fullmatch(r"step_20_data-ds-[0-9a-f]{8}\.json", Path(other["written"]).name)
     assert other["data"]["dir"] == data_dir
+    assert Path(small["written"]).read_bytes() == written
+
+    # another checkpoint of step 20 (an extension rewrites the later checkpoints): an error, not stale figures
+    marker = ckpt / "loop_state.json"
+    original = marker.read_text()
+    marker.write_text(original.replace('"wall_time_s": ', '"wall_time_s": 1'))
+    try:
+        with pytest.raises(UserError, match="holds the evaluation of an earlier checkpoint of step 20"):
+            evaluate_checkpoint(ckpt, tokens=2048)
+    finally:
+        marker.write_text(original)
     assert Path(small["written"]).read_bytes() == written
 
 

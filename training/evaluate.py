@@ -18,8 +18,9 @@ from rich.table import Table
 
 from common.cli import ExitCode, run_main
 from common.console import console
+from common.errors import UserError
 from common.files import write_json
-from common.rundir import checkpoint_step, locate
+from common.rundir import checkpoint_id, checkpoint_step, locate
 from data.loader import val_batches
 from metrics.spectra import model_spectra
 from metrics.tail import TailAccumulator, make_buckets
@@ -69,7 +70,8 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, tokens: i
     The validation rows are the run's own (same seq_len, `train.eval_tokens` unless `tokens`), so
     the figures equal the ones the run logged at that step. Writes <run>/evals/step_<N>[...].json,
     whose name records a budget or dataset other than the run's (`RunDir.evaluation`) and whose
-    contents record both. An evaluation already written is returned as it is ("already": True).
+    contents record both. An evaluation already written of the same checkpoint (`checkpoint_id`) is
+    returned as it is ("already": True); one of another checkpoint of that step is an error.
     """
     from training.config import load_config
     from training.trainer import prepare_data
@@ -80,7 +82,11 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, tokens: i
     step = checkpoint_step(ckpt)
     target = run.evaluation(step, None if budget == cfg.train.eval_tokens else budget, _data_id(data_dir))
     if target.is_file():
-        return json.loads(target.read_text()) | {"written": str(target), "already": True}
+        done = json.loads(target.read_text())
+        if done.get("checkpoint_id", checkpoint_id(ckpt)) != checkpoint_id(ckpt):
+            raise UserError(f"{target} holds the evaluation of an earlier checkpoint of step {step} (the run "
+                            "was extended from before it since); move that file away to evaluate this one")
+        return done | {"written": str(target), "already": True}
     model, _, _, _ = load_weights(ckpt)
     if data_dir is not None:
         cfg.data.dir = data_dir
@@ -100,7 +106,8 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, tokens: i
     results |= model_spectra(whole)
     if (qa := QAEval.for_dataset(meta, data, cfg.metrics, accelerator.device)) is not None:
         results |= qa(whole)
-    out = {"run": str(run.path), "checkpoint": str(ckpt), "step": step, "eval_tokens": budget,
+    out = {"run": str(run.path), "checkpoint": str(ckpt), "checkpoint_id": checkpoint_id(ckpt), "step": step,
+           "eval_tokens": budget,
            "data": {"dir": str(data), "source": meta["source"]}, "metrics": results}
     target.parent.mkdir(exist_ok=True)
     write_json(target, out)
