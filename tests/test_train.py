@@ -18,6 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from training.checkpoint import load_weights, unwrapped_names
 
+pytestmark = pytest.mark.slow  # every test here runs train.py end to end
+
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [
     "the", "king", "queen", "lord", "lady", "sword", "crown", "night", "day", "love", "death", "honour",
@@ -103,6 +105,9 @@ def reference_run(base_args, tmp_path_factory) -> Path:
 def test_dry_run_prints_routing(base_args, tmp_path):
     run = tmp_path / "dry"
     proc = run_train(["--dry-run", "optim.muon=vo,ffn", *base_args, f"run.dir={run}"])
+    assert not run.exists()  # a dry run writes nothing under the run directory unless asked (--out)
+    proc = run_train(["--dry-run", "optim.muon=vo,ffn", *base_args, f"run.dir={run}",
+                      "--out", str(run / "routing.json")])
     routing = json.loads((run / "routing.json").read_text())
     by_group = {}
     for row in routing:
