@@ -197,7 +197,7 @@ def as_run(runs: list[RunData], overrides: dict[str, Any]) -> str:
 def report_markdown(runs_dir: Path, runs: list[RunData], rows: list[Row], images: dict[str, Path],
                     out: Path, grid: dict, sections: list[str]) -> str:
     """report.md: what was run, the table, the figures with how to read them, the analyses
-    (`sections`), unfinished runs."""
+    (`sections`), diverged and unfinished runs."""
     title = grid.get("name") or runs_dir.name
     done = sum(r.summary is not None for r in runs)
     parts = [f"# Ablation report: {title}\n",
@@ -214,7 +214,12 @@ def report_markdown(runs_dir: Path, runs: list[RunData], rows: list[Row], images
             parts += [f"## {heading}\n", f"![{heading}]({images[key].relative_to(out).as_posix()})\n",
                       f"{how_to_read}\n"]
     parts += sections
-    unfinished = [r.name for r in runs if r.summary is None]
+    diverged = [r.name for r in runs if r.summary is None and r.diverged]
+    if diverged:
+        parts += ["## Diverged runs\n",
+                  "Stopped on a non-finite training loss (diverged.json; the grid does not rerun them); "
+                  "in no row or statistic: " + ", ".join(f"`{n}`" for n in diverged) + "\n"]
+    unfinished = [r.name for r in runs if r.summary is None and not r.diverged]
     if unfinished:
         parts += ["## Unfinished runs\n",
                   "No summary.json yet (still running, failed or interrupted; rerunning the grid "

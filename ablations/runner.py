@@ -4,7 +4,9 @@ Each run writes to <out>/<name>/ (train.py's run directory), its stdout/stderr g
 <out>/logs/<name>.log, and <out>/grid.json records the grid (names, overrides, paper references,
 the tuning sweep's runs) for the report. A run whose summary.json (or diverged.json)
 exists is skipped; any other is started with train.resume=auto, so an interrupted run continues
-from its newest checkpoint. A grid with `tune:` runs in two stages: the sweep, then the grid's
+from its newest checkpoint. Two runners on one grid share the work: a run whose lock another
+process holds (train.py holds it while training) is skipped as 'held', so no run is trained twice.
+A grid with `tune:` runs in two stages: the sweep, then the grid's
 seeds at each arm's chosen values (ablations/tuning.py).
 """
 
@@ -30,6 +32,7 @@ from ablations.grid import REPO_ROOT, Grid, Run, config_diff
 from ablations.tuning import ArmTuning, final_runs, select, tuning_runs
 from common.console import console as make_console
 from common.errors import UserError
+from common.lock import holder
 from common.rundir import RunDir
 
 DEFAULT_TRAIN_CMD = (sys.executable, "train.py")
@@ -43,7 +46,8 @@ class LaunchError(UserError):
 class Outcome:
     """How one run of the grid ended: 'done', 'skipped' (already finished), 'interrupted' (stopped by a
     signal after a checkpoint: the next run of the grid resumes it), 'diverged' (non-finite loss: an
-    outcome of a learning-rate sweep, not rerun) or 'failed'."""
+    outcome of a learning-rate sweep, not rerun), 'held' (another process, e.g. a second runner on
+    the grid, is training it) or 'failed'."""
 
     name: str
     status: str
@@ -202,6 +206,18 @@ def exit_reason(returncode: int | None) -> str:
     return f"exit code {returncode}" if returncode else "exit code 0 but no summary.json"
 
 
+def _taken(run: Run, out: Path) -> Outcome | None:
+    """The outcome of a run that another process finished or is training (two runners on one grid share
+    it this way: each run is trained by the one whose train.py holds its lock), else None."""
+    run_dir, log = RunDir(out / run.name), out / "logs" / f"{run.name}.log"
+    if run_dir.is_finished():
+        return Outcome(run.name, "skipped", None, log, 0.0)
+    if (who := holder(run_dir.lock)) is not None:
+        tqdm.write(f"run {run.name} is held by {who}: skipped here, not trained twice")
+        return Outcome(run.name, "held", None, log, 0.0)
+    return None
+
+
 def _run_one(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, float]:
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -259,11 +275,17 @@ def _run_stage(grid: Grid, stage: Stage, out: Path, slots: list[list[int]],
 
     def postfix() -> None:
         counts = {s: sum(o.status == s for o in outcomes.values())
-                  for s in ("done", "failed", "diverged", "skipped")}
+                  for s in ("done", "failed", "diverged", "skipped", "held")}
         bar.set_postfix(**counts, running=",".join(sorted(running)) or "-")
 
     def work(run: Run) -> None:
         slot = free.get()
+        if (taken := _taken(run, out)) is not None:  # another runner on this grid took it meanwhile
+            outcomes[run.name] = taken
+            free.put(slot)
+            bar.update(1)
+            postfix()
+            return
         gpus = slots[slot]
         env = dict(os.environ)
         if gpus:
@@ -287,6 +309,8 @@ def _run_stage(grid: Grid, stage: Stage, out: Path, slots: list[list[int]],
             status = "done"
         elif run_dir.diverged():
             status = "diverged"
+        elif (taken := _taken(run, out)) is not None:  # refused: another process holds the run
+            status = taken.status
         else:
             # stopped.json, not the exit code: a launcher (torchrun) replaces train.py's code 75
             status = "interrupted" if run_dir.stop_marker.is_file() else "failed"
@@ -334,8 +358,8 @@ def print_outcomes(outcomes: list[Outcome], out: Path, console: Console | None =
                       "-" if loss is None else f"{loss:.4f}", _log_cell(o, out))
     console.print(table)
     counts = {s: sum(o.status == s for o in outcomes)
-              for s in ("done", "skipped", "interrupted", "diverged", "failed")}
+              for s in ("done", "skipped", "interrupted", "diverged", "held", "failed")}
     console.print(f"{counts['done']} done, {counts['skipped']} skipped (already finished), "
                   f"{counts['interrupted']} interrupted (rerun to resume), {counts['diverged']} diverged, "
-                  f"{counts['failed']} failed; "
+                  f"{counts['held']} held by another process, {counts['failed']} failed; "
                   f"report: python -m ablations report {out}")

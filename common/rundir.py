@@ -10,8 +10,10 @@
       stopped.json       present while a run stopped by a signal waits to be resumed
       diverged.json      present when the run stopped on a non-finite loss (step, loss)
       extensions.json    the history of `train.extend_to`: [{"from_steps", "to_steps", "checkpoint"}, ...]
-      checkpoints/step_<N>/   accelerate's state; complete once loop_state.json is in it
+      checkpoints/step_<N>/   accelerate's state; complete once loop_state.json (with each file's size
+                              and sha256) is in it
       evals/step_<N>[_tokens<T>][_data-<id>].json   `python -m training.evaluate` of that checkpoint
+    runs/.<name>.lock    held by the process training the run (beside it: a refused start leaves no directory)
 
 train.py, the checkpoint code, the logger, the exporter, the spectra report, evaluation and the
 ablation runner all read and write run directories through `RunDir`.
@@ -22,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,11 +32,10 @@ from typing import Any
 
 from common.errors import InputWarning, MissingFileError
 from common.files import write_json, write_text
+from common.lock import holder
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 RUN_STATUSES = ("missing", "running", "stopped", "diverged", "failed", "complete")
-# A started run that wrote nothing for this long without a marker is taken for dead ("failed").
-RUNNING_WINDOW_S = 600.0
 CHECKPOINT_MARKER = "loop_state.json"  # written last into a checkpoint: its presence makes it complete
 WEIGHTS_FILE = "model.safetensors"  # accelerate.save_state's file name for the first model
 
@@ -93,6 +93,11 @@ class RunDir:
         return self.path / "extensions.json"
 
     @property
+    def lock(self) -> Path:
+        """The lock of the process that trains this run (common/lock.py), beside the directory."""
+        return self.path.parent / f".{self.path.name}.lock"
+
+    @property
     def checkpoints_root(self) -> Path:
         return self.path / "checkpoints"
 
@@ -133,13 +138,14 @@ class RunDir:
                    {"from_steps": from_steps, "to_steps": to_steps, "checkpoint": Path(checkpoint).name}]
         write_json(self.extensions, history)
 
-    def status(self, now: float | None = None) -> str:
+    def status(self) -> str:
         """The run's state, one of RUN_STATUSES, from its files alone (the one classification).
 
         The markers first, whatever else is there: complete (summary.json), diverged (diverged.json),
         stopped (stopped.json: resumable). Then missing (no config.yaml: nothing was started here).
-        Else running if config.yaml or metrics.jsonl changed within RUNNING_WINDOW_S (a live run logs
-        every train.log_every steps), failed if not (it died without a marker: a crash, a kill).
+        Else running if a live process holds the run's lock (train.py holds it while it trains; the
+        kernel frees it when that process dies), failed if not (it died without a marker: a crash, a
+        kill); a failed run resumes from its last checkpoint.
         """
         if self.is_finished():
             return "complete"
@@ -149,8 +155,7 @@ class RunDir:
             return "stopped"
         if not self.exists():
             return "missing"
-        age = (time.time() if now is None else now) - self.modified()
-        return "running" if age < RUNNING_WINDOW_S else "failed"
+        return "running" if holder(self.lock) else "failed"
 
     def modified(self) -> float:
         """When the run last wrote its config or a metric (a time.time() timestamp; 0 if neither exists)."""

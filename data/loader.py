@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from common.errors import UserError
-from data.manifest import load_meta
+from data.manifest import check_shards, load_meta
 from data.shards import read_shard
 
 
@@ -35,6 +35,7 @@ class _Windows:
         self.meta = load_meta(data_dir)
         self.seq_len = seq_len
         entries = self.meta["shards" if split == "train" else "val_shards"]
+        check_shards(data_dir, self.meta, entries)  # once per split and process: bit rot, truncation
         self.shards = [read_shard(Path(data_dir) / e["file"]) for e in entries]
         shard_ids, starts = [], []
         for i, tokens in enumerate(self.shards):

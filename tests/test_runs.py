@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from common.files import write_json, write_text
-from common.rundir import RUNNING_WINDOW_S, RunDir
+from common.lock import hold
+from common.rundir import RunDir
 from training.config import config_yaml, load_config
 from training.runs import main
 
@@ -39,7 +40,7 @@ def runs(tmp_path: Path) -> Path:
     make_run(root / "live", "optim.adamw_lr=0.01",
              events=[{"step": 0, "eval/loss": 8.3}, {"step": 120, "train/loss": 5.0}])
     make_run(root / "dead", "optim.adamw_lr=0.01", "optim.muon_lr=0.02",
-             events=[{"step": 50, "train/loss": 5.1}], age_s=RUNNING_WINDOW_S + 60)
+             events=[{"step": 50, "train/loss": 5.1}], age_s=660)
     make_run(root / "grid" / "stopped", events=[{"step": 40, "eval/loss": 5.5}], marker="stopped.json",
              age_s=90)
     make_run(root / "nan", marker="diverged.json", age_s=30, events=[{"step": 7, "train/loss": 9.0}])
@@ -49,13 +50,15 @@ def runs(tmp_path: Path) -> Path:
 
 
 def test_status_classifies_every_state(runs: Path):
-    status = {name: RunDir(runs / name).status() for name in ("done", "live", "dead", "grid/stopped", "nan",
-                                                              "leftover")}
+    live = RunDir(runs / "live")
+    with hold(live.lock, str(live.path)):  # as train.py holds it while it trains
+        status = {name: RunDir(runs / name).status() for name in ("done", "live", "dead", "grid/stopped",
+                                                                  "nan", "leftover")}
     assert status == {"done": "complete", "live": "running", "dead": "failed", "grid/stopped": "stopped",
                       "nan": "diverged", "leftover": "missing"}
     assert RunDir(runs / "absent").status() == "missing"
-    # a run that stops writing turns from running into failed once the window has passed
-    assert RunDir(runs / "live").status(now=time.time() + RUNNING_WINDOW_S + 1) == "failed"
+    # the lock is freed when its process ends: a run left without a marker has failed
+    assert live.status() == "failed"
 
 
 def test_listing_json_has_every_run_and_field(runs: Path, capsys):

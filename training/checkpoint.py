@@ -3,7 +3,8 @@
 A checkpoint holds what `accelerator.save_state` writes (model weights as model.safetensors, RNG
 states of every process, registered objects such as the optimizer and the loop state). It is
 written to `.tmp_step_<N>` and renamed only once complete, so a directory named `step_<N>` is
-always whole; older ones beyond `keep` are removed after the new one is in place.
+always whole. Its marker, loop_state.json, records every file's size and sha256, which resume
+verifies (`checkpoint_problem`); older checkpoints are removed once `keep` newer ones verify.
 
 Under FSDP2 the same files hold the same whole tensors: the sharded model's weights are gathered
 into model.safetensors (`checkpoint_whole_weights`) and the optimizer's sharded state is gathered
@@ -15,12 +16,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import SAFE_WEIGHTS_NAME, save
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -30,16 +34,20 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from common.checksums import files_problem, record_files
 from common.errors import MissingFileError, UserError
+from common.files import write_error, write_json
 from common.rundir import CHECKPOINT_MARKER, WEIGHTS_FILE, RunDir, is_complete_checkpoint, locate
 from model.presets import resolve_model_config
 from model.transformer import Transformer
+
+FILES_KEY = "files"  # the marker's record of every file of the checkpoint: {name: {"bytes", "sha256"}}
 
 
 def save_checkpoint(accelerator: Accelerator, run: RunDir, step: int, loop_state: dict, keep: int) -> Path:
     """Save the full training state at `step`; every process must call this."""
     final = run.checkpoint(step)
-    tmp = final.with_name(f".tmp_{final.name}")
+    tmp = temporary_checkpoint(final)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -48,13 +56,61 @@ def save_checkpoint(accelerator: Accelerator, run: RunDir, step: int, loop_state
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         # The marker is written last: its presence is what makes a checkpoint complete.
-        (tmp / CHECKPOINT_MARKER).write_text(json.dumps(loop_state, indent=2))
+        write_json(tmp / CHECKPOINT_MARKER, {**loop_state, FILES_KEY: record_files(tmp)})
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        for old in run.checkpoints()[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(run, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def temporary_checkpoint(final: Path) -> Path:
+    """Where the checkpoint that becomes `final` is written (renamed into place once complete)."""
+    return final.with_name(f".tmp_{final.name}")
+
+
+@contextmanager
+def checkpoint_write_errors(final: Path) -> Iterator[None]:
+    """A failed checkpoint write (full disk, quota, I/O error) becomes one WriteError line naming `final`.
+
+    torch.save and safetensors report a full disk as RuntimeError / SafetensorError, not OSError. The
+    half-written temporary directory is removed (it holds the space); the checkpoints before it were
+    never touched.
+    """
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as err:
+        shutil.rmtree(temporary_checkpoint(final), ignore_errors=True)
+        raise write_error(final, err) from err
+
+
+def checkpoint_problem(ckpt: Path, *, hash_bytes: bool = True) -> str | None:
+    """What is wrong with a complete checkpoint's files against its marker, or None if they match.
+
+    A checkpoint written before checksums were recorded has nothing to check: accepted, unverified.
+    hash_bytes=False compares presence and sizes only.
+    """
+    try:
+        records = json.loads((Path(ckpt) / CHECKPOINT_MARKER).read_text()).get(FILES_KEY, {})
+    except (OSError, ValueError) as err:
+        return f"{CHECKPOINT_MARKER} is unreadable ({err})"
+    return files_problem(ckpt, records, hash_bytes=hash_bytes)
+
+
+def prune_checkpoints(run: RunDir, keep: int) -> None:
+    """The keep-last-N rule: delete a checkpoint only once `keep` newer ones pass verification.
+
+    Sizes are checked (a stat per file, no read), so neither a good checkpoint nor a damaged one is
+    deleted on the strength of newer checkpoints that are themselves damaged.
+    """
+    if keep <= 0:
+        return
+    good_newer = 0
+    for ckpt in reversed(run.checkpoints()):
+        if good_newer >= keep:
+            shutil.rmtree(ckpt, ignore_errors=True)
+        elif checkpoint_problem(ckpt, hash_bytes=False) is None:
+            good_newer += 1
 
 
 def load_checkpoint(accelerator: Accelerator, ckpt: Path) -> dict:

@@ -17,6 +17,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from common.files import write_errors
 from common.rundir import RunDir
 from optim.groups import spec_tokens
 from optim.routing import routing_label
@@ -66,7 +67,8 @@ class MetricsLogger:
         if not self.accelerator.is_main_process:
             return
         clean = {k: _jsonable(v) for k, v in metrics.items()}
-        with self.path.open("a") as f:
+        # A failed append may leave part of a line: resume drops it and logs that step again.
+        with write_errors(self.path), self.path.open("a") as f:
             f.write(json.dumps({"step": step, **clean}) + "\n")
         if self.wandb is not None:
             self.wandb.log(_for_wandb(clean, step * self.tokens_per_step), step=step)

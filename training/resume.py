@@ -7,6 +7,10 @@ checkpoint whose every step had the learning rate an N-step run would have had. 
 `optim.schedule=constant` that is any checkpoint. With `wsd` it is a checkpoint from before
 the decay. With `cosine` it is never, since the whole curve depends on the length. An extended run
 keeps its history (extensions.json), so its original command finds it complete (extended to N).
+
+`train.resume=auto` continues from the newest checkpoint whose files match the sizes and sha256
+its marker recorded; a newer one that does not is reported and skipped (the resumed run writes
+that step again). When none verifies, nothing is deleted: the error says how to start over.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import MissingFileError
+from common.errors import MissingFileError, UserError
 from common.rundir import RunDir, checkpoint_step, is_complete_checkpoint
+from training.checkpoint import checkpoint_problem
 from training.config import ConfigError, RunConfig, load_config, resume_conflicts, schedule_of
 
 
@@ -30,6 +35,7 @@ class Start:
     extending: bool = False
     extended_from: int | None = None  # extending: the steps of the run being extended
     extended_to: int | None = None  # complete, found by the command of a run since extended to this length
+    rejected: tuple[str, ...] = ()  # one line per newer checkpoint that failed verification
 
 
 def plan_start(cfg: RunConfig, run: RunDir) -> Start:
@@ -49,6 +55,9 @@ def plan_start(cfg: RunConfig, run: RunDir) -> Start:
         if not is_complete_checkpoint(ckpt):
             raise MissingFileError(f"train.resume={mode}: no such complete checkpoint directory "
                                    "(checkpoints/step_<N> with loop_state.json)")
+        if (problem := checkpoint_problem(ckpt)) is not None:
+            raise UserError(f"train.resume={mode}: the checkpoint fails verification ({problem}); "
+                            "resume from another checkpoint (or train.resume=auto)")
         _check_same_run(saved, cfg, run)
         return Start(cfg, ckpt)
     if saved is None:
@@ -67,7 +76,25 @@ def plan_start(cfg: RunConfig, run: RunDir) -> Start:
     _check_same_run(saved, cfg, run)
     if run.is_finished():
         return Start(cfg, complete=True)
-    return Start(cfg, run.latest_checkpoint())
+    return _newest_verified(cfg, run)
+
+
+def _newest_verified(cfg: RunConfig, run: RunDir) -> Start:
+    """Resume from the newest checkpoint whose files match its marker; say which newer ones did not.
+
+    When every checkpoint fails, nothing is deleted: the error says so and how to start over.
+    """
+    rejected: list[tuple[Path, str]] = []
+    for ckpt in reversed(run.checkpoints()):
+        if (problem := checkpoint_problem(ckpt)) is None:
+            lines = tuple(f"{bad} fails verification ({why}); resuming from {ckpt.name}, the newest "
+                          "checkpoint that passes" for bad, why in rejected)
+            return Start(cfg, ckpt, rejected=lines)
+        rejected.append((ckpt, problem))
+    if rejected:
+        raise UserError(f"every checkpoint of {run.path} fails verification (newest: {rejected[0][0].name}: "
+                        f"{rejected[0][1]}); to start the run over, move {run.checkpoints_root} away")
+    return Start(cfg)
 
 
 def _was_extended_from(run: RunDir, steps: int, saved_steps: int) -> bool:

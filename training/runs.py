@@ -58,7 +58,7 @@ def read_row(run: RunDir, root: Path, now: float) -> RunRow:
     evals = [e["eval/loss"] for e in events if "eval/loss" in e]
     written = run.modified() or run.path.stat().st_mtime  # a directory with only routing.json: its own
     return RunRow(
-        name=str(run.path.relative_to(root)), path=str(run.path), status=run.status(now),
+        name=str(run.path.relative_to(root)), path=str(run.path), status=run.status(),
         steps_done=max((e["step"] for e in events), default=0), steps_total=train.get("steps"),
         routing=routing, lr=lr, eval_loss=evals[-1] if evals else None,
         age_s=now - written)

@@ -7,13 +7,14 @@ from pathlib import Path
 from rich.table import Table
 
 from common.console import console
-from common.files import write_json
+from common.files import write_errors, write_json
 from common.rundir import RunDir
 
 
 def write_summary(run: RunDir, summary: dict) -> None:
     """summary.json, whose presence marks the run as finished."""
-    write_json(run.summary, summary)
+    with write_errors(run.summary):
+        write_json(run.summary, summary)
 
 
 def print_summary(run_dir: Path, summary: dict) -> None:

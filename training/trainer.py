@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from training.checkpoint import (
     WholeOptimizerState,
     checkpoint_unwrapped_weights,
     checkpoint_whole_weights,
+    checkpoint_write_errors,
     load_checkpoint,
     save_checkpoint,
 )
@@ -64,6 +66,7 @@ from training.fsdp import WholeModel, autocast_forward, fsdp_requested, shard_mo
 from training.logger import MetricsLogger
 from training.qa_eval import QAEval
 from training.resume import Start, plan_start
+from training.run_lock import run_lock
 from training.runtime import make_accelerator
 from training.step_timer import StepTimer, device_sync
 from training.stop import Stopped, StopSignals
@@ -414,7 +417,8 @@ class Trainer:
         wall = time.perf_counter() - self.run_start
         loop_state = self.state.checkpoint_state(self.tokens_per_step, wall)
         keep = self.cfg.train.keep_checkpoints
-        save_checkpoint(self.accelerator, self.run, self.state.step, loop_state, keep)
+        with checkpoint_write_errors(self.run.checkpoint(self.state.step)):
+            save_checkpoint(self.accelerator, self.run, self.state.step, loop_state, keep)
         self.state.window_steps, self.state.window_loss_sums = 0, []
 
     def _finish(self, start: int) -> dict:
@@ -460,6 +464,13 @@ def train(cfg: RunConfig, dry_run: bool = False, out: Path | None = None) -> dic
     check_model_and_routing(cfg)  # cheap checks before any data is prepared
     accelerator = make_accelerator(cfg.train.precision, cfg.logging.wandb)
     run = RunDir(run_dir(cfg))
+    # One process trains a run: a second start is refused before it reads or writes anything.
+    with nullcontext() if dry_run else run_lock(run, accelerator):
+        return _train(cfg, accelerator, run, dry_run, out)
+
+
+def _train(cfg: RunConfig, accelerator: Accelerator, run: RunDir, dry_run: bool,
+           out: Path | None) -> dict | None:
     start = plan_start(cfg, run)
     if start.complete and not dry_run:
         if accelerator.is_main_process:
@@ -473,6 +484,8 @@ def train(cfg: RunConfig, dry_run: bool = False, out: Path | None = None) -> dic
         trainer.dry_run(out)
         return None
     if trainer.is_main:
+        for line in start.rejected:
+            print(f"warning: {line}", file=sys.stderr)
         extending = f" (extending from {start.checkpoint.name})" if start.extending else ""
         print(trainer.start_line() + extending)
     return trainer.fit()
