@@ -11,8 +11,7 @@ from ablations.grid import load_grid, with_overrides
 from ablations.report import build_report
 from ablations.runner import next_stage, plan_lines, print_outcomes, run_grid, write_manifest
 from ablations.slurm import SlurmOptions, manifest_text, sbatch_script, write_slurm
-from common.errors import UserError
-from training.stop import STOPPED_EXIT_CODE
+from common.cli import ExitCode, StoppedBySignal, run_main
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,30 +70,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if args.dry_run:
         return 0
-    outcomes = run_grid(grid, out, num_gpus=args.gpus, gpus_per_run=args.gpus_per_run)
+    try:
+        outcomes = run_grid(grid, out, num_gpus=args.gpus, gpus_per_run=args.gpus_per_run)
+    except KeyboardInterrupt:  # Ctrl-C reached the running train.py processes too: they checkpointed
+        raise StoppedBySignal("stopped: rerun the same command to resume the unfinished runs") from None
     print_outcomes(outcomes, out.resolve())
     if any(o.status == "failed" for o in outcomes):
-        return 1
-    return STOPPED_EXIT_CODE if any(o.status == "interrupted" for o in outcomes) else 0
+        return ExitCode.USER_ERROR  # each failed run's own error is in its log, named above
+    return ExitCode.STOPPED if any(o.status == "interrupted" for o in outcomes) else ExitCode.OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     report = build_report(args.runs_dir, args.out, iso_loss=args.iso_loss)
     print(f"wrote {report} (with table.md, table.csv and the plots next to it)")
-    return 0
+    return ExitCode.OK
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: common.cli.ExitCode, as train.py's (a grid with a failed run exits 1)."""
     args = parser().parse_args(argv)
-    try:
-        return cmd_run(args) if args.command == "run" else cmd_report(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
+    return run_main(lambda: cmd_run(args) if args.command == "run" else cmd_report(args))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,6 +21,7 @@ from ablations.analysis_tables import (
 )
 from ablations.grid import Run, Tune
 from ablations.matched_loss import (
+    MIN_EVALS,
     TRAIN,
     iso_loss,
     iso_tests,
@@ -28,6 +29,7 @@ from ablations.matched_loss import (
     overall_loss,
     steps_to_target,
     tail_metrics,
+    too_few_evals,
 )
 from ablations.results import EVAL_LOSS, QA_MEAN, QA_TAIL, TAIL_LOSS, TRAIN_LOSS, Row
 from ablations.stats import ALPHA, BOOTSTRAP_RESAMPLES
@@ -106,6 +108,15 @@ def matched_loss_sections(rows: list[Row], out: Path, iso_target: float | None) 
     parts = [] if loss is not TRAIN else [
         "*These runs log no eval loss (data without a validation split, such as bios): the analyses "
         "below match arms on the training loss (logged every `train.log_every` steps).*\n"]
+    sparse = too_few_evals([r for row in rows for r in row.runs], loss)
+    if sparse:
+        counts = sorted(set(sparse.values()))
+        parts.append(
+            f"**Warning: too few evals for the analyses below.** {len(sparse)} run(s) log the {loss.label} "
+            f"only {'/'.join(map(str, counts))} times (fewer than {MIN_EVALS}; e.g. "
+            f"`{next(iter(sparse))}`): each read at a target loss is interpolated linearly between evals "
+            "far apart (*eval_bracket_steps*, *n_evals*), so the steps and tail values there are rough. "
+            "Rerun with a smaller `train.eval_every` for reads you can rely on.\n")
     arms = iso_loss(rows, loss, iso_target)
     metrics = tail_metrics([r for row in rows for r in row.runs])
     iso = iso_table(arms, iso_tests(arms), metrics)
@@ -118,8 +129,9 @@ def matched_loss_sections(rows: list[Row], out: Path, iso_target: float | None) 
         parts += ["## Iso-loss: the tail at matched overall loss\n",
                   f"Each arm's tail metrics at the step where its {loss.label} first reaches {which}, "
                   "interpolated linearly between the two evals around that step (*eval_bracket_steps*: "
-                  "the widest such interval; a run already below the target at its first eval, or that "
-                  "never reaches it, is reported, not extrapolated). If an arm is only faster, its tail "
+                  "the widest such interval; *n_evals*: the fewest evals of a seed; a run already below "
+                  "the target at its first eval, or that never reaches it, is reported, not "
+                  "extrapolated). If an arm is only faster, its tail "
                   "here equals AdamW's; if it is biased toward the tail, its tail loss is lower (and QA "
                   "tail accuracy higher) at the same overall loss. p: t-test against AdamW at the same "
                   "target.\n", markdown(iso),

@@ -128,7 +128,7 @@ def iso_table(arms: list[ArmAtTarget], tests: dict[int, dict[str, Comparison]], 
     """iso_loss.csv: each arm at the common target loss: the step, and the tail metrics there (mean
     over the seeds that reached it; headline metrics with their p-value against AdamW there)."""
     header = ["arm", "target_loss", "step_at_target", "step_ci95_low", "step_ci95_high", "n_seeds",
-              "n_reached", "eval_bracket_steps", "status"]
+              "n_reached", "eval_bracket_steps", "n_evals", "status"]
     headline = [m for m in HEADLINE if m in metrics]
     header += [c for m in headline for c in (column(m), f"p_{column(m)}_vs_adamw")]
     header += [column(m) for m in metrics if m not in headline]
@@ -136,7 +136,8 @@ def iso_table(arms: list[ArmAtTarget], tests: dict[int, dict[str, Comparison]], 
     for i, arm in enumerate(arms):
         steps = arm.steps
         cells = [arm.row.group, arm.target, steps and steps.mean, steps and steps.ci95_low,
-                 steps and steps.ci95_high, len(arm.runs), len(arm.reached), arm.bracket(), arm.status()]
+                 steps and steps.ci95_high, len(arm.runs), len(arm.reached), arm.bracket(), arm.n_evals,
+                 arm.status()]
         for m in headline:
             cells += [_mean(arm.values(m)), _p(tests.get(i, {}).get(m))]
         cells += [_mean(arm.values(m)) for m in metrics if m not in headline]
@@ -147,13 +148,13 @@ def iso_table(arms: list[ArmAtTarget], tests: dict[int, dict[str, Comparison]], 
 def steps_table(results: list[StepsToTarget]) -> Table:
     """steps_to_target.csv: steps to the family's AdamW final loss (mean, 95% t interval over seeds)."""
     header = ["arm", "target_loss", "steps", "ci95_low", "ci95_high", "speedup_vs_adamw", "n_seeds",
-              "n_reached", "eval_bracket_steps", "status"]
+              "n_reached", "eval_bracket_steps", "n_evals", "status"]
     body = []
     for r in results:
         steps = r.arm.steps
         body.append([r.arm.row.group, r.arm.target, steps and steps.mean, steps and steps.ci95_low,
                      steps and steps.ci95_high, r.speedup, len(r.arm.runs), len(r.arm.reached),
-                     r.arm.bracket(), r.arm.status()])
+                     r.arm.bracket(), r.arm.n_evals, r.arm.status()])
     return header, body
 
 

@@ -55,6 +55,7 @@ MUON_KEY, BASE_KEY, ROUTE_KEY, FFN_KEY = "optim.muon", "optim.base", "optim.rout
 ROUTING_KEYS = (MUON_KEY, BASE_KEY, ROUTE_KEY)
 # train.py defaults for the keys that name a run (see the config section of INTERFACES/DESIGN).
 DEFAULTS = {MUON_KEY: "hidden", BASE_KEY: "adamw", ROUTE_KEY: None}
+STEPS_KEY, EVAL_EVERY_KEY = "train.steps", "train.eval_every"
 _MISSING = object()
 
 
@@ -102,6 +103,7 @@ class Grid:
     description: str
     runs: list[Run]
     tune: Tune | None = None
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # `run GRID key=value`, as given
 
 
 def label_of(config: dict[str, Any]) -> str:
@@ -383,11 +385,13 @@ def load_grid(arg: str | Path) -> Grid:
 def with_overrides(grid: Grid, items: list[str]) -> Grid:
     """The grid with dotted `key=value` overrides applied to every run (over the grid's own values).
 
-    Its name gets a short hash of the overrides, so its runs land in their own directory.
+    Its name gets a short hash of the overrides, so its runs land in their own directory. Overriding
+    `train.steps` scales each run's `train.eval_every` with it (unless that is overridden too), so a
+    shorter grid keeps its number of evals and its curves and interpolated analyses their resolution.
     """
     if not items:
         return grid
-    from training.config import load_config  # validates the keys and values now, before any run
+    from training.config import TrainSection, load_config  # validates the keys and values now, before any run
 
     load_config(overrides=items)
     extra = flatten(OmegaConf.to_container(OmegaConf.from_dotlist(items)))
@@ -395,9 +399,23 @@ def with_overrides(grid: Grid, items: list[str]) -> Grid:
     if tuned:
         raise GridError(f"{', '.join(tuned)} is tuned by the grid (tune.keys); edit the sweep in the grid "
                         "file instead of overriding it")
-    tag = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode()).hexdigest()[:6]
-    runs = [dataclasses.replace(run, overrides={**run.overrides, **extra}) for run in grid.runs]
-    return dataclasses.replace(grid, name=f"{grid.name}+{tag}", runs=runs)
+    scaled = STEPS_KEY in extra and EVAL_EVERY_KEY not in extra
+    # The scaled cadence is part of what the runs compute: a grid run with the same overrides before
+    # the scaling existed keeps its own directory (its finished runs are not in conflict with these).
+    named = {**extra, EVAL_EVERY_KEY: "scaled"} if scaled else extra
+    tag = hashlib.sha256(json.dumps(named, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+    def overridden(run: Run) -> Run:
+        merged = {**run.overrides, **extra}
+        if scaled:
+            own = {**grid.base_config, **run.overrides}
+            steps = own.get(STEPS_KEY, TrainSection.steps)
+            every = own.get(EVAL_EVERY_KEY, TrainSection.eval_every)
+            merged[EVAL_EVERY_KEY] = max(1, round(every * extra[STEPS_KEY] / steps))
+        return dataclasses.replace(run, overrides=merged)
+
+    return dataclasses.replace(grid, name=f"{grid.name}+{tag}", runs=[overridden(r) for r in grid.runs],
+                               overrides=extra)
 
 
 def config_diff(grid: Grid, run: Run) -> dict[str, Any]:

@@ -9,7 +9,9 @@
   arm's final loss: does AdamW given more steps catch up on the tail?
 
 Every value at a target is interpolated between two logged evals (ablations/curves.py); a run
-that never reaches the target, or is already below it at its first eval, is reported as such.
+that never reaches the target, or is already below it at its first eval, is reported as such. Runs
+with fewer than MIN_EVALS logged points make these reads straight lines between a few points: the
+report warns (`too_few_evals`).
 The overall loss is the eval loss; for runs that log none (data without a validation split, such
 as bios) it is the training loss, and the report says so.
 """
@@ -59,6 +61,17 @@ def column(metric: str) -> str:
     return short.get(metric) or metric.removeprefix("eval/tail/").replace("/", "_")
 
 
+# Below this many evals a run's loss curve is a few straight segments: a crossing read from it is
+# interpolated over a fifth of training or more, and says little about when the target was reached.
+MIN_EVALS = 6
+
+
+def too_few_evals(runs: list[RunData], loss: OverallLoss) -> dict[str, int]:
+    """The runs with fewer than MIN_EVALS points of the overall loss: name -> how many they have."""
+    counts = {r.name: len(r.history.get(loss.history, [])) for r in runs}
+    return {name: n for name, n in counts.items() if n < MIN_EVALS}
+
+
 @dataclass(frozen=True)
 class RunAtTarget:
     """One run at a target loss: where it crossed, and its tail metrics interpolated there."""
@@ -75,6 +88,7 @@ class ArmAtTarget:
     row: Row
     target: float
     runs: list[RunAtTarget]
+    n_evals: int = 0  # the fewest logged points of the overall loss among the seeds: what a read rests on
 
     @property
     def reached(self) -> list[RunAtTarget]:
@@ -114,7 +128,8 @@ def at_target(row: Row, loss: OverallLoss, target: float, metrics: list[str]) ->
                 if value is not None:
                     values[metric] = value
         runs.append(RunAtTarget(run, crossing, values))
-    return ArmAtTarget(row, target, runs)
+    n_evals = min((len(run.history.get(loss.history, [])) for run in row.runs), default=0)
+    return ArmAtTarget(row, target, runs, n_evals)
 
 
 def _families(rows: list[Row]) -> dict[str, list[Row]]:

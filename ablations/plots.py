@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from ablations.matched_loss import ArmAtTarget, OverallLoss, StepsToTarget  # noqa: E402
 from ablations.results import Row, RunData  # noqa: E402
 from ablations.tuning import ArmTuning, profile  # noqa: E402
+from common.plotting import legend_beside  # noqa: E402
 
 SPECTRA_GROUPS = ("v", "o", "ffn_out")
 SPECTRA_METRICS = ("svd_entropy", "effective_rank", "top10_energy", "q75_q25")
@@ -48,13 +49,13 @@ def loss_curves(runs: list[RunData], rows: list[Row], out: Path) -> Path | None:
         label = None if run.group in labelled else run.group
         labelled.add(run.group)
         style = {"color": color.get(run.group, "gray"), "lw": 1.3, "ls": "-" if run.summary else ":"}
-        axes[0].plot(*zip(*series, strict=True), label=label, **style)
+        axes[0].plot(*zip(*series, strict=True), **style)
         tail = [(s, v) for s, v in series if s >= last / 2]
         if tail:
-            axes[1].plot(*zip(*tail, strict=True), marker="o", ms=2, **style)
+            axes[1].plot(*zip(*tail, strict=True), marker="o", ms=2, label=label, **style)
     axes[0].set(xlabel="step", ylabel="eval loss", title="Eval loss (dotted: run not finished)")
     axes[1].set(xlabel="step", ylabel="eval loss", title="Second half of training")
-    axes[0].legend(fontsize=7, ncol=2)
+    legend_beside(axes[1])  # one legend for both panels, right of the second
     for ax in axes:
         ax.grid(alpha=0.3)
     return _save(fig, out / "loss_curves.png")
@@ -71,7 +72,8 @@ def final_loss_bars(rows: list[Row], out: Path) -> Path | None:
     stds = [r.eval_loss.std or 0.0 for r in rows]
     ax.barh([r.group for r in rows], means, xerr=stds, color=[color[r.group] for r in rows])
     span = max(means) - min(means)
-    ax.set_xlim(min(means) - max(span, 1e-3) * 0.6, max(means) + max(stds) + max(span, 1e-3) * 0.3)
+    lowest = min(m - sd for m, sd in zip(means, stds, strict=True))  # error bars inside the frame
+    ax.set_xlim(lowest - max(span, 1e-3) * 0.6, max(means) + max(stds) + max(span, 1e-3) * 0.3)
     for y, (m, sd) in enumerate(zip(means, stds, strict=True)):
         ax.text(m + sd, y, f" {m:.4f}", va="center", fontsize=7)
     ax.set(xlabel="final eval loss (lower is better)", title="Final eval loss by routing")
@@ -114,7 +116,7 @@ def tail_buckets(rows: list[Row], out: Path) -> Path | None:
                             color=color[row.group], label=row.group)
     axes[0, 0].set(xlabel="frequency bucket (0 = most frequent tokens)", ylabel="final eval loss",
                    title="Loss by token-frequency bucket")
-    axes[0, 0].legend(fontsize=7, ncol=2)
+    legend_beside(axes[0, -1])
     if with_delta:
         axes[0, 1].axhline(0, color="black", lw=0.8)
         axes[0, 1].set(xlabel="frequency bucket (0 = most frequent tokens)", ylabel="loss - AdamW loss",
@@ -190,8 +192,7 @@ def qa_fta(runs: list[RunData], rows: list[Row], out: Path) -> Path | None:
                 ylim=(-0.02, 1.02))
     for ax in axes:
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        legend_beside(ax)
     return _save(fig, out / "qa_fta.png")
 
 
@@ -225,7 +226,7 @@ def tuning_curves(tunings: list[ArmTuning], sweep: dict[str, list], rows: list[R
         ax.set(xlabel=key, ylabel="final eval loss (mean over tuning seeds)",
                title=f"Sweep of {key} (star: chosen; x: diverged)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        legend_beside(ax)
     return _save(fig, out / "tuning.png")
 
 
@@ -237,16 +238,15 @@ _ISO_PANELS = (("eval/tail/tail_loss", "tail-bucket loss"), ("eval/tail/gap", "t
 def iso_loss_trajectories(rows: list[Row], arms: list[ArmAtTarget], loss: OverallLoss,
                           out: Path) -> Path | None:
     """Tail metrics against overall eval loss over each run's evals; the x axis runs in the direction of
-    training (loss decreasing to the right), the dotted line is the iso-loss target. The view starts
-    at 3x the target's distance from the lowest loss: the first evals' large losses would squeeze the
-    part of training where the arms are compared."""
+    training (loss decreasing to the right), the dotted line is the iso-loss target. Every point is in
+    the frame, the first evals' large losses included."""
     panels = [(m, label) for m, label in _ISO_PANELS
               if any(m in r.history for row in rows for r in row.runs)]
     if not panels:
         return None
     color = colors(rows)
     targets = sorted({a.target for a in arms})
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 1.5, 4.5), squeeze=False)
     for ax, (metric, label) in zip(axes[0], panels, strict=True):
         labelled = set()
         curves = []
@@ -256,11 +256,6 @@ def iso_loss_trajectories(rows: list[Row], arms: list[ArmAtTarget], loss: Overal
                 points = [(overall[s], v) for s, v in run.history.get(metric, []) if s in overall]
                 if points:
                     curves.append((row, points))
-        lowest = min(x for _, points in curves for x, _ in points)
-        highest = max(x for _, points in curves for x, _ in points)
-        right = max(targets, default=highest)
-        left = min(highest, right + 2 * max(right - lowest, 0.05))
-        shown = [y for _, points in curves for x, y in points if x <= left]
         for row, points in curves:
             ax.plot(*zip(*points, strict=True), marker="o", ms=2, lw=1.1,
                     color=color.get(row.group, "gray"), ls="--" if row.longer else "-",
@@ -268,15 +263,13 @@ def iso_loss_trajectories(rows: list[Row], arms: list[ArmAtTarget], loss: Overal
             labelled.add(row.group)
         for target in targets:
             ax.axvline(target, color="black", ls=":", lw=1)
-        pad = 0.02 * (left - lowest)
-        ax.set_xlim(left + pad, lowest - pad)  # reversed: training goes right
-        if shown:
-            margin = 0.05 * (max(shown) - min(shown) or 1.0)
-            ax.set_ylim(min(shown) - margin, max(shown) + margin)
+        xs = [x for _, points in curves for x, _ in points] + targets
+        pad = 0.02 * (max(xs) - min(xs) or 1.0)
+        ax.set_xlim(max(xs) + pad, min(xs) - pad)  # reversed: training goes right
         ax.set(xlabel=f"overall {loss.label} (training goes right)", ylabel=label,
                title=f"{label} vs overall loss")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        legend_beside(ax)
     return _save(fig, out / "iso_loss.png")
 
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ablations import plots
 from ablations.analysis_report import analyses
 from ablations.analysis_tables import PValue, md_cell, write_table
+from ablations.grid import EVAL_EVERY_KEY, STEPS_KEY
 from ablations.results import ADAMW, EVAL_LOSS, FULL_MUON, Row, RunData, aggregate, load_runs, read_manifest
 from ablations.stats import Stat
 from common.errors import MissingFileError
+from common.rundir import RunDir
 
 
 def _p(row: Row, vs: str) -> PValue | None:
@@ -106,12 +109,42 @@ MD_COLUMNS: list[tuple[str, Callable[[Row], str]]] = [
 ]
 
 
-def markdown_table(rows: list[Row]) -> str:
+def _table_cells(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """table.md's headers and cells, without the columns that are empty in every row."""
     cells = [[get(row) for _, get in MD_COLUMNS] for row in rows]
     keep = [i for i in range(len(MD_COLUMNS)) if any(c[i] for c in cells)]
-    lines = ["| " + " | ".join(MD_COLUMNS[i][0] for i in keep) + " |", "|" + "---|" * len(keep)]
-    lines += ["| " + " | ".join(c[i] for i in keep) + " |" for c in cells]
+    return [MD_COLUMNS[i][0] for i in keep], [[c[i] for i in keep] for c in cells]
+
+
+def markdown_table(rows: list[Row]) -> str:
+    headers, cells = _table_cells(rows)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
     return "\n".join(lines) + "\n"
+
+
+# How to read a table.md column, for the columns that need it (shown only when the column is).
+LEGEND: list[tuple[tuple[str, ...], str]] = [
+    (("Δ vs AdamW",), f"*Δ vs AdamW*: final eval loss minus that of the `{ADAMW}` run of the same FFN type "
+                      "and settings (negative = better than AdamW)."),
+    (("share of Muon gain",), "*Share of Muon gain*: (L_AdamW − L_run) / "
+                              f"(L_AdamW − L_{FULL_MUON}), i.e. how much of the improvement of Muon on all "
+                              "hidden matrices this routing recovers (100% = all of it)."),
+    (("tail loss", "tail − head gap"), "*Tail loss/gap*: loss on the rarest token bucket and its "
+                                       "difference from the most frequent bucket."),
+    (("paper loss", "paper tail FTA"), "*Paper*: the reference value from arXiv 2509.26030 (160M model, "
+                                       "10k steps on FineWeb; tail FTA: rarest of 15 groups), to compare "
+                                       "orderings with, not absolute numbers."),
+    (("p vs AdamW", "p vs Muon"), "*p*: t-test of the final eval loss against that reference (see "
+                                  "Statistics); *(n.s.)*: not significant at 0.05."),
+    (("tuned",), "*Tuned*: the arm's chosen values."),
+]
+
+
+def table_legend(rows: list[Row]) -> str:
+    """How to read the columns table.md shows (none for a column it leaves out)."""
+    shown = set(_table_cells(rows)[0])
+    return " ".join(text for headers, text in LEGEND if shown & set(headers))
 
 
 FIGURES = [
@@ -139,6 +172,28 @@ FIGURES = [
 ]
 
 
+def as_run(runs: list[RunData], overrides: dict[str, Any]) -> str:
+    """What the runs did, from their configs and logs (the grid's description may predate an override):
+    steps, eval cadence, evals per run, and the overrides given to `python -m ablations run`."""
+    if not runs:
+        return ""
+
+    def span(values: set[int]) -> str:
+        return "/".join(map(str, sorted(values)))
+
+    steps = span({r.steps for r in runs})
+    every = span({int(r.config[EVAL_EVERY_KEY]) for r in runs if EVAL_EVERY_KEY in r.config})
+    evals = span({len(r.history.get("eval/loss", [])) for r in runs})
+    cadence = f", an eval every {every} steps" if every else ""
+    text = f"As run: {steps} steps{cadence}, {evals} evals per run."
+    if overrides:
+        text += " Overrides of every run: " + ", ".join(f"`{k}={v}`" for k, v in overrides.items())
+        if STEPS_KEY in overrides and EVAL_EVERY_KEY not in overrides:
+            text += f" (each run's `{EVAL_EVERY_KEY}` scaled with `{STEPS_KEY}`)"
+        text += "."
+    return text + "\n"
+
+
 def report_markdown(runs_dir: Path, runs: list[RunData], rows: list[Row], images: dict[str, Path],
                     out: Path, grid: dict, sections: list[str]) -> str:
     """report.md: what was run, the table, the figures with how to read them, the analyses
@@ -147,20 +202,13 @@ def report_markdown(runs_dir: Path, runs: list[RunData], rows: list[Row], images
     done = sum(r.summary is not None for r in runs)
     parts = [f"# Ablation report: {title}\n",
              f"{grid['description'].strip()}\n" if grid.get("description") else "",
+             as_run(runs, grid.get("overrides", {})),
              f"Runs directory `{runs_dir}`: {len(runs)} runs, {done} finished, {len(rows)} settings "
              "(seeds pooled: mean ± std). Regenerate with `python -m ablations report "
              f"{runs_dir}`.\n",
              "## Results\n",
              markdown_table(rows) if rows else "No run has finished yet.\n",
-             f"\n*Δ vs AdamW*: final eval loss minus that of the `{ADAMW}` run of the same FFN type and "
-             "settings (negative = better than AdamW). *Share of Muon gain*: (L_AdamW − L_run) / "
-             f"(L_AdamW − L_{FULL_MUON}), i.e. how much of the improvement of Muon on all hidden matrices "
-             "this routing recovers (100% = all of it). *Tail loss/gap*: loss on the rarest token bucket "
-             "and its difference from the most frequent bucket. *Paper*: the reference value from "
-             "arXiv 2509.26030 (160M model, 10k steps on FineWeb; tail FTA: rarest of 15 groups), to "
-             "compare orderings with, not absolute numbers. *p*: t-test of the final eval loss against "
-             "that reference (see Statistics); *(n.s.)*: not significant at 0.05. *Tuned*: the arm's "
-             "chosen values.\n"]
+             f"\n{table_legend(rows)}\n" if rows else ""]
     for key, heading, how_to_read in FIGURES:
         if key in images:
             parts += [f"## {heading}\n", f"![{heading}]({images[key].relative_to(out).as_posix()})\n",
@@ -179,6 +227,11 @@ def report_markdown(runs_dir: Path, runs: list[RunData], rows: list[Row], images
     return "\n".join(p for p in parts if p)
 
 
+def default_out(runs_dir: Path) -> Path:
+    """RUNS_DIR/report, or for a single run directory <run>_report beside it: a run is never written to."""
+    return runs_dir.with_name(f"{runs_dir.name}_report") if RunDir(runs_dir).exists() else runs_dir / "report"
+
+
 def build_report(runs_dir: Path, out: Path | None = None, iso_loss: float | None = None) -> Path:
     """Write the tables, plots and report.md for the runs under runs_dir; returns report.md's path.
 
@@ -188,7 +241,7 @@ def build_report(runs_dir: Path, out: Path | None = None, iso_loss: float | None
     if not runs_dir.is_dir():
         raise MissingFileError(f"runs directory {runs_dir} does not exist; give the --out directory of "
                                "`python -m ablations run`")
-    out = Path(out) if out else runs_dir / "report"
+    out = Path(out) if out else default_out(runs_dir)
     manifest = read_manifest(runs_dir)
     runs = [r for r in load_runs(runs_dir) if r.role != "tuning"]  # the sweep has its own section
     rows = aggregate(runs, tuple(manifest.get("tune", {}).get("keys", ())))

@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ablations.grid import FFN_KEY, ROUTING_KEYS, SEED_KEY, flatten, label_of
+from ablations.grid import FFN_KEY, ROUTING_KEYS, SEED_KEY, STEPS_KEY, flatten, label_of
 from ablations.stats import Comparison, Stat, compare, share_interval
 from common.errors import MissingFileError
 from common.rundir import RunDir
@@ -31,7 +31,6 @@ from optim.config import ADAMW_RUN_KEYS
 # Config keys that do not change what a run computes (or that distinguish seeds of one setting).
 _IGNORED_PREFIXES = ("run.", "logging.")
 _IGNORED_KEYS = (SEED_KEY, "train.resume")
-STEPS_KEY = "train.steps"
 # The final metrics the table reports, as named in summary.json.
 EVAL_LOSS, TAIL_LOSS, TAIL_GAP = "final/eval_loss", "eval/tail/tail_loss", "eval/tail/gap"
 TRAIN_LOSS = "final/train_loss"

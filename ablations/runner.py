@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ablations.grid import REPO_ROOT, Grid, Run, config_diff
 from ablations.tuning import ArmTuning, final_runs, select, tuning_runs
+from common.console import console as make_console
 from common.errors import UserError
 from common.lock import holder
 from common.rundir import RunDir
@@ -117,7 +118,13 @@ def choice_lines(grid: Grid, tunings: list[ArmTuning]) -> list[str]:
 
 
 def _state(run_dir: RunDir) -> str:
-    return "finished" if run_dir.is_finished() else "diverged" if run_dir.diverged() else "to run"
+    """The plan's word for a run: what the runner will do with it (a run with a checkpoint resumes)."""
+    status = run_dir.status()
+    if status in ("complete", "diverged"):
+        return "finished" if status == "complete" else "diverged"
+    if status == "stopped" or run_dir.latest_checkpoint() is not None:
+        return "interrupted, will resume"
+    return "to run"
 
 
 def plan_lines(grid: Grid, out: Path) -> list[str]:
@@ -157,6 +164,7 @@ def write_manifest(grid: Grid, out: Path, stage: Stage) -> Path:
         "path": str(grid.path),
         "base": grid.base,
         "description": grid.description,
+        "overrides": grid.overrides,
         "runs": [] if stage.name == "tuning" else [{**asdict(r), "group": r.group} for r in stage.runs],
     }
     if grid.tune is not None:
@@ -328,9 +336,16 @@ def _run_stage(grid: Grid, stage: Stage, out: Path, slots: list[list[int]],
     return [outcomes[r.name] for r in stage.runs]
 
 
+def _log_cell(outcome: Outcome, out: Path) -> str:
+    """The run's log, relative to the grid's directory (a skipped run has none from this command)."""
+    if not outcome.log.is_file():
+        return ""
+    return str(outcome.log.relative_to(out)) if outcome.log.is_relative_to(out) else str(outcome.log)
+
+
 def print_outcomes(outcomes: list[Outcome], out: Path, console: Console | None = None) -> None:
     """The closing summary: one row per run (status, time, final eval loss, log) and the totals."""
-    console = console or Console()
+    console = console or make_console()
     table = Table(title=f"grid results ({out})")
     for col in ("run", "status", "time", "final eval loss"):
         table.add_column(col)
@@ -340,7 +355,7 @@ def print_outcomes(outcomes: list[Outcome], out: Path, console: Console | None =
         loss = summary.get("final/eval_loss") if summary else None
         status = o.status if o.status != "failed" else f"failed ({exit_reason(o.returncode)})"
         table.add_row(o.name, status, f"{o.seconds:.0f} s" if o.seconds else "-",
-                      "-" if loss is None else f"{loss:.4f}", str(o.log) if o.status == "failed" else "")
+                      "-" if loss is None else f"{loss:.4f}", _log_cell(o, out))
     console.print(table)
     counts = {s: sum(o.status == s for o in outcomes)
               for s in ("done", "skipped", "interrupted", "diverged", "held", "failed")}

@@ -13,3 +13,8 @@ class UserError(ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or directory the user named does not exist."""
+
+
+class InputWarning(UserWarning):
+    """A warning about the user's input (allowed, but probably not meant): entry points print each one
+    once, as one `warning:` line (common.cli.run_main)."""

@@ -9,9 +9,10 @@
       summary.json       final metrics; its presence marks the run as finished
       stopped.json       present while a run stopped by a signal waits to be resumed
       diverged.json      present when the run stopped on a non-finite loss (step, loss)
+      extensions.json    the history of `train.extend_to`: [{"from_steps", "to_steps", "checkpoint"}, ...]
       checkpoints/step_<N>/   accelerate's state; complete once loop_state.json (with each file's size
                               and sha256) is in it
-      evals/step_<N>.json     `python -m training.evaluate` of that checkpoint
+      evals/step_<N>[_tokens<T>][_data-<id>].json   `python -m training.evaluate` of that checkpoint
     runs/.<name>.lock    held by the process training the run (beside it: a refused start leaves no directory)
 
 train.py, the checkpoint code, the logger, the exporter, the spectra report, evaluation and the
@@ -20,6 +21,7 @@ ablation runner all read and write run directories through `RunDir`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import warnings
@@ -28,10 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import MissingFileError
-from common.files import write_text
+from common.errors import InputWarning, MissingFileError
+from common.files import write_json, write_text
+from common.lock import holder
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+RUN_STATUSES = ("missing", "running", "stopped", "diverged", "failed", "complete")
 CHECKPOINT_MARKER = "loop_state.json"  # written last into a checkpoint: its presence makes it complete
 WEIGHTS_FILE = "model.safetensors"  # accelerate.save_state's file name for the first model
 
@@ -84,6 +88,11 @@ class RunDir:
         return self.path / "diverged.json"
 
     @property
+    def extensions(self) -> Path:
+        """The run's extension history (`train.extend_to`), oldest first; absent if never extended."""
+        return self.path / "extensions.json"
+
+    @property
     def lock(self) -> Path:
         """The lock of the process that trains this run (common/lock.py), beside the directory."""
         return self.path.parent / f".{self.path.name}.lock"
@@ -96,9 +105,14 @@ class RunDir:
         """Where the checkpoint of `step` lives (complete or not)."""
         return self.checkpoints_root / f"step_{step}"
 
-    def evaluation(self, step: int) -> Path:
-        """Where `python -m training.evaluate` writes its figures for the checkpoint of `step`."""
-        return self.path / "evals" / f"step_{step}.json"
+    def evaluation(self, step: int, tokens: int | None = None, data: str | None = None) -> Path:
+        """Where `python -m training.evaluate` writes its figures for the checkpoint of `step`.
+
+        step_<N>.json on the run's own data and budget; another budget adds `_tokens<T>`, another
+        prepared dataset `_data-<id>` (`data` is a file-name-safe id of it), so no result replaces another.
+        """
+        suffix = (f"_tokens{tokens}" if tokens is not None else "") + (f"_data-{data}" if data else "")
+        return self.path / "evals" / f"step_{step}{suffix}.json"
 
     # -- state ------------------------------------------------------------------------------
 
@@ -113,6 +127,39 @@ class RunDir:
     def diverged(self) -> bool:
         """Whether the run's last attempt stopped on a non-finite loss."""
         return self.divergence_marker.is_file()
+
+    def read_extensions(self) -> list[dict[str, Any]]:
+        """[{"from_steps": 60, "to_steps": 120, "checkpoint": "step_60"}, ...]: each `train.extend_to`."""
+        return json.loads(self.extensions.read_text()) if self.extensions.is_file() else []
+
+    def record_extension(self, from_steps: int, to_steps: int, checkpoint: Path) -> None:
+        """Append an extension to the history (written with the longer config.yaml)."""
+        history = [*self.read_extensions(),
+                   {"from_steps": from_steps, "to_steps": to_steps, "checkpoint": Path(checkpoint).name}]
+        write_json(self.extensions, history)
+
+    def status(self) -> str:
+        """The run's state, one of RUN_STATUSES, from its files alone (the one classification).
+
+        The markers first, whatever else is there: complete (summary.json), diverged (diverged.json),
+        stopped (stopped.json: resumable). Then missing (no config.yaml: nothing was started here).
+        Else running if a live process holds the run's lock (train.py holds it while it trains; the
+        kernel frees it when that process dies), failed if not (it died without a marker: a crash, a
+        kill); a failed run resumes from its last checkpoint.
+        """
+        if self.is_finished():
+            return "complete"
+        if self.diverged():
+            return "diverged"
+        if self.stop_marker.is_file():
+            return "stopped"
+        if not self.exists():
+            return "missing"
+        return "running" if holder(self.lock) else "failed"
+
+    def modified(self) -> float:
+        """When the run last wrote its config or a metric (a time.time() timestamp; 0 if neither exists)."""
+        return max((p.stat().st_mtime for p in (self.config, self.metrics) if p.is_file()), default=0.0)
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
@@ -138,7 +185,8 @@ class RunDir:
             try:
                 yield line, json.loads(line)
             except json.JSONDecodeError:
-                warnings.warn(f"{self.metrics}:{i + 1}: skipping a line that is not JSON", stacklevel=3)
+                warnings.warn(f"{self.metrics}:{i + 1}: skipping a line that is not JSON", InputWarning,
+                              stacklevel=3)
 
     def events(self) -> Iterator[dict[str, Any]]:
         """The logged events, in order."""
@@ -158,6 +206,12 @@ def checkpoint_step(path: Path) -> int | None:
     """N for a directory named step_<N>, else None."""
     match = _STEP_DIR.match(Path(path).name)
     return int(match.group(1)) if match else None
+
+
+def checkpoint_id(path: Path) -> str:
+    """Tells apart two checkpoints of one step (an extension rewrites the later ones): a hash of the
+    marker, which records the step, tokens and wall time of its writing."""
+    return hashlib.sha256((Path(path) / CHECKPOINT_MARKER).read_bytes()).hexdigest()[:12]
 
 
 def is_complete_checkpoint(path: Path) -> bool:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.cli import ExitCode
 from common.errors import UserError
 from data.manifest import read_meta
 from data.pipeline import prepare_dataset
@@ -122,8 +123,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     except UserError as e:  # bad input: one line; anything else is a bug and keeps its traceback
         sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(f"interrupted: re-run the same command to resume {a.out} after its last complete shard")
+    except KeyboardInterrupt:  # the shards written so far are complete: stopped, resumable (common.cli)
+        print(f"stopped: re-run the same command to resume {a.out} after its last complete shard",
+              file=sys.stderr)
+        sys.exit(ExitCode.STOPPED)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ from optim.groups import GROUPS, group_of
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the non-interactive backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from common.plotting import legend_beside  # noqa: E402
 
 
 @dataclass
@@ -111,7 +114,7 @@ def plot_groups(sources: list[Source], groups: tuple[str, ...], out: Path) -> Pa
             ax.bar([x + i * width for x in range(len(groups))], values, width, label=src.label)
         ax.set_xticks([x + width * (len(sources) - 1) / 2 for x in range(len(groups))], groups)
         ax.set_title(metric)
-    axes.flat[0].legend(fontsize=8)
+    legend_beside(axes[0, 1], fontsize=8)
     return _save(fig, out / "groups.png")
 
 
@@ -124,8 +127,9 @@ def plot_layers(src: Source, groups: tuple[str, ...], out: Path) -> Path:
             if layers:
                 ax.plot(layers, values, marker="o", label=g)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
         ax.set_title(metric)
-    axes.flat[0].legend(fontsize=8)
+    legend_beside(axes[0, 1], fontsize=8)
     fig.suptitle(src.label)
     return _save(fig, out / f"layers_{_safe(src.label)}.png")
 
@@ -171,7 +175,7 @@ def plot_over_steps(src: Source, groups: tuple[str, ...], out: Path, prefix: str
     if not drawn:
         plt.close(fig)
         return None
-    axes.flat[0].legend(fontsize=8)
+    legend_beside(axes[0, 1], fontsize=8)
     name, title = CURVES[prefix]
     fig.suptitle(f"{src.label}: {title}")
     return _save(fig, out / f"{name}_{_safe(src.label)}.png")

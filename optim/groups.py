@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from common.errors import UserError
+from common.text_table import text_table
 
 GROUPS = ("q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out", "embed", "head", "scalar")
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -49,13 +50,15 @@ class RoutingError(UserError):
 
 @dataclass(frozen=True)
 class RouteEntry:
-    """Where one parameter goes: its group, its optimizer (`optim.routing.OPTIMIZERS`), shape and size."""
+    """Where one parameter goes: its group, its optimizer (`optim.routing.OPTIMIZERS`), shape, size and
+    the routing entry that sent it there (the one that won, where several cover it)."""
 
     name: str
     group: str
     optimizer: str
     shape: tuple[int, ...]
     numel: int
+    entry: str = ""
 
 
 def _valid_names() -> str:
@@ -124,16 +127,12 @@ def routing_json(entries: Sequence[RouteEntry]) -> list[dict]:
 
 
 def format_routing_table(entries: Sequence[RouteEntry]) -> str:
-    """A plain-text table (parameter, group, optimizer, shape, count) followed by totals per optimizer."""
-    rows = [("parameter", "group", "optimizer", "shape", "count")]
-    rows += [(e.name, e.group, e.optimizer, "x".join(map(str, e.shape)), f"{e.numel:,}") for e in entries]
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    # left-aligned text columns, right-aligned count
-    lines = [
-        "  ".join([*(c.ljust(w) for c, w in zip(row[:4], widths, strict=False)), row[4].rjust(widths[4])])
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    """A plain-text table (parameter, group, optimizer, shape, count, the routing entry that won) followed
+    by totals per optimizer."""
+    rows = [("parameter", "group", "optimizer", "shape", "count", "entry")]
+    rows += [(e.name, e.group, e.optimizer, "x".join(map(str, e.shape)), f"{e.numel:,}", e.entry)
+             for e in entries]
+    lines = text_table(rows, right={4})  # the count right-aligned
     total = sum(e.numel for e in entries) or 1
     lines.append("")
     for optimizer in dict.fromkeys(e.optimizer for e in entries):

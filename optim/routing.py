@@ -6,8 +6,14 @@
 is `i`, `i-j` (inclusive) or `-k` (the last k layers). `default:<optimizer>` takes every parameter no
 entry names (without it: `optim.base`). `optim.muon=X` is shorthand for `X:muon default:<optim.base>`.
 
+Precedence, the one rule: where two entries cover a parameter, the one whose coverage (its groups x its
+layers) lies within the other's wins. So a layer-restricted entry overrides an unrestricted one for the
+same groups (`ffn:muon ffn@-2:normuon`), a narrower layer range a wider one, and named groups the alias
+that contains them (`vo:muon v:signum`). Entries that overlap with neither inside the other (equal
+coverage, or partial overlaps such as `qk:muon k,v:lion`) are errors.
+
 `parse_route` reads a spec, `check_rules` checks it against the model's layer count, `route_rules`
-assigns every parameter of a model (the routing table of `optim.groups`).
+assigns every parameter of a model (the routing table of `optim.groups`, with the entry that won).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 
 from torch import nn
 
+from common.errors import InputWarning
 from optim.groups import (
     GROUPS,
     RouteEntry,
@@ -64,6 +71,13 @@ class RouteRule:
                                f"(this model has {n_layers} layers)")
         return range(first, end + 1)
 
+    def coverage(self, n_layers: int, key: str) -> frozenset[tuple[str, int | None]]:
+        """The (group, layer) pairs this entry covers; layer None stands for the parameters outside layers,
+        which only an unrestricted entry covers (so a layer range is always within the unrestricted)."""
+        span = self.layer_range(n_layers, key)
+        layers = [*range(n_layers), None] if span is None else list(span)
+        return frozenset((group, layer) for group in self.groups for layer in layers)
+
 
 def parse_route(spec: str | Mapping[str, str] | Sequence[str], base: str, key: str = "optim.route"
                 ) -> list[RouteRule]:
@@ -85,25 +99,29 @@ def parse_route(spec: str | Mapping[str, str] | Sequence[str], base: str, key: s
 def route_rules(model: nn.Module, rules: Sequence[RouteRule], key: str = "optim.route") -> list[RouteEntry]:
     """Assign every trainable parameter of `model` to the optimizer of the entry that covers it.
 
-    Errors (one line, naming `key` and the entry): layers out of range, two entries for one parameter,
-    the scalar group to Muon or NorMuon, a group named explicitly (not through an alias) that has no
-    parameter in this model. Warns when the embedding or the head goes to Muon (allowed for ablations).
+    Where several entries cover a parameter, the most specific wins (`check_rules`: they are nested).
+    Errors (one line, naming `key` and the entry): layers out of range, overlapping entries neither of
+    which lies within the other, the scalar group to Muon or NorMuon, a group named explicitly (not
+    through an alias) that has no parameter in this model. Warns when the embedding or the head goes to
+    Muon (allowed for ablations).
     """
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     layers = [layer_of(name) for name, _ in params]
     n_layers = 1 + max((i for i in layers if i is not None), default=-1)
     check_rules(rules, n_layers, key)
-    spans = [(r, r.layer_range(n_layers, key)) for r in rules]  # the default entry is last
+    covers = [(r, r.coverage(n_layers, key)) for r in rules if not r.is_default]
+    default = next(r for r in rules if r.is_default)
     entries, used = [], {}
     for (name, p), layer in zip(params, layers, strict=True):
         group = group_of(name, p)
-        rule = next(r for r, span in spans if r.is_default or (
-            group in r.groups and (span is None or layer in span)))
+        # the entries covering a parameter are nested (check_rules): the smallest is the most specific
+        rule = min(((len(c), r) for r, c in covers if (group, layer) in c), key=lambda pair: pair[0],
+                   default=(0, default))[1]
         if group == "scalar" and rule.optimizer in MUON_FAMILY:
             raise RoutingError(f"the scalar group (1-D norm gains and biases) cannot go to Muon "
                                f"({rule.text!r}); remove it from {key}")
         used.setdefault(rule, set()).add(group)
-        entries.append(RouteEntry(name, group, rule.optimizer, tuple(p.shape), p.numel()))
+        entries.append(RouteEntry(name, group, rule.optimizer, tuple(p.shape), p.numel(), rule.text))
     present = {e.group for e in entries}
     missing = sorted({g for r in rules for g in r.named if g not in present})
     if missing:
@@ -117,6 +135,7 @@ def route_rules(model: nn.Module, rules: Sequence[RouteRule], key: str = "optim.
         warnings.warn(
             f"routing {' and '.join(to_muon)} to Muon: Muon is meant for hidden matrices; "
             "allowed for ablations only",
+            InputWarning,
             stacklevel=3,
         )
     return entries
@@ -131,18 +150,20 @@ def muon_shorthand(spec: str | Sequence[str], base: str) -> list[RouteRule]:
 
 
 def check_rules(rules: Sequence[RouteRule], n_layers: int, key: str = "optim.route") -> None:
-    """Layer ranges within the model, and no (group, layer) claimed by two entries (named in the error)."""
-    spans = [(r, r.layer_range(n_layers, key)) for r in rules if not r.is_default]
-    for i, (a, a_layers) in enumerate(spans):
-        for b, b_layers in spans[i + 1:]:
-            groups = a.groups & b.groups
-            layers = set(range(n_layers) if a_layers is None else a_layers) & set(
-                range(n_layers) if b_layers is None else b_layers)
-            # entries without layers also cover the layer-less parameters (embed, head, final norm)
-            if groups and (layers or (a_layers is None and b_layers is None)):
-                where = f" in layer(s) {_span(sorted(layers))}" if a_layers or b_layers else ""
-                raise RoutingError(f"{key}: entries {a.text!r} and {b.text!r} both route "
-                                   f"{', '.join(sorted(groups))}{where}; each parameter needs one optimizer")
+    """Layer ranges within the model, and any two overlapping entries nested: one's coverage strictly
+    within the other's (it is the more specific and wins). Otherwise an error naming both entries."""
+    covers = [(r, r.coverage(n_layers, key)) for r in rules if not r.is_default]
+    for i, (a, a_cover) in enumerate(covers):
+        for b, b_cover in covers[i + 1:]:
+            shared = a_cover & b_cover
+            if shared and not (a_cover < b_cover or b_cover < a_cover):
+                layers = sorted({layer for _, layer in shared if layer is not None})
+                where = f" in layer(s) {_span(layers)}" if a.layers or b.layers else ""
+                raise RoutingError(
+                    f"{key}: entries {a.text!r} and {b.text!r} both route "
+                    f"{', '.join(sorted({g for g, _ in shared}))}{where} and neither is more specific "
+                    "(a layer range, or groups named within an alias, overrides the wider entry); "
+                    "each parameter needs one optimizer")
 
 
 def _span(layers: list[int]) -> str:

@@ -137,10 +137,10 @@ def test_missing_base_and_grid(tmp_path):
         load_grid(tmp_path / "absent.yaml")
 
 
-def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
-    assert main(["run", str(tmp_path / "absent.yaml"), "--dry-run"]) == 2
-    assert main(["report", str(tmp_path / "no_such_dir")]) == 2
-    assert main(["report", str(tmp_path)]) == 2  # exists but holds no run directory
+def test_cli_errors_are_one_line_exit_1(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "absent.yaml"), "--dry-run"]) == 1  # a user error, as in train.py
+    assert main(["report", str(tmp_path / "no_such_dir")]) == 1
+    assert main(["report", str(tmp_path)]) == 1  # exists but holds no run directory
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("error: ") for line in lines)
     assert "no run directories" in lines[2]

@@ -15,6 +15,7 @@ def two_rank_rows() -> list[dict]:
     return bench_dist(args)
 
 
+@pytest.mark.slow
 def test_both_modes_are_timed_on_every_rank(two_rank_rows):
     assert sorted((r["rank"], r["mode"]) for r in two_rank_rows) == [
         (0, "ddp"), (0, "fsdp2"), (1, "ddp"), (1, "fsdp2")]

@@ -42,6 +42,7 @@ def test_works_and_split(shakespeare_cache, monkeypatch):
     assert not set(val) & set(train)
 
 
+@pytest.mark.slow
 def test_prepared_default_corpus(shakespeare_data):
     meta = load_meta(shakespeare_data)
     assert meta["source"] == "builtin:shakespeare" and meta["vocab_size"] == 1024

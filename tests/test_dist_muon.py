@@ -191,6 +191,7 @@ def test_row_ranges_split_as_torch_chunk():
             assert [len(r) for r in row_ranges(rows, world)] == chunks + [0] * (world - len(chunks))
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process(two_ranks, one_process):
     params, opt = one_process
     for rank_result in two_ranks:

@@ -163,6 +163,18 @@ def test_a_part_out_of_time_keeps_what_it_saved(tmp_path):
     assert json.loads((records / "gpu_tests.json").read_text()) == rec
 
 
+def test_the_script_uses_python3_where_python_is_absent(tmp_path):
+    """As on the node: only `python3` on PATH (and no PYTHON set)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"} | {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--help"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("package torch ") and "usage: python -m benchmarks.gpu_check" in proc.stdout
+
+
 def test_unknown_parts_are_a_usage_error():
     with pytest.raises(SystemExit):
         parse_args(["--parts", "gpu_tests,nope"])

@@ -107,6 +107,7 @@ def test_cpu_bf16_attention_is_computed_in_fp32():
     assert torch.equal(out, ref)
 
 
+@pytest.mark.slow
 def test_compiled_model_loss_is_one_graph_and_matches_eager():
     """train.compile=true compiles the model with its fused loss: no graph break, same loss and grads."""
     torch.manual_seed(0)

@@ -141,7 +141,9 @@ def test_normuon_against_its_normalization():
         v = beta2 * v + (1 - beta2) * O.square().mean(dim=1, keepdim=True)
         N = O / (v.sqrt() + 1e-8)
         hand = hand - lr * N * (O.norm() / N.norm())
-    torch.testing.assert_close(opt.state[p]["second_moment"], v, rtol=1e-6, atol=0)
+    # fp32 sums of squares by two kernel paths: a few ulps apart (1.004e-6 relative on a Xeon); a wrong
+    # normalization or EMA would be off by orders of magnitude more.
+    torch.testing.assert_close(opt.state[p]["second_moment"], v, rtol=1e-5, atol=0)
     torch.testing.assert_close(p.detach(), hand, rtol=0, atol=1e-6)
 
 

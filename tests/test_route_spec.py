@@ -67,10 +67,50 @@ def test_build_optimizer_routes_to_every_optimizer():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
 
+def test_readme_example_the_more_specific_entry_wins():
+    """README's flagship example: Muon on the FFNs except the last two layers, which get NorMuon."""
+    spec = "vo,ffn:muon qk@0-1:lion ffn@-2:normuon default:adamw"
+    entries = route_config(_model(), OptimConfig(route=spec))
+    won = {e.name: (e.optimizer, e.entry) for e in entries}
+    for i in range(4):
+        layer = f"model.layers.{i}."
+        for ffn in ("up_proj", "gate_proj", "down_proj"):
+            assert won[f"{layer}mlp.{ffn}.weight"] == (
+                ("muon", "vo,ffn:muon") if i < 2 else ("normuon", "ffn@-2:normuon"))
+        assert won[layer + "self_attn.v_proj.weight"] == ("muon", "vo,ffn:muon")
+        assert won[layer + "self_attn.q_proj.weight"] == (
+            ("lion", "qk@0-1:lion") if i < 2 else ("adamw", "default:adamw"))
+    assert won["model.embed_tokens.weight"] == ("adamw", "default:adamw")
+    table = format_routing_table(entries)  # what --dry-run prints: the winning entry per parameter
+    assert re.search(r"model.layers.3.mlp.down_proj.weight +ffn_out +normuon +\S+ +[\d,]+ +ffn@-2:normuon$",
+                     table, re.MULTILINE)
+
+
+@pytest.mark.parametrize(("spec", "layer_optimizers"), [
+    ("vo:muon v:signum", {"v": ["signum"] * 4, "o": ["muon"] * 4}),  # a named group over its alias
+    ("hidden:muon attn@-1:lion", {"v": ["muon"] * 3 + ["lion"], "ffn_out": ["muon"] * 4}),
+    ("ffn@0-2:muon ffn_out@2:sgd",
+     {"ffn_out": ["muon", "muon", "sgd", "adamw"], "ffn_in": ["muon"] * 3 + ["adamw"]}),
+    # nested three deep, written in any order
+    ("ffn@1:sgd ffn:muon ffn@0-2:lion", {"ffn_in": ["lion", "sgd", "lion", "muon"]}),
+])
+def test_more_specific_entry_overrides(spec, layer_optimizers):
+    entries = route_config(_model(), OptimConfig(route=spec))
+    for group, expected in layer_optimizers.items():
+        assert [e.optimizer for e in entries if e.group == group] == expected, group
+
+
 @pytest.mark.parametrize(("spec", "message"), [
-    ("vo:muon v:signum", r"optim.route: entries 'vo:muon' and 'v:signum' both route v;"),
-    ("ffn@0-2:muon ffn_out@2:sgd", r"'ffn@0-2:muon' and 'ffn_out@2:sgd' both route ffn_out in layer\(s\) 2"),
-    ("hidden:muon attn@-1:lion", r"'hidden:muon' and 'attn@-1:lion' both route k, o, q, v in layer\(s\) 3"),
+    # equal specificity (neither entry within the other) stays an error
+    ("vo:muon v,o:signum", r"optim.route: entries 'vo:muon' and 'v,o:signum' both route o, v and neither is "
+                           r"more specific"),
+    ("qk:muon k,v:lion", r"entries 'qk:muon' and 'k,v:lion' both route k and neither is more specific"),
+    ("ffn@0-2:muon ffn_out@1-3:sgd", r"'ffn@0-2:muon' and 'ffn_out@1-3:sgd' both route ffn_out in layer\(s\) "
+                                     r"1-2 and neither"),
+    ("ffn_out:sgd ffn@-2:normuon",
+     r"'ffn_out:sgd' and 'ffn@-2:normuon' both route ffn_out in layer\(s\) 2-3"),
+    ("ffn@-2:muon ffn@2-3:lion", r"'ffn@-2:muon' and 'ffn@2-3:lion' both route ffn_gate, ffn_in, ffn_out in "
+                                 r"layer\(s\) 2-3"),
     ("vo@4:muon", r"optim.route: entry 'vo@4:muon' covers layers outside 0-3 \(this model has 4 layers\)"),
     ("vo@-5:muon", r"entry 'vo@-5:muon' covers layers outside 0-3"),
     ("vo@3-1:muon", r"entry 'vo@3-1:muon' covers layers outside"),

@@ -104,6 +104,7 @@ def _fake_run(tmp_path, model):
     return run
 
 
+@pytest.mark.slow
 def test_cli_on_a_run_directory(tmp_path):
     from metrics.spectra_report import main
 

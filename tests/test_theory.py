@@ -243,6 +243,7 @@ def test_muon_beats_gd_at_every_horizon_under_label_noise() -> None:
     assert h["gd_theory_exponent"] == pytest.approx(-0.5)
 
 
+@pytest.mark.slow
 def test_scaling_cli_writes_summary_and_plots(tmp_path) -> None:
     out = tmp_path / "sc"
     summary = sc.main(["--out", str(out), "--K", "16", "--groups", "4", "--steps", "200", "--Ks", "8,16",

@@ -16,7 +16,9 @@ import torch
 from accelerate.utils.other import get_free_port
 from safetensors.torch import load_file, save_file
 
-from training.checkpoint import load_weights
+from training.checkpoint import load_weights, unwrapped_names
+
+pytestmark = pytest.mark.slow  # every test here runs train.py end to end
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [
@@ -103,6 +105,9 @@ def reference_run(base_args, tmp_path_factory) -> Path:
 def test_dry_run_prints_routing(base_args, tmp_path):
     run = tmp_path / "dry"
     proc = run_train(["--dry-run", "optim.muon=vo,ffn", *base_args, f"run.dir={run}"])
+    assert not run.exists()  # a dry run writes nothing under the run directory unless asked (--out)
+    proc = run_train(["--dry-run", "optim.muon=vo,ffn", *base_args, f"run.dir={run}",
+                      "--out", str(run / "routing.json")])
     routing = json.loads((run / "routing.json").read_text())
     by_group = {}
     for row in routing:
@@ -154,9 +159,16 @@ def test_resume_continues_exactly(reference_run, base_args, tmp_path):
         assert torch.equal(ref[name], got[name]), name
 
 
-@pytest.mark.parametrize("prefix", ["_orig_mod.", "module.", "_orig_mod.module."])
-def test_checkpoints_with_wrapper_prefixes_still_resume_exactly(reference_run, base_args, tmp_path, prefix):
-    """Checkpoints written before the unwrapped format carry compile's / DDP's prefixes in their names."""
+@pytest.mark.parametrize("names", [("_orig_mod.x", "x"), ("module.x", "x"),
+                                   ("module._orig_mod.module.x", "x"), ("model.module_x", "model.module_x")])
+def test_wrapper_prefixes_come_off_in_any_order(names):
+    assert list(unwrapped_names({names[0]: torch.zeros(1)})) == [names[1]]
+
+
+def test_checkpoints_with_wrapper_prefixes_still_resume_exactly(reference_run, base_args, tmp_path):
+    """Checkpoints written before the unwrapped format carry compile's / DDP's prefixes in their names
+    (here a compiled DDP model's)."""
+    prefix = "_orig_mod.module."
     run = interrupted_copy(reference_run, tmp_path / "old_format")
     weights = run / "checkpoints" / "step_10" / "model.safetensors"
     save_file({prefix + name: t for name, t in load_file(weights).items()}, weights)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from test_train import (  # noqa: F401  (fixtures)
     without_perf,
 )
 
+from common.errors import UserError
 from training.config import load_config, run_dir
 from training.stop import STOPPED_EXIT_CODE
 
@@ -48,6 +50,27 @@ def test_rerunning_a_finished_run_leaves_it_untouched(finished, base_args):  # n
     proc = run_train([*base_args, f"run.dir={finished}"])
     assert "is complete" in proc.stdout
     assert snapshot(finished) == before
+
+
+def test_a_finished_run_is_complete_in_the_listing(finished, capsys):
+    from common.rundir import RunDir
+    from training.runs import main
+
+    assert RunDir(finished).status() == "complete"
+    assert main([str(finished.parent), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert (row["status"], row["steps_done"], row["steps_total"]) == ("complete", 20, 20)
+
+
+def test_progress_bar_shows_the_eval_loss_and_a_pipe_keeps_lines_whole(base_args, tmp_path):  # noqa: F811
+    run = tmp_path / ("a-long-directory-name-" * 5) / "run"
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"} | {
+        "MUONLAB_CACHE": os.environ.get("MUONLAB_CACHE", str(ROOT / ".cache")), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "train.py", *base_args, "train.steps=10", f"run.dir={run}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"eval=\d+\.\d{3}", proc.stderr)  # the latest eval loss, in the progress bar
+    assert any(str(run) in line for line in proc.stdout.splitlines())  # the summary table, not wrapped
 
 
 def test_other_steps_is_a_conflict_that_names_extend_to(finished, base_args):  # noqa: F811
@@ -80,6 +103,20 @@ def test_constant_schedule_extends_exactly(base_args, tmp_path):  # noqa: F811
     assert json.loads((extended / "summary.json").read_text())["steps"] == 30
     # the same extension command again: complete, nothing to do
     assert "is complete" in run_train([*constant, "train.extend_to=30", f"run.dir={extended}"]).stdout
+    # the original command remembers the extension: complete, exit 0, nothing touched
+    before = snapshot(extended)
+    proc = run_train([*constant, f"run.dir={extended}"])
+    assert "is complete (extended to 30)" in proc.stdout
+    assert snapshot(extended) == before
+    assert json.loads((extended / "extensions.json").read_text()) == [
+        {"from_steps": 20, "to_steps": 30, "checkpoint": "step_20"}]
+    # an extension not yet finished: the original command says how to resume it
+    (extended / "summary.json").unlink()
+    proc = run_train([*constant, f"run.dir={extended}"], check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {extended} is being extended from 20 to 30 steps; to resume the extension, add "
+        "train.extend_to=30")
 
 
 def test_derived_run_directories_differ_with_the_config():
@@ -180,6 +217,39 @@ def test_evaluate_matches_the_logged_eval(finished):
     assert json.loads((finished / "evals" / "step_10.json").read_text())["metrics"] == out["metrics"]
 
 
+def test_evaluate_never_overwrites(finished, base_args, capsys):  # noqa: F811
+    from training.evaluate import evaluate_checkpoint, main
+
+    ckpt = finished / "checkpoints" / "step_20"
+    small = evaluate_checkpoint(ckpt, tokens=2048)
+    assert small["written"] == str(finished / "evals" / "step_20_tokens2048.json") and "already" not in small
+    written = Path(small["written"]).read_bytes()
+    assert json.loads(written)["eval_tokens"] == 2048
+    assert evaluate_checkpoint(ckpt, tokens=2048)["already"]  # the same budget: not recomputed
+    assert main([str(ckpt), "--tokens", "2048"]) == 0
+    assert "already evaluated (same checkpoint, token budget and data)" in capsys.readouterr().out
+    assert Path(small["written"]).read_bytes() == written
+    default = evaluate_checkpoint(ckpt, tokens=4096)  # the run's own train.eval_tokens: the plain name
+    assert default["written"] == str(finished / "evals" / "step_20.json")
+    assert default["metrics"]["eval/loss"] != small["metrics"]["eval/loss"]
+    data_dir = next(a for a in base_args if a.startswith("data.dir=")).split("=", 1)[1]
+    other = evaluate_checkpoint(ckpt, data_dir=data_dir)
+    assert re.fullmatch(r"step_20_data-ds-[0-9a-f]{8}\.json", Path(other["written"]).name)
+    assert other["data"]["dir"] == data_dir
+    assert Path(small["written"]).read_bytes() == written
+
+    # another checkpoint of step 20 (an extension rewrites the later checkpoints): an error, not stale figures
+    marker = ckpt / "loop_state.json"
+    original = marker.read_text()
+    marker.write_text(original.replace('"wall_time_s": ', '"wall_time_s": 1'))
+    try:
+        with pytest.raises(UserError, match="holds the evaluation of an earlier checkpoint of step 20"):
+            evaluate_checkpoint(ckpt, tokens=2048)
+    finally:
+        marker.write_text(original)
+    assert Path(small["written"]).read_bytes() == written
+
+
 def test_evaluate_cli_from_another_directory(finished, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "training.evaluate", str(finished)], cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -205,7 +275,8 @@ def test_export_needs_nothing_but_the_run_directory(finished, base_args, tmp_pat
 
 def test_options_anywhere_and_print_config(base_args, tmp_path):  # noqa: F811
     run = tmp_path / "dry"
-    proc = run_train(["optim.muon=vo", *base_args, f"run.dir={run}", "--dry-run"])
+    proc = run_train(["optim.muon=vo", *base_args, f"run.dir={run}", "--dry-run",
+                      "--out", str(run / "routing.json")])
     assert (run / "routing.json").is_file() and "v_proj" in proc.stdout
     proc = run_train(["optim.adamw_lr=0.02", "--print-config"])
     assert "adamw_lr: 0.02" in proc.stdout

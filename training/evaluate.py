@@ -5,6 +5,7 @@ and `python -m training.evaluate RUN_OR_CHECKPOINT`, which also reports spectra 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -13,12 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from rich.console import Console
 from rich.table import Table
 
+from common.cli import ExitCode, run_main
+from common.console import console
 from common.errors import UserError
 from common.files import write_json
-from common.rundir import checkpoint_step
+from common.rundir import checkpoint_id, checkpoint_step, locate
 from data.loader import val_batches
 from metrics.spectra import model_spectra
 from metrics.tail import TailAccumulator, make_buckets
@@ -66,13 +68,26 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, tokens: i
     """Eval loss, tail buckets, spectra and (on bios) QA of a run's newest or a given checkpoint.
 
     The validation rows are the run's own (same seq_len, `train.eval_tokens` unless `tokens`), so
-    the figures equal the ones the run logged at that step. Writes <run>/evals/step_<N>.json.
+    the figures equal the ones the run logged at that step. Writes <run>/evals/step_<N>[...].json,
+    whose name records a budget or dataset other than the run's (`RunDir.evaluation`) and whose
+    contents record both. An evaluation already written of the same checkpoint (`checkpoint_id`) is
+    returned as it is ("already": True); one of another checkpoint of that step is an error.
     """
     from training.config import load_config
     from training.trainer import prepare_data
 
-    model, _, run, ckpt = load_weights(path)
+    run, ckpt = locate(path)
     cfg = load_config([str(run.config)])
+    budget = tokens or cfg.train.eval_tokens
+    step = checkpoint_step(ckpt)
+    target = run.evaluation(step, None if budget == cfg.train.eval_tokens else budget, _data_id(data_dir))
+    if target.is_file():
+        done = json.loads(target.read_text())
+        if done.get("checkpoint_id", checkpoint_id(ckpt)) != checkpoint_id(ckpt):
+            raise UserError(f"{target} holds the evaluation of an earlier checkpoint of step {step} (the run "
+                            "was extended from before it since); move that file away to evaluate this one")
+        return done | {"written": str(target), "already": True}
+    model, _, _, _ = load_weights(ckpt)
     if data_dir is not None:
         cfg.data.dir = data_dir
     accelerator = make_accelerator(cfg.train.precision, wandb=False)
@@ -82,7 +97,7 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, tokens: i
     results: dict[str, float] = {}
     if meta["val_tokens"]:
         t = cfg.train
-        rows = list(val_batches(data, t.seq_len, tokens or t.eval_tokens, t.batch_size, 0, 1,
+        rows = list(val_batches(data, t.seq_len, budget, t.batch_size, 0, 1,
                                 micro_batch_size=t.micro_batch_size))
         counts = np.load(data / "token_counts.npy")
         evaluator = Evaluator(accelerator, rows, counts, cfg.metrics.tail_buckets, cfg.metrics.tail_mode)
@@ -91,12 +106,20 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, tokens: i
     results |= model_spectra(whole)
     if (qa := QAEval.for_dataset(meta, data, cfg.metrics, accelerator.device)) is not None:
         results |= qa(whole)
-    step = checkpoint_step(ckpt)
-    out = {"run": str(run.path), "checkpoint": str(ckpt), "step": step, "metrics": results}
-    target = run.evaluation(step)
+    out = {"run": str(run.path), "checkpoint": str(ckpt), "checkpoint_id": checkpoint_id(ckpt), "step": step,
+           "eval_tokens": budget,
+           "data": {"dir": str(data), "source": meta["source"]}, "metrics": results}
     target.parent.mkdir(exist_ok=True)
     write_json(target, out)
     return out | {"written": str(target)}
+
+
+def _data_id(data_dir: str | None) -> str | None:
+    """A file-name-safe id of a prepared dataset given with --data: its name and a hash of its path."""
+    if data_dir is None:
+        return None
+    resolved = Path(data_dir).resolve()
+    return f"{resolved.name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,20 +131,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tokens is not None and args.tokens <= 0:
         parser.error(f"--tokens must be positive, got {args.tokens}")
-    try:
-        out = evaluate_checkpoint(args.path, args.data, args.tokens)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    table = Table(title=f"{out['checkpoint']} (step {out['step']})", show_header=False)
+    return run_main(lambda: _evaluate_and_print(args))
+
+
+def _evaluate_and_print(args: argparse.Namespace) -> int:
+    out = evaluate_checkpoint(args.path, args.data, args.tokens)
+    # The path goes on its own line: in the table's title it would wrap mid-path.
+    print(f"checkpoint {out['checkpoint']}")
+    if out.get("already"):
+        print(f"already evaluated (same checkpoint, token budget and data): {out['written']}; "
+              "delete it to evaluate again")
+    # evaluations written before the budget was recorded lack it
+    budget = f", {out['eval_tokens']:,} validation tokens" if "eval_tokens" in out else ""
+    table = Table(title=f"step {out['step']}{budget}", show_header=False)
     shown = ("eval/loss", "eval/tail/head_loss", "eval/tail/tail_loss", "eval/tail/gap", "qa/fta/head",
              "qa/fta/tail")
     for key in shown:
         if key in out["metrics"]:
             table.add_row(key, f"{out['metrics'][key]:.4f}")
-    Console().print(table)
-    print(f"all {len(out['metrics'])} metrics written to {out['written']}")
-    return 0
+    console().print(table)
+    if not out.get("already"):
+        print(f"all {len(out['metrics'])} metrics written to {out['written']}")
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from common.errors import UserError
+from common.cli import ExitCode, run_main
 from common.rundir import RunDir
 from data.prepare import dataset_dir_for
 from model.hf import to_hf
@@ -84,18 +84,18 @@ def export(src: str | Path, out_dir: str | Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export", help="write a transformers checkpoint directory")
     exp.add_argument("src", help="runs/<name> (newest checkpoint) or runs/<name>/checkpoints/step_<N>")
     exp.add_argument("out_dir", help="output directory for save_pretrained")
     args = parser.parse_args(argv)
-    try:
+    def body() -> int:
         print(export(args.src, args.out_dir))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return ExitCode.OK
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ a config that changes what the run computes is an error, and `train.steps` is su
 the schedule depends on it. Extending a run (`train.extend_to=N`) is allowed only from a
 checkpoint whose every step had the learning rate an N-step run would have had. With
 `optim.schedule=constant` that is any checkpoint. With `wsd` it is a checkpoint from before
-the decay. With `cosine` it is never, since the whole curve depends on the length.
+the decay. With `cosine` it is never, since the whole curve depends on the length. An extended run
+keeps its history (extensions.json), so its original command finds it complete (extended to N).
 
 `train.resume=auto` continues from the newest checkpoint whose files match the sizes and sha256
 its marker recorded; a newer one that does not is reported and skipped (the resumed run writes
@@ -32,6 +33,8 @@ class Start:
     checkpoint: Path | None = None  # None: from step 0
     complete: bool = False  # the run already finished with this config: nothing to do
     extending: bool = False
+    extended_from: int | None = None  # extending: the steps of the run being extended
+    extended_to: int | None = None  # complete, found by the command of a run since extended to this length
     rejected: tuple[str, ...] = ()  # one line per newer checkpoint that failed verification
 
 
@@ -61,7 +64,15 @@ def plan_start(cfg: RunConfig, run: RunDir) -> Start:
         return Start(cfg)
     if extend and saved.train.steps != cfg.train.steps:
         _check_same_run(saved, _with_steps(cfg, saved.train.steps), run)
-        return Start(cfg, _exact_checkpoint(saved, cfg, run), extending=True)
+        return Start(cfg, _exact_checkpoint(saved, cfg, run), extending=True,
+                     extended_from=saved.train.steps)
+    if not extend and _was_extended_from(run, cfg.train.steps, saved.train.steps):
+        longer = saved.train.steps
+        _check_same_run(saved, _with_steps(cfg, longer), run)
+        if not run.is_finished():
+            raise ConfigError(f"{run.path} is being extended from {cfg.train.steps} to {longer} steps; to "
+                              f"resume the extension, add train.extend_to={longer}")
+        return Start(_with_steps(cfg, longer), complete=True, extended_to=longer)
     _check_same_run(saved, cfg, run)
     if run.is_finished():
         return Start(cfg, complete=True)
@@ -84,6 +95,11 @@ def _newest_verified(cfg: RunConfig, run: RunDir) -> Start:
         raise UserError(f"every checkpoint of {run.path} fails verification (newest: {rejected[0][0].name}: "
                         f"{rejected[0][1]}); to start the run over, move {run.checkpoints_root} away")
     return Start(cfg)
+
+
+def _was_extended_from(run: RunDir, steps: int, saved_steps: int) -> bool:
+    """Whether the run in `run`, now of `saved_steps`, was once a run of `steps` that was extended."""
+    return steps < saved_steps and any(e["from_steps"] == steps for e in run.read_extensions())
 
 
 def _check_same_run(saved: RunConfig | None, cfg: RunConfig, run: RunDir) -> None:

@@ -15,11 +15,13 @@ import types
 import torch
 from accelerate import Accelerator
 
+from common.cli import ExitCode, StoppedBySignal
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on request, resumable; the ablation runner reruns it
+STOPPED_EXIT_CODE = ExitCode.STOPPED  # resumable; the ablation runner reruns it
 
 
-class Stopped(Exception):  # noqa: N818  (a request honoured, not an error)
+class Stopped(StoppedBySignal):
     """The run stopped on a signal after writing a checkpoint at `step`."""
 
     def __init__(self, step: int, checkpoint: str) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
+from common.console import console
 from common.files import write_errors, write_json
 from common.rundir import RunDir
 
@@ -33,7 +33,7 @@ def print_summary(run_dir: Path, summary: dict) -> None:
                      f"{_fmt(summary.get('qa/fta/head'))} / {_fmt(summary['qa/fta/tail'])}"))
     for key, value in rows:
         table.add_row(key, value)
-    Console().print(table)
+    console().print(table)
 
 
 def _fmt(value: float | None) -> str:

@@ -84,6 +84,7 @@ class LoopState:
     step: int = 0
     wall_before_s: float = 0.0  # wall time of the earlier attempts (a resumed run)
     train_loss: float = math.nan  # the latest logged train/loss (progress bar, NaN message)
+    eval_loss: float = math.nan  # the latest eval/loss (progress bar)
     # The logging window open at a checkpoint (only a stop leaves one open): steps since the last
     # train/loss event and each rank's loss sum, so the resumed run logs the same means.
     window_steps: int = 0
@@ -148,6 +149,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.routing = routing_json(self.optimizer.routing)
         self.resume_from = start.checkpoint
+        self.extended_from = start.extended_from  # recorded in the run's extension history
         self.curvature_rows: torch.Tensor | None = None  # the fixed batch of `curvature/*` (set below)
         self.evaluator = self._evaluator()
         self.qa = QAEval.for_dataset(self.meta, self.data_dir, cfg.metrics, acc.device)
@@ -174,13 +176,16 @@ class Trainer:
         return (f"{self.run.path}: {self.world} process{'es' if self.world > 1 else ''} ({self.mode}) on "
                 f"{device_label(self.accelerator.device)}, {self.cfg.train.steps} steps")
 
-    def dry_run(self) -> None:
-        """Print the routing table and write routing.json; nothing else is written."""
+    def dry_run(self, out: Path | None = None) -> None:
+        """Print the routing table; write it as JSON (routing.json's format) to `out` if given. Nothing is
+        written under the run directory: a dry run leaves no run-looking directory behind."""
         if self.is_main:
             print(format_routing_table(self.optimizer.routing))
-            self.run.path.mkdir(parents=True, exist_ok=True)
-            write_json(self.run.routing, self.routing)
-            print(f"routing table written to {self.run.routing}")
+            print(f"the run would go to {self.run.path}")
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                write_json(out, self.routing)
+                print(f"routing table written to {out}")
 
     def fit(self) -> dict:
         """Train to `train.steps` (resuming if a checkpoint is there); returns the summary."""
@@ -227,8 +232,11 @@ class Trainer:
             run.divergence_marker.unlink(missing_ok=True)
             if self.resume_from is None:
                 run.metrics.unlink(missing_ok=True)
+                run.extensions.unlink(missing_ok=True)
                 shutil.rmtree(run.checkpoints_root, ignore_errors=True)
             else:  # an extension restarts from an earlier checkpoint: the later ones are of the old schedule
+                if self.extended_from is not None:
+                    run.record_extension(self.extended_from, self.cfg.train.steps, self.resume_from)
                 start = checkpoint_step(self.resume_from)
                 for ckpt in run.checkpoints():
                     if checkpoint_step(ckpt) > start:
@@ -303,7 +311,8 @@ class Trainer:
             if due.log:
                 tok_s = timer.read(self.tokens_per_step)
                 self._log_train(done, loss_sum / window_steps, grad_norm, tok_s)
-                bar.set_postfix(loss=f"{state.train_loss:.3f}", tok_s=f"{tok_s:,.0f}")
+                bar.set_postfix(loss=f"{state.train_loss:.3f}", eval=f"{state.eval_loss:.3f}",
+                                tok_s=f"{tok_s:,.0f}")
                 loss_sum.zero_()
                 window_steps = 0
             timer.pause()  # evaluations and checkpoints are not training throughput
@@ -379,6 +388,7 @@ class Trainer:
                 self.weights_before = None
         if self.is_main and self.qa is not None and due.qa:
             metrics.update(self.qa(whole))
+        self.state.eval_loss = metrics.get("eval/loss", self.state.eval_loss)
         self.logger.log(metrics, step)
 
     def _curvature(self, whole: nn.Module) -> dict[str, float]:
@@ -444,8 +454,9 @@ class Trainer:
         return summary
 
 
-def train(cfg: RunConfig, dry_run: bool = False) -> dict | None:
-    """Run (or, with dry_run, only build and print) the training job described by `cfg`.
+def train(cfg: RunConfig, dry_run: bool = False, out: Path | None = None) -> dict | None:
+    """Run (or, with dry_run, only build and print, writing the routing to `out` if given) the training
+    job described by `cfg`.
 
     A run that already finished with this config is left as it is: its summary is returned. A
     signal stops the run after a checkpoint and raises `Stopped`.
@@ -455,20 +466,22 @@ def train(cfg: RunConfig, dry_run: bool = False) -> dict | None:
     run = RunDir(run_dir(cfg))
     # One process trains a run: a second start is refused before it reads or writes anything.
     with nullcontext() if dry_run else run_lock(run, accelerator):
-        return _train(cfg, accelerator, run, dry_run)
+        return _train(cfg, accelerator, run, dry_run, out)
 
 
-def _train(cfg: RunConfig, accelerator: Accelerator, run: RunDir, dry_run: bool) -> dict | None:
+def _train(cfg: RunConfig, accelerator: Accelerator, run: RunDir, dry_run: bool,
+           out: Path | None) -> dict | None:
     start = plan_start(cfg, run)
     if start.complete and not dry_run:
         if accelerator.is_main_process:
-            print(f"{run.path} is complete ({run.summary.name} written); nothing to do. "
+            how = f"extended to {start.extended_to}" if start.extended_to else f"{run.summary.name} written"
+            print(f"{run.path} is complete ({how}); nothing to do. "
                   "Use train.extend_to=N to continue it, or another run.name/run.dir for a new run")
         accelerator.end_training()
         return run.read_summary()
     trainer = Trainer(start, accelerator, run)
     if dry_run:
-        trainer.dry_run()
+        trainer.dry_run(out)
         return None
     if trainer.is_main:
         for line in start.rejected:
