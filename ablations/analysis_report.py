@@ -9,13 +9,18 @@ from typing import Any
 
 from ablations import plots
 from ablations.analysis_tables import (
-    iso_pairwise_table,
+    Table,
+    equivalence_table,
+    final_pair_tests,
+    iso_pair_tests,
     iso_table,
     longer_table,
     markdown,
-    pairwise_table,
+    pairs_table,
+    per_seed_table,
     stats_table,
     steps_table,
+    study_adjusted,
     tuning_table,
     write_table,
 )
@@ -23,6 +28,9 @@ from ablations.grid import Run, Tune
 from ablations.matched_loss import (
     MIN_EVALS,
     TRAIN,
+    ArmAtTarget,
+    OverallLoss,
+    StepsToTarget,
     iso_loss,
     iso_tests,
     longer_adamw,
@@ -31,8 +39,9 @@ from ablations.matched_loss import (
     tail_metrics,
     too_few_evals,
 )
-from ablations.results import EVAL_LOSS, QA_MEAN, QA_TAIL, TAIL_LOSS, TRAIN_LOSS, Row
-from ablations.stats import ALPHA, BOOTSTRAP_RESAMPLES
+from ablations.metric_names import DEFAULT_MARGINS, EVAL_LOSS, QA_MEAN, QA_TAIL, TAIL_LOSS, TRAIN_LOSS
+from ablations.results import Row
+from ablations.stats import ALPHA, BOOTSTRAP_MIN_SEEDS, BOOTSTRAP_RESAMPLES
 from ablations.tuning import select
 
 
@@ -40,30 +49,40 @@ def _image(path: Path | None, out: Path, title: str) -> str:
     return "" if path is None else f"![{title}]({path.relative_to(out).as_posix()})\n"
 
 
-def statistics_section(rows: list[Row], out: Path) -> list[str]:
+def statistics_section(rows: list[Row], pairs: Table, equivalence: Table, margins: dict[str, float],
+                       n_tests: int, out: Path) -> list[str]:
     table = stats_table(rows)
     write_table(table, out / "stats.csv")
-    pairs = pairwise_table(rows)
-    write_table(pairs, out / "pairwise.csv")
     if not any(stat_n > 1 for _, _, stat_n, *_ in table[1]):
         return []
     shown = (EVAL_LOSS, TAIL_LOSS, QA_TAIL, QA_MEAN, TRAIN_LOSS)
     headline = (pairs[0], [r for r in pairs[1] if r[0] in shown])
-    return ["## Statistics over seeds\n", markdown(table),
-            f"\nFor every setting with at least 2 seeds: mean, sample std and the 95% Student-t interval "
-            "of the mean. *p vs AdamW / Muon*: two-sided t-test against the AdamW / full-Muon row of the "
-            "same family — a **paired** t-test when both ran the same seeds (a seed fixes the "
-            "initialization and the data order, so seed-matched runs share that noise), else **Welch's** "
-            f"t-test; *(n.s.)*: not significant at {ALPHA}. The share of the Muon gain's interval is a "
-            f"percentile bootstrap over seeds ({BOOTSTRAP_RESAMPLES} resamples, seeds resampled jointly "
-            "when they pair up). With 3 seeds these tests have little power: a non-significant "
-            "difference is not evidence of no difference.\n",
-            "### Every pair of settings\n",
-            "Final eval (or training) loss, tail-bucket loss and QA accuracy (all final metrics: "
-            "`pairwise.csv`): "
-            "the same t-tests between every two settings of a family; *p_bh*: Benjamini–Hochberg "
-            "adjusted over the pairs of a metric, for reading many comparisons at once.\n",
-            markdown(headline) if headline[1] else "No pair has 2 or more seeds on both sides.\n"]
+    parts = ["## Statistics over seeds\n", markdown(table),
+             f"\nFor every setting with at least 2 seeds: mean, sample std and the 95% Student-t interval "
+             "of the mean. *p vs AdamW / Muon*: two-sided t-test against the AdamW / full-Muon row of the "
+             "same family — a **paired** t-test when both ran the same seeds (a seed fixes the "
+             "initialization and the data order, so seed-matched runs share that noise), else **Welch's** "
+             f"t-test; *(n.s.)*: not significant at {ALPHA}. The share of the Muon gain's interval is "
+             f"Fieller's (the ratios the t-tests of the two gains cannot reject; none where the full gain "
+             f"is not distinguishable from 0) with fewer than {BOOTSTRAP_MIN_SEEDS} seeds, else a "
+             f"percentile bootstrap over seeds ({BOOTSTRAP_RESAMPLES} resamples; *share_ci_method*). A "
+             "non-significant difference is not evidence of no difference: see the equivalence tests.\n",
+             "### Every pair of settings\n",
+             "Final eval (or training) loss, tail-bucket loss and QA accuracy (all final metrics: "
+             "`pairwise.csv`): the same t-tests between every two settings of a family, with the "
+             "difference's 95% interval; *p_bh*: Benjamini–Hochberg adjusted over the pairs of a metric; "
+             f"*p_bh_study*: adjusted over the study's whole family of {n_tests} tests (every metric, pair "
+             "and target, the iso-loss pairs included): read claims across the study on this one.\n",
+             markdown(headline) if headline[1] else "No pair has 2 or more seeds on both sides.\n"]
+    if equivalence[1]:
+        listed = ", ".join(f"{m} ±{v:g}" for m, v in margins.items())
+        parts += ["### Equivalence of the pairs not found different\n",
+                  "A pair whose difference is not significant is not thereby equal. Each such pair gets two "
+                  "one-sided t-tests (TOST) against an equivalence margin (`equivalence_margin:` in the grid "
+                  f"file; here {listed}): *equivalent within ±m* when TOST p < {ALPHA} (the 90% interval of "
+                  "the difference lies inside ±m), else *inconclusive* (`equivalence.csv`).\n",
+                  markdown(equivalence)]
+    return parts
 
 
 def tuning_runs_of(manifest: dict[str, Any]) -> list[Run]:
@@ -102,9 +121,10 @@ def tuning_section(runs_dir: Path, manifest: dict[str, Any], rows: list[Row], ou
     return parts
 
 
-def matched_loss_sections(rows: list[Row], out: Path, iso_target: float | None) -> list[str]:
+def matched_loss_sections(rows: list[Row], loss: OverallLoss, arms: list[ArmAtTarget], metrics: list[str],
+                          iso_pairs: Table, steps: list[StepsToTarget], out: Path,
+                          iso_target: float | None) -> list[str]:
     """iso_loss.csv, steps_to_target.csv and longer_adamw.csv, with their plots and sections."""
-    loss = overall_loss(rows)
     parts = [] if loss is not TRAIN else [
         "*These runs log no eval loss (data without a validation split, such as bios): the analyses "
         "below match arms on the training loss (logged every `train.log_every` steps).*\n"]
@@ -117,12 +137,8 @@ def matched_loss_sections(rows: list[Row], out: Path, iso_target: float | None) 
             f"`{next(iter(sparse))}`): each read at a target loss is interpolated linearly between evals "
             "far apart (*eval_bracket_steps*, *n_evals*), so the steps and tail values there are rough. "
             "Rerun with a smaller `train.eval_every` for reads you can rely on.\n")
-    arms = iso_loss(rows, loss, iso_target)
-    metrics = tail_metrics([r for row in rows for r in row.runs])
     iso = iso_table(arms, iso_tests(arms), metrics)
     write_table(iso, out / "iso_loss.csv")
-    iso_pairs = iso_pairwise_table(arms, metrics)
-    write_table(iso_pairs, out / "iso_pairwise.csv")
     if arms:
         which = (f"the given target {iso_target}" if iso_target is not None else
                  f"the highest final {loss.label} of any run of the family, which every run reaches")
@@ -131,22 +147,22 @@ def matched_loss_sections(rows: list[Row], out: Path, iso_target: float | None) 
                   "interpolated linearly between the two evals around that step (*eval_bracket_steps*: "
                   "the widest such interval; *n_evals*: the fewest evals of a seed; a run already below "
                   "the target at its first eval, or that never reaches it, is reported, not "
-                  "extrapolated). If an arm is only faster, its tail "
-                  "here equals AdamW's; if it is biased toward the tail, its tail loss is lower (and QA "
-                  "tail accuracy higher) at the same overall loss. p: t-test against AdamW at the same "
-                  "target.\n", markdown(iso),
+                  "extrapolated). If an arm is only faster, its tail here is AdamW's within noise (only "
+                  "an *equivalent* verdict in `equivalence.csv` says so); if it is biased toward the tail, "
+                  "its tail loss is lower (and QA tail accuracy higher) at the same overall loss. p: t-test "
+                  "against AdamW at the same target.\n", markdown(iso),
                   "Between every two arms at the target (paired or Welch t-test, Benjamini–Hochberg "
-                  "adjusted per metric; `iso_pairwise.csv`):\n",
+                  "adjusted per metric and over the study; `iso_pairwise.csv`):\n",
                   markdown(iso_pairs) if iso_pairs[1] else "No two arms have 2 seeds or more there.\n",
                   _image(plots.iso_loss_trajectories(rows, arms, loss, out), out, "Iso-loss trajectories")]
-    steps = steps_to_target(rows, loss)
     steps_tab = steps_table(steps)
     write_table(steps_tab, out / "steps_to_target.csv")
     if steps:
         parts += ["## Steps to AdamW's final loss\n",
                   f"The steps each arm needs to reach its family's AdamW mean final {loss.label} "
-                  "(interpolated "
-                  "between evals; mean and 95% t interval over the seeds that reach it); *speedup_vs_adamw* "
+                  "(interpolated between evals; mean and 95% t interval over the seeds; where some seeds "
+                  "never reach it, *≥ N (k of n seeds)*: a lower bound with those seeds counted at their "
+                  "whole budget, and no speed-up); *speedup_vs_adamw* "
                   "= AdamW's step budget / that mean. Caveat: the arms reach the target at different "
                   "points of their learning-rate schedules.\n", markdown(steps_tab),
                   _image(plots.steps_to_target_bars(steps, loss, out), out, "Steps to target")]
@@ -165,6 +181,24 @@ def matched_loss_sections(rows: list[Row], out: Path, iso_target: float | None) 
 
 def analyses(runs_dir: Path, rows: list[Row], manifest: dict[str, Any], out: Path,
              iso_target: float | None) -> list[str]:
-    """Write the statistics, tuning and matched-loss files under `out`; return their report sections."""
-    return (statistics_section(rows, out) + tuning_section(runs_dir, manifest, rows, out)
-            + matched_loss_sections(rows, out, iso_target))
+    """Write the statistics, tuning and matched-loss files under `out`; return their report sections.
+
+    The pair tests of the final metrics and of the iso-loss target form one family for the study-wide
+    Benjamini–Hochberg adjustment and the equivalence tests.
+    """
+    loss = overall_loss(rows)
+    arms = iso_loss(rows, loss, iso_target)
+    metrics = tail_metrics([r for row in rows for r in row.runs])
+    steps = steps_to_target(rows, loss)
+    finals, at_target = final_pair_tests(rows), iso_pair_tests(arms, metrics)
+    study = study_adjusted(finals + at_target)
+    pairs, iso_pairs = pairs_table(finals, study[:len(finals)]), pairs_table(at_target, study[len(finals):])
+    write_table(pairs, out / "pairwise.csv")
+    write_table(iso_pairs, out / "iso_pairwise.csv")
+    margins = {**DEFAULT_MARGINS, **manifest.get("equivalence_margin", {})}
+    equivalence = equivalence_table(finals + at_target, margins)
+    write_table(equivalence, out / "equivalence.csv")
+    write_table(per_seed_table(rows, arms, steps), out / "per_seed.csv")
+    return (statistics_section(rows, pairs, equivalence, margins, len(study), out)
+            + tuning_section(runs_dir, manifest, rows, out)
+            + matched_loss_sections(rows, loss, arms, metrics, iso_pairs, steps, out, iso_target))

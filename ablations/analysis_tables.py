@@ -6,13 +6,15 @@ from __future__ import annotations
 import csv
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from scipy import stats
 
 from ablations.matched_loss import ArmAtTarget, LongerVsMuon, StepsToTarget, column
-from ablations.results import FINAL_METRICS, QA_MEAN, QA_TAIL, TAIL_GAP, TAIL_LOSS, Row
-from ablations.stats import ALPHA, Comparison, compare
+from ablations.metric_names import FINAL_METRICS, QA_MEAN, QA_TAIL, TAIL_GAP, TAIL_LOSS
+from ablations.results import Row
+from ablations.stats import ALPHA, Comparison, Difference, compare, difference, tost
 from ablations.tuning import ArmTuning, profile
 
 HEADLINE = (TAIL_LOSS, TAIL_GAP, QA_TAIL, QA_MEAN)
@@ -20,6 +22,16 @@ HEADLINE = (TAIL_LOSS, TAIL_GAP, QA_TAIL, QA_MEAN)
 
 class PValue(float):
     """A p-value: markdown shows it with 'n.s.' when it is not significant at ALPHA."""
+
+
+class AtLeast(float):
+    """A lower bound of a mean over seeds, some of which never got there: markdown shows
+    '≥ N (k of n seeds)'."""
+
+    def __new__(cls, value: float, reached: int, seeds: int) -> AtLeast:
+        bound = super().__new__(cls, value)
+        bound.reached, bound.seeds = reached, seeds
+        return bound
 
 
 Cell = object
@@ -37,6 +49,8 @@ def csv_cell(value: Cell) -> str:
 
 
 def md_cell(value: Cell) -> str:
+    if isinstance(value, AtLeast):
+        return f"≥ {value:.1f} ({value.reached} of {value.seeds} seeds)"
     if isinstance(value, PValue):
         return f"{value:.3f}" + ("" if value < ALPHA else " (n.s.)")
     if isinstance(value, float) and math.isfinite(value):
@@ -83,36 +97,102 @@ def stats_table(rows: list[Row]) -> Table:
 Compared = tuple[str, str, dict[str, dict[int, float]]]
 
 
-def _pairs(items: list[Compared], metrics: tuple[str, ...] | list[str]) -> Table:
-    """Every two items of a family, for each metric both have over ≥ 2 seeds: the means, their
-    difference, the t-test's p and its Benjamini–Hochberg adjustment over the pairs of that metric
-    (scipy.stats.false_discovery_control)."""
-    header = ["metric", "run_a", "run_b", "mean_a", "mean_b", "diff", "p", "p_bh", "test"]
-    body = []
+@dataclass(frozen=True)
+class PairTest:
+    """Two settings of a family compared on one metric (`where`: "final", or the iso-loss target)."""
+
+    metric: str
+    where: str
+    run_a: str
+    run_b: str
+    a: dict[int, float]
+    b: dict[int, float]
+    test: Comparison
+    diff: Difference
+
+
+def pair_tests(items: list[Compared], metrics: tuple[str, ...] | list[str], where: str) -> list[PairTest]:
+    """Every two items of a family, for each metric both have over >= 2 seeds (paired or Welch t-test)."""
+    found = []
     for metric in metrics:
-        found = []
         for i, (name_a, family_a, a) in enumerate(items):
             for name_b, family_b, b in items[i + 1:]:
                 va, vb = a.get(metric, {}), b.get(metric, {})
                 test = family_a == family_b and compare(va, vb)
                 if test:
-                    ma, mb = statistics.fmean(va.values()), statistics.fmean(vb.values())
-                    found.append([metric, name_a, name_b, ma, mb, ma - mb, PValue(test.p), test.test])
-        if found:
-            adjusted = stats.false_discovery_control([f[6] for f in found])
-            body += [[*f[:7], PValue(p_bh), f[7]] for f, p_bh in zip(found, adjusted, strict=True)]
+                    found.append(PairTest(metric, where, name_a, name_b, va, vb, test, difference(va, vb)))
+    return found
+
+
+def study_adjusted(tests: list[PairTest]) -> list[float]:
+    """Benjamini–Hochberg over the study's whole family of pair tests (every metric, pair and target
+    at once; scipy.stats.false_discovery_control), in the order of `tests`."""
+    return [float(p) for p in stats.false_discovery_control([t.test.p for t in tests])] if tests else []
+
+
+def pairs_table(tests: list[PairTest], study: list[float]) -> Table:
+    """pairwise.csv / iso_pairwise.csv: each test's means, their difference with its 95% t interval, p,
+    its Benjamini–Hochberg adjustment over the pairs of that metric (*p_bh*) and over the whole study
+    (*p_bh_study*: `study`, one per test)."""
+    header = ["metric", "run_a", "run_b", "mean_a", "mean_b", "diff", "ci95_low", "ci95_high", "p", "p_bh",
+              "p_bh_study", "test"]
+    per_metric: dict[str, list[int]] = {}
+    for i, t in enumerate(tests):
+        per_metric.setdefault(t.metric, []).append(i)
+    p_bh = {}
+    for indices in per_metric.values():
+        adjusted = stats.false_discovery_control([tests[i].test.p for i in indices])
+        p_bh.update(zip(indices, adjusted, strict=True))
+    body = []
+    for i, t in enumerate(tests):
+        ma, mb = statistics.fmean(t.a.values()), statistics.fmean(t.b.values())
+        low, high = t.diff.ci95
+        body.append([t.metric, t.run_a, t.run_b, ma, mb, ma - mb, low, high, PValue(t.test.p),
+                     PValue(p_bh[i]), PValue(study[i]), t.test.test])
     return header, body
 
 
-def pairwise_table(rows: list[Row]) -> Table:
-    """pairwise.csv: the t-tests between every two settings of a family, on each final metric."""
-    return _pairs([(r.group, r.family, r.finals) for r in rows], FINAL_METRICS)
+def final_pair_tests(rows: list[Row]) -> list[PairTest]:
+    """The t-tests between every two settings of a family, on each final metric."""
+    return pair_tests([(r.group, r.family, r.finals) for r in rows], FINAL_METRICS, "final")
 
 
-def iso_pairwise_table(arms: list[ArmAtTarget], metrics: list[str]) -> Table:
-    """iso_pairwise.csv: the same tests on the tail metrics at the iso-loss target (seeds that reach it)."""
+def iso_pair_tests(arms: list[ArmAtTarget], metrics: list[str]) -> list[PairTest]:
+    """The same tests on the tail metrics at the iso-loss target (seeds that reach it)."""
     headline = [m for m in HEADLINE if m in metrics]
-    return _pairs([(a.row.group, a.row.family, {m: a.values(m) for m in headline}) for a in arms], headline)
+    where = f"at {arms[0].target:.4f}" if arms else ""
+    return pair_tests([(a.row.group, a.row.family, {m: a.values(m) for m in headline}) for a in arms],
+                      headline, where)
+
+
+def equivalence_table(tests: list[PairTest], margins: dict[str, float]) -> Table:
+    """equivalence.csv: every pair not significantly different (p >= ALPHA), with its TOST p within the
+    metric's margin and the verdict: "equivalent within ±m" (TOST p < ALPHA) or "inconclusive"."""
+    header = ["metric", "arm_a", "arm_b", "diff", "ci95_low", "ci95_high", "margin", "p_tost", "verdict"]
+    body = []
+    for t in tests:
+        if t.test.significant or t.metric not in margins:
+            continue
+        margin = margins[t.metric]
+        p = tost(t.a, t.b, margin)
+        low, high = t.diff.ci95
+        verdict = f"equivalent within ±{margin:g}" if p is not None and p < ALPHA else "inconclusive"
+        metric = t.metric if t.where == "final" else f"{t.metric} {t.where}"
+        body.append([metric, t.run_a, t.run_b, t.diff.diff, low, high, margin, PValue(p), verdict])
+    return header, body
+
+
+def per_seed_table(rows: list[Row], arms: list[ArmAtTarget], steps: list[StepsToTarget]) -> Table:
+    """per_seed.csv: every value the tables pool over seeds: each setting's final metrics, each arm's
+    metrics at the iso-loss target and its steps to AdamW's final loss (seeds that reach them)."""
+    header = ["arm", "seed", "metric", "value"]
+    body: list[list[Cell]] = [[r.group, seed, m, v] for r in rows for m in FINAL_METRICS
+                              for seed, v in sorted(r.finals.get(m, {}).items())]
+    body += [[a.row.group, run.run.seed, f"{m} at {a.target:.4f}", v] for a in arms for run in a.reached
+             for m, v in sorted(run.metrics.items())]
+    body += [[s.arm.row.group, run.run.seed, f"steps to {s.arm.target:.4f}", float(run.crossing.step)]
+             for s in steps for run in s.arm.reached]
+    return header, body
 
 
 def tuning_table(tunings: list[ArmTuning], metric: str) -> Table:
@@ -146,14 +226,19 @@ def iso_table(arms: list[ArmAtTarget], tests: dict[int, dict[str, Comparison]], 
 
 
 def steps_table(results: list[StepsToTarget]) -> Table:
-    """steps_to_target.csv: steps to the family's AdamW final loss (mean, 95% t interval over seeds)."""
+    """steps_to_target.csv: steps to the family's AdamW final loss (mean, 95% t interval over seeds).
+
+    An arm that some seeds never bring there gets the lower bound '≥ N (k of n seeds)' (those seeds
+    counted at their whole budget), no interval and no speed-up: a mean over the seeds that made it
+    would flatter it."""
     header = ["arm", "target_loss", "steps", "ci95_low", "ci95_high", "speedup_vs_adamw", "n_seeds",
               "n_reached", "eval_bracket_steps", "n_evals", "status"]
     body = []
     for r in results:
-        steps = r.arm.steps
-        body.append([r.arm.row.group, r.arm.target, steps and steps.mean, steps and steps.ci95_low,
-                     steps and steps.ci95_high, r.speedup, len(r.arm.runs), len(r.arm.reached),
+        steps, bound = r.arm.steps, r.arm.steps_at_least()
+        shown = [AtLeast(bound, len(r.arm.reached), len(r.arm.runs)), None, None] if bound is not None else [
+            steps and steps.mean, steps and steps.ci95_low, steps and steps.ci95_high]
+        body.append([r.arm.row.group, r.arm.target, *shown, r.speedup, len(r.arm.runs), len(r.arm.reached),
                      r.arm.bracket(), r.arm.n_evals, r.arm.status()])
     return header, body
 

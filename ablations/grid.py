@@ -39,12 +39,14 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from ablations.metric_names import DEFAULT_MARGINS
 from common.errors import UserError
 from optim.routing import routing_label
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
-TOP_LEVEL_KEYS = ("name", "description", "base", "overrides", "runs", "axes", "seeds", "exclude", "tune")
+TOP_LEVEL_KEYS = ("name", "description", "base", "overrides", "runs", "axes", "seeds", "exclude", "tune",
+                  "equivalence_margin")
 RUN_META_KEYS = ("label", "paper_ref")
 # What a paper_ref may name: the final eval loss, or the QA first-token accuracy on the rarest group.
 PAPER_REF_KEYS = ("eval_loss", "qa_tail_fta")
@@ -104,6 +106,8 @@ class Grid:
     runs: list[Run]
     tune: Tune | None = None
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # `run GRID key=value`, as given
+    # metric -> equivalence margin of the report's TOST, over metric_names.DEFAULT_MARGINS
+    equivalence_margin: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def label_of(config: dict[str, Any]) -> str:
@@ -311,6 +315,19 @@ def _tune(raw: Any, runs: list[Run]) -> Tune | None:
                 metric=metric)
 
 
+def _margins(raw: Any, path: Path) -> dict[str, float]:
+    """`equivalence_margin:` a mapping of final metrics to positive numbers (in the metric's units)."""
+    if raw is None:
+        return {}
+    bad = not isinstance(raw, dict) or any(
+        k not in DEFAULT_MARGINS or isinstance(v, bool) or not isinstance(v, int | float) or v <= 0
+        for k, v in raw.items())
+    if bad:
+        raise GridError(f"{path}: equivalence_margin must map metrics among {', '.join(DEFAULT_MARGINS)} to "
+                        f"positive numbers (e.g. final/eval_loss: 0.02), got {raw!r}")
+    return {k: float(v) for k, v in raw.items()}
+
+
 def expand(spec: dict[str, Any], path: Path) -> Grid:
     """Expand a parsed grid mapping into its runs (explicit runs x product of the axes)."""
     unknown = sorted(set(spec) - set(TOP_LEVEL_KEYS))
@@ -367,7 +384,8 @@ def expand(spec: dict[str, Any], path: Path) -> Grid:
         raise GridError(f"{path}: several runs would be named {', '.join(duplicates)}; "
                         "give those run entries distinct `label:`s")
     return Grid(name=name, path=path, base=base, base_config=base_flat,
-                description=str(spec.get("description") or ""), runs=runs, tune=_tune(spec.get("tune"), runs))
+                description=str(spec.get("description") or ""), runs=runs, tune=_tune(spec.get("tune"), runs),
+                equivalence_margin=_margins(spec.get("equivalence_margin"), path))
 
 
 def load_grid(arg: str | Path) -> Grid:

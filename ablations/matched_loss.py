@@ -19,10 +19,12 @@ as bios) it is the training loss, and the report says so.
 from __future__ import annotations
 
 import re
+import statistics
 from dataclasses import dataclass
 
 from ablations.curves import NO_BRACKET, NOT_REACHED, REACHED, Crossing, first_crossing, value_at
-from ablations.results import EVAL_LOSS, QA_MEAN, QA_TAIL, TAIL_GAP, TAIL_LOSS, TRAIN_LOSS, Row, RunData
+from ablations.metric_names import EVAL_LOSS, QA_MEAN, QA_TAIL, TAIL_GAP, TAIL_LOSS, TRAIN_LOSS
+from ablations.results import Row, RunData
 from ablations.stats import Comparison, Stat, compare
 
 
@@ -98,6 +100,15 @@ class ArmAtTarget:
     def steps(self) -> Stat | None:
         return Stat.of([r.crossing.step for r in self.reached])
 
+    def steps_at_least(self) -> float | None:
+        """When some seeds never reach the target: the mean steps with each of those counted at its whole
+        budget, a lower bound of the arm's mean (None when every seed reaches it, or none is counted)."""
+        counted = [r for r in self.runs if r.crossing.status in (REACHED, NOT_REACHED)]
+        if all(r.crossing.status == REACHED for r in counted) or not counted:
+            return None
+        return statistics.fmean(r.crossing.step if r.crossing.status == REACHED else r.run.steps
+                                for r in counted)
+
     def values(self, metric: str) -> dict[int, float]:
         """seed -> the metric at the target, over the seeds that reached it."""
         return {r.run.seed: r.metrics[metric] for r in self.reached if metric in r.metrics}
@@ -162,8 +173,11 @@ class StepsToTarget:
 
     @property
     def speedup(self) -> float | None:
+        """AdamW's budget over the arm's mean steps; None when a seed does not reach the target."""
         steps = self.arm.steps
-        return None if steps is None or steps.mean <= 0 else self.adamw_steps / steps.mean
+        if steps is None or steps.mean <= 0 or self.arm.steps_at_least() is not None:
+            return None
+        return self.adamw_steps / steps.mean
 
 
 def steps_to_target(rows: list[Row], loss: OverallLoss) -> list[StepsToTarget]:

@@ -14,7 +14,8 @@ from ablations import plots
 from ablations.analysis_report import analyses
 from ablations.analysis_tables import PValue, md_cell, write_table
 from ablations.grid import EVAL_EVERY_KEY, STEPS_KEY
-from ablations.results import ADAMW, EVAL_LOSS, FULL_MUON, Row, RunData, aggregate, load_runs, read_manifest
+from ablations.metric_names import EVAL_LOSS
+from ablations.results import ADAMW, FULL_MUON, Row, RunData, aggregate, load_runs, read_manifest
 from ablations.stats import Stat
 from common.errors import MissingFileError
 from common.rundir import RunDir
@@ -51,6 +52,7 @@ CSV_COLUMNS: list[tuple[str, Callable[[Row], object]]] = [
     ("share_recovered", lambda r: r.share_recovered),
     ("share_ci95_low", lambda r: r.share_ci95 and r.share_ci95[0]),
     ("share_ci95_high", lambda r: r.share_ci95 and r.share_ci95[1]),
+    ("share_ci_method", lambda r: r.share_ci_method),
     ("tail_loss", lambda r: r.tail_loss and r.tail_loss.mean),
     ("tail_gap", lambda r: r.tail_gap and r.tail_gap.mean),
     ("qa_tail_fta", lambda r: r.qa_tail_fta and r.qa_tail_fta.mean),
@@ -130,6 +132,8 @@ LEGEND: list[tuple[tuple[str, ...], str]] = [
     (("share of Muon gain",), "*Share of Muon gain*: (L_AdamW − L_run) / "
                               f"(L_AdamW − L_{FULL_MUON}), i.e. how much of the improvement of Muon on all "
                               "hidden matrices this routing recovers (100% = all of it)."),
+    (("share 95% CI",), "*Share 95% CI*: Fieller's interval of that ratio with fewer than 10 seeds (open "
+                        "when the full gain is not distinguishable from 0), else a percentile bootstrap."),
     (("tail loss", "tail − head gap"), "*Tail loss/gap*: loss on the rarest token bucket and its "
                                        "difference from the most frequent bucket."),
     (("paper loss", "paper tail FTA"), "*Paper*: the reference value from arXiv 2509.26030 (160M model, "

@@ -23,7 +23,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ablations.grid import FFN_KEY, ROUTING_KEYS, SEED_KEY, STEPS_KEY, flatten, label_of
-from ablations.stats import Comparison, Stat, compare, share_interval
+from ablations.metric_names import EVAL_LOSS, FINAL_METRICS, QA_TAIL, TAIL_GAP, TAIL_LOSS
+from ablations.stats import Comparison, Stat, compare, share_ci
 from common.errors import MissingFileError
 from common.rundir import RunDir
 from optim.config import ADAMW_RUN_KEYS
@@ -31,14 +32,8 @@ from optim.config import ADAMW_RUN_KEYS
 # Config keys that do not change what a run computes (or that distinguish seeds of one setting).
 _IGNORED_PREFIXES = ("run.", "logging.")
 _IGNORED_KEYS = (SEED_KEY, "train.resume")
-# The final metrics the table reports, as named in summary.json.
-EVAL_LOSS, TAIL_LOSS, TAIL_GAP = "final/eval_loss", "eval/tail/tail_loss", "eval/tail/gap"
-TRAIN_LOSS = "final/train_loss"
-QA_TAIL, QA_MEAN = "qa/fta/tail", "qa/fta/mean"
 # The reference rows: AdamW everywhere, and Muon on all hidden matrices (the paper's "full Muon").
 ADAMW, FULL_MUON = "adamw", "muon-hidden"
-# The final metrics each row gets statistics and tests for.
-FINAL_METRICS = (EVAL_LOSS, TAIL_LOSS, TAIL_GAP, QA_TAIL, QA_MEAN, TRAIN_LOSS)
 
 
 @dataclass
@@ -85,6 +80,7 @@ class Row:
     delta_vs_adamw: float | None = None
     share_recovered: float | None = None
     share_ci95: tuple[float, float] | None = None
+    share_ci_method: str | None = None  # "fieller" or "bootstrap" (ablations.stats.share_ci)
     vs_adamw: dict[str, Comparison] = field(default_factory=dict)  # metric -> test against the AdamW row
     vs_muon: dict[str, Comparison] = field(default_factory=dict)  # ... against the full-Muon row
     tuned: dict[str, object] = field(default_factory=dict)  # the arm's chosen values of a tuned grid
@@ -226,8 +222,8 @@ def aggregate(runs: list[RunData], tuned_keys: tuple[str, ...] = ()) -> list[Row
 
 
 def _compare(row: Row, adamw: Row | None, full: Row | None) -> None:
-    """Δ, share of the Muon gain (with its bootstrap interval) and the t-tests of `row` against the
-    references of its family."""
+    """Δ, share of the Muon gain (with its interval: Fieller's, or a bootstrap with many seeds) and the
+    t-tests of `row` against the references of its family."""
     for ref, tests in ((adamw, row.vs_adamw), (full, row.vs_muon)):
         if ref is None or ref is row:
             continue
@@ -241,8 +237,8 @@ def _compare(row: Row, adamw: Row | None, full: Row | None) -> None:
         row.share_recovered = (adamw.eval_loss.mean - row.eval_loss.mean) / (
             adamw.eval_loss.mean - full.eval_loss.mean)
         if row is not adamw and row is not full:
-            row.share_ci95 = share_interval(adamw.finals[EVAL_LOSS], row.finals[EVAL_LOSS],
-                                            full.finals[EVAL_LOSS])
+            row.share_ci95, row.share_ci_method = share_ci(adamw.finals[EVAL_LOSS], row.finals[EVAL_LOSS],
+                                                           full.finals[EVAL_LOSS])
 
 
 def _find(rows: Iterable[Row], family: str, routing: str, steps: int) -> Row | None:

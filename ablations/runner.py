@@ -165,6 +165,7 @@ def write_manifest(grid: Grid, out: Path, stage: Stage) -> Path:
         "base": grid.base,
         "description": grid.description,
         "overrides": grid.overrides,
+        "equivalence_margin": grid.equivalence_margin,
         "runs": [] if stage.name == "tuning" else [{**asdict(r), "group": r.group} for r in stage.runs],
     }
     if grid.tune is not None:

@@ -1,4 +1,5 @@
-"""Statistics over seeds, all from scipy.stats: t intervals, Welch / paired t-tests, bootstrap ratios.
+"""Statistics over seeds, all from scipy.stats: t intervals, Welch / paired t-tests, differences with
+their intervals, TOST equivalence, and intervals of the share of a gain (Fieller; bootstrap with many seeds).
 
 Values come keyed by seed. Two settings "pair up" when they ran the same seeds: a seed fixes both
 the initialization and the data order (the loader's batch at step s is a function of (seed, s)),
@@ -20,6 +21,9 @@ CONFIDENCE = 0.95
 ALPHA = 0.05  # differences with p >= ALPHA are marked "not significant" in the report
 PAIRED, WELCH = "paired t", "Welch t"
 BOOTSTRAP_RESAMPLES = 9999
+# Below this many seeds a bootstrap of the share is not a 95% interval (3 seeds give 10 distinct
+# resamples, each all-one-seed one with probability 3.7% > 2.5%): Fieller's interval is used instead.
+BOOTSTRAP_MIN_SEEDS = 10
 BOOTSTRAP_SEED = 0  # the report is a pure function of the run directories
 
 
@@ -85,6 +89,15 @@ def compare(a: dict[int, float], b: dict[int, float]) -> Comparison | None:
     return None if math.isnan(p) else Comparison(p, test)
 
 
+def share_ci(adamw: dict[int, float], run: dict[int, float],
+             full: dict[int, float]) -> tuple[tuple[float, float] | None, str]:
+    """The 95% interval of the share of the gain and its method: Fieller's with fewer than
+    BOOTSTRAP_MIN_SEEDS seeds in any setting, else the percentile bootstrap."""
+    if min(len(adamw), len(run), len(full)) < BOOTSTRAP_MIN_SEEDS:
+        return share_fieller(adamw, run, full), "fieller"
+    return share_interval(adamw, run, full), "bootstrap"
+
+
 def share_interval(adamw: dict[int, float], run: dict[int, float],
                    full: dict[int, float]) -> tuple[float, float] | None:
     """95% percentile-bootstrap interval of (L_adamw − L_run) / (L_adamw − L_full) over seeds.
@@ -111,3 +124,82 @@ def share_interval(adamw: dict[int, float], run: dict[int, float],
     if not (math.isfinite(low) and math.isfinite(high)):
         return None  # a resample with no gain at all (L_adamw = L_full): the ratio has no interval
     return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(a) − mean(b) over seeds: its standard error, degrees of freedom, 95% t interval and test."""
+
+    diff: float
+    se: float
+    df: float
+    test: str
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, self.df)) * self.se
+        return self.diff - half, self.diff + half
+
+
+def difference(a: dict[int, float], b: dict[int, float]) -> Difference | None:
+    """Paired (seed-matched differences) when the seeds pair up, else Welch (Welch–Satterthwaite df).
+    None with fewer than 2 seeds on a side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if pairs(a, b):
+        diffs = [a[s] - b[s] for s in sorted(a)]
+        return Difference(statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs)),
+                          len(diffs) - 1, PAIRED)
+    va, vb = statistics.variance(a.values()) / len(a), statistics.variance(b.values()) / len(b)
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se > 0 else len(a) + len(b) - 2
+    return Difference(statistics.fmean(a.values()) - statistics.fmean(b.values()), se, df, WELCH)
+
+
+def tost(a: dict[int, float], b: dict[int, float], margin: float) -> float | None:
+    """The p-value of two one-sided t-tests (TOST) that mean(a) − mean(b) lies within ±margin: the larger
+    of the tests of "diff <= −margin" and "diff >= +margin". Below ALPHA the two are equivalent within
+    the margin (the 90% interval of the difference lies inside it). None where no test applies."""
+    if margin <= 0:
+        raise ValueError(f"an equivalence margin must be positive, got {margin}")
+    d = difference(a, b)
+    if d is None:
+        return None
+    if d.se == 0:  # identical differences on every seed: inside or outside the margin for sure
+        return 0.0 if abs(d.diff) < margin else 1.0
+    above_lower = stats.t.sf((d.diff + margin) / d.se, d.df)  # H0: diff <= -margin
+    below_upper = stats.t.cdf((d.diff - margin) / d.se, d.df)  # H0: diff >= +margin
+    return float(max(above_lower, below_upper))
+
+
+def share_fieller(adamw: dict[int, float], run: dict[int, float],
+                  full: dict[int, float]) -> tuple[float, float] | None:
+    """95% Fieller interval of the share of the gain, (mean A − mean R) / (mean A − mean F).
+
+    The set of ratios ρ the data cannot reject: (N − ρD)² <= t² (v_NN − 2ρ v_ND + ρ² v_DD), with N, D
+    the mean gains and v their (co)variances; with paired seeds from the per-seed gains (df n − 1), else
+    from each setting's own variance (A is in both gains: v_ND = var(A)/n_A; df the smallest n − 1,
+    conservative). None when the interval is unbounded: the full gain D is not distinguishable from 0.
+    """
+    if min(len(adamw), len(run), len(full)) < 2:
+        return None
+    if pairs(adamw, run) and pairs(adamw, full):
+        seeds = sorted(adamw)
+        n_gain = np.array([adamw[s] - run[s] for s in seeds])
+        d_gain = np.array([adamw[s] - full[s] for s in seeds])
+        cov = np.cov(n_gain, d_gain) / len(seeds)
+        v_nn, v_dd, v_nd, df = cov[0, 0], cov[1, 1], cov[0, 1], len(seeds) - 1
+        num, den = n_gain.mean(), d_gain.mean()
+    else:
+        va, vr, vf = (statistics.variance(d.values()) / len(d) for d in (adamw, run, full))
+        v_nn, v_dd, v_nd = va + vr, va + vf, va
+        df = min(len(adamw), len(run), len(full)) - 1
+        mean_a = statistics.fmean(adamw.values())
+        num, den = mean_a - statistics.fmean(run.values()), mean_a - statistics.fmean(full.values())
+    t2 = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df)) ** 2
+    a, b, c = den**2 - t2 * v_dd, num * den - t2 * v_nd, num**2 - t2 * v_nn
+    disc = b * b - a * c
+    if a <= 0 or disc < 0:
+        return None
+    root = math.sqrt(disc)
+    return float((b - root) / a), float((b + root) / a)

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from ablations.__main__ import main
-from ablations.analysis_tables import iso_pairwise_table, pairwise_table
+from ablations.analysis_tables import final_pair_tests, iso_pair_tests, pairs_table, study_adjusted
 from ablations.curves import NO_BRACKET, NOT_REACHED, REACHED, first_crossing, value_at
 from ablations.grid import GridError, load_grid, with_overrides
 from ablations.matched_loss import EVAL, TRAIN, iso_loss, longer_adamw, overall_loss, steps_to_target
@@ -360,7 +360,8 @@ def test_pairwise_tests_within_a_family_with_benjamini_hochberg(tmp_path):
     two_seed_adamw_and_muon(tmp_path)
     synthetic(tmp_path, "muon-qk_s0", "qk", 0, [8.0, 6.0, 5.0, 4.95], [10.0, 9.0, 8.0, 7.95])
     synthetic(tmp_path, "muon-qk_s1", "qk", 1, [8.0, 6.0, 5.6, 5.4], [10.0, 9.0, 8.6, 8.4])
-    header, body = pairwise_table(aggregate(load_runs(tmp_path)))
+    tests = final_pair_tests(aggregate(load_runs(tmp_path)))
+    header, body = pairs_table(tests, study_adjusted(tests))
     loss = [dict(zip(header, r, strict=True)) for r in body if r[0] == "final/eval_loss"]
     assert [(r["run_a"], r["run_b"]) for r in loss] == [
         ("adamw", "muon-hidden"), ("adamw", "muon-qk"), ("muon-hidden", "muon-qk")]
@@ -404,7 +405,8 @@ def test_slurm_writes_the_sweep_then_the_final_runs(tmp_path, capsys):
 def test_iso_pairwise_tests_compare_the_arms_at_the_target(tmp_path):
     two_seed_adamw_and_muon(tmp_path)
     arms = iso_loss(aggregate(load_runs(tmp_path)), EVAL, target=5.4)
-    header, body = iso_pairwise_table(arms, ["eval/tail/tail_loss"])
+    tests = iso_pair_tests(arms, ["eval/tail/tail_loss"])
+    header, body = pairs_table(tests, study_adjusted(tests))
     (row,) = [dict(zip(header, r, strict=True)) for r in body]
     a, m = arms[0].values("eval/tail/tail_loss"), arms[1].values("eval/tail/tail_loss")
     assert (row["run_a"], row["run_b"]) == ("adamw", "muon-hidden")
