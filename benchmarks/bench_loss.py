@@ -35,7 +35,7 @@ from model.loss import default_chunk_rows, linear_cross_entropy
 def sweep(device: torch.device, rows: int, d: int, vocab: int, chunk_sizes: Sequence[int], dtype: str,
           rounds: int) -> dict[str, Any]:
     """Median ms of forward + backward per chunk size (and "unfused"), against the device's default."""
-    default = default_chunk_rows(device)
+    default = default_chunk_rows(device, vocab)
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(rows, d, generator=gen).to(device).requires_grad_()
     weight = (torch.randn(vocab, d, generator=gen) * d**-0.5).to(device).requires_grad_()

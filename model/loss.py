@@ -20,20 +20,26 @@ from torch import Tensor
 
 from model.precision import autocast_dtype, autocast_off
 
-# Rows per chunk, by device type. Each chunk costs one read-modify-write of the fp32 head gradient
-# (vocab x d: 154 MB at 50304 x 768) against 6 x rows x vocab x d FLOPs of matmuls.
-# - CPU: 256 rows x 4096 logits (4 MiB in fp32) stay in L2/L3 between the softmax and the two matmuls
-#   that consume it; measured best at 256-512 rows, at vocabularies 4096 and 50k (benchmarks/README.md).
+# Rows per chunk. Each chunk costs one read-modify-write of the fp32 head gradient (vocab x d: 154 MB at
+# 50304 x 768) against 6 x rows x vocab x d FLOPs of matmuls, so larger chunks amortize it, while a chunk
+# whose logits stay in cache between the softmax and the two matmuls that read them is faster still.
+# - CPU, measured (benchmarks/README.md, bench_loss on a 2-core Xeon, fp32): at vocabulary 4096,
+#   128-1024 rows are within 5% of each other (256 x 4096 fp32 logits = 4 MiB stay in L2/L3); at 50304 no
+#   chunk fits in cache and larger ones win (2048 rows: 0.73x the time of 256). So 256 rows up to a
+#   vocabulary of 16384 (a 16 MiB chunk), 2048 above.
 # - CUDA (reasoned, then measured by the GPU check's loss_chunks part): at 256 rows an H100/H200 spends
 #   about as long on the 2 x 154 MB of grad_w traffic (~0.07 ms at ~4 TB/s) as on the chunk's matmuls
 #   (~0.09 ms at ~700 TFLOP/s), ~20% of a gpt2-160m step; at 4096 rows the traffic is ~5% of the matmuls
 #   while one chunk of fp32 logits is 0.8 GB, small beside an 80-141 GB GPU.
-CHUNK_ROWS = {"cpu": 256, "cuda": 4096}
+CPU_CACHED_VOCAB = 16384
+CHUNK_ROWS = {"cpu": 256, "cpu_large_vocab": 2048, "cuda": 4096}
 
 
-def default_chunk_rows(device: torch.device) -> int:
-    """The chunk size for `device` (CHUNK_ROWS; the CPU's on any other device type)."""
-    return CHUNK_ROWS.get(device.type, CHUNK_ROWS["cpu"])
+def default_chunk_rows(device: torch.device, vocab: int) -> int:
+    """The chunk size for `device` and a head of `vocab` rows (any non-CUDA device is treated as a CPU)."""
+    if device.type == "cuda":
+        return CHUNK_ROWS["cuda"]
+    return CHUNK_ROWS["cpu"] if vocab <= CPU_CACHED_VOCAB else CHUNK_ROWS["cpu_large_vocab"]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -81,7 +87,7 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_rows:
 
     h: [..., d] hidden states (cast to the autocast dtype when autocast is on, as nn.Linear would);
     weight: [vocab, d]; targets: [...] class indices (every one counted; no ignore index);
-    chunk_rows: rows per chunk (default: `default_chunk_rows` of h's device).
+    chunk_rows: rows per chunk (default: `default_chunk_rows` of h's device and the vocabulary).
     Equals `F.cross_entropy(F.linear(h, weight).float().flatten(0, -2), targets.flatten())`.
     """
     if targets.shape != h.shape[:-1]:
@@ -92,4 +98,5 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_rows:
     # Autocast off inside: the function casts by itself and must keep the softmax in fp32.
     with autocast_off(h.device.type):
         return _LinearCrossEntropy.apply(h.to(dtype).flatten(0, -2), weight, targets.flatten(),
-                                         chunk_rows or default_chunk_rows(h.device), with_grads)
+                                         chunk_rows or default_chunk_rows(h.device, weight.shape[0]),
+                                         with_grads)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from model import Transformer, get_preset
-from model.loss import linear_cross_entropy
+from model.loss import default_chunk_rows, linear_cross_entropy
 from model.transformer import causal_attention
 
 
@@ -123,3 +123,25 @@ def test_compiled_model_loss_is_one_graph_and_matches_eager():
     torch.testing.assert_close(loss, eager, rtol=1e-5, atol=0)
     for p, g in zip(model.parameters(), want, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("device", "vocab", "rows"), [("cpu", 4096, 256), ("cpu", 50304, 2048),
+                                                        ("cuda", 4096, 4096), ("meta", 128, 256)])
+def test_the_default_chunk_follows_the_device_and_the_vocabulary(device, vocab, rows):
+    assert default_chunk_rows(torch.device(device), vocab) == rows
+
+
+def test_the_loss_uses_the_default_chunk_when_none_is_given():
+    """Chunking changes how grad_w's sum is rounded: the default path equals the explicit default chunk
+    bit for bit (and a large vocabulary on the CPU takes the large-vocabulary chunk)."""
+    gen = torch.Generator().manual_seed(0)
+    h, weight = torch.randn(4096, 8, generator=gen), torch.randn(20000, 8, generator=gen) * 0.3
+    targets = torch.randint(0, 20000, (4096,), generator=gen)
+
+    def grads(chunk_rows):
+        hh, ww = h.clone().requires_grad_(), weight.clone().requires_grad_()
+        linear_cross_entropy(hh, ww, targets, chunk_rows=chunk_rows).backward()
+        return ww.grad
+
+    default = grads(None)
+    assert torch.equal(default, grads(2048)) and not torch.equal(default, grads(256))
