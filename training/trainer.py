@@ -299,32 +299,32 @@ class Trainer:
         if state.window_steps:  # a window left open by a stop
             loss_sum.fill_(state.window_loss_sums[self.rank])
         window_steps, timer = state.window_steps, StepTimer(device_sync(self.accelerator.device))
-        bar = tqdm(total=steps, initial=start, disable=not self.is_main, desc="train", unit="step",
-                   dynamic_ncols=True)
-        for step in range(start, steps):
-            done = step + 1
-            due = self.cadence.at(done)
-            grad_norm = self._step(step, loss_sum, snapshot=due.spectra)
-            state.step, window_steps = done, window_steps + 1
-            timer.step()
-            bar.update(1)
-            if due.log:
-                tok_s = timer.read(self.tokens_per_step)
-                self._log_train(done, loss_sum / window_steps, grad_norm, tok_s)
-                bar.set_postfix(loss=f"{state.train_loss:.3f}", eval=f"{state.eval_loss:.3f}",
-                                tok_s=f"{tok_s:,.0f}")
-                loss_sum.zero_()
-                window_steps = 0
-            timer.pause()  # evaluations and checkpoints are not training throughput
-            if due.eval:
-                self._evaluate(done, due)
-            if due.checkpoint:
-                self._checkpoint()
-            if done < steps and self.stop.agreed(self.accelerator):
-                bar.close()
-                self._stop(loss_sum, window_steps, checkpointed=due.checkpoint)
-            timer.resume()
-        bar.close()
+        # Closed however the loop ends (an error line then starts on a line of its own).
+        with tqdm(total=steps, initial=start, disable=not self.is_main, desc="train", unit="step",
+                  dynamic_ncols=True) as bar:
+            for step in range(start, steps):
+                done = step + 1
+                due = self.cadence.at(done)
+                grad_norm = self._step(step, loss_sum, snapshot=due.spectra)
+                state.step, window_steps = done, window_steps + 1
+                timer.step()
+                bar.update(1)
+                if due.log:
+                    tok_s = timer.read(self.tokens_per_step)
+                    self._log_train(done, loss_sum / window_steps, grad_norm, tok_s)
+                    bar.set_postfix(loss=f"{state.train_loss:.3f}", eval=f"{state.eval_loss:.3f}",
+                                    tok_s=f"{tok_s:,.0f}")
+                    loss_sum.zero_()
+                    window_steps = 0
+                timer.pause()  # evaluations and checkpoints are not training throughput
+                if due.eval:
+                    self._evaluate(done, due)
+                if due.checkpoint:
+                    self._checkpoint()
+                if done < steps and self.stop.agreed(self.accelerator):
+                    bar.close()
+                    self._stop(loss_sum, window_steps, checkpointed=due.checkpoint)
+                timer.resume()
 
     def _step(self, step: int, loss_sum: torch.Tensor, snapshot: bool = False) -> torch.Tensor:
         """One optimizer step on the global batch at `step`; adds its loss to `loss_sum` (no sync).
