@@ -111,9 +111,12 @@ def tuning_section(runs_dir: Path, manifest: dict[str, Any], rows: list[Row], ou
              f"Each arm was trained at every value of {', '.join(f'`{k}` {v}' for k, v in sweep.items())} "
              f"with seed(s) {seeds} ({len(sweep_runs)} runs); the table's runs use each arm's values with "
              f"the lowest `{metric}` (mean over those seeds; a diverged run counts as +inf; ties go to the "
-             "smaller value). A tuning seed that is also one of the grid's seeds reuses its sweep run, "
-             "on which the choice was made: that biases each arm's mean slightly in its favour (use "
-             "tuning seeds outside the grid's to avoid it, at the cost of more runs). Chosen:\n",
+             "smaller value). "
+             + ("The tuning seeds are also evaluation seeds (`tune.reuse_tuning_seeds: true`): each arm's "
+                "sweep run at the chosen values is reused as a result, which biases each arm's mean in its "
+                "favour. " if tune.reuse_tuning_seeds else "The tuning seeds are disjoint from the "
+                "evaluation seeds: no result was chosen on. ")
+             + "Chosen:\n",
              chosen + "\n"]
     if warnings:
         parts.append("**Warning**: " + "; ".join(warnings) + ".\n")

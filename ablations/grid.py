@@ -92,6 +92,9 @@ class Tune:
     keys: dict[str, list[Any]]
     seeds: list[int]
     metric: str = "final/eval_loss"  # summary.json key the sweep minimizes
+    # Tuning seeds among the grid's evaluation seeds are an error unless this is set: the run the
+    # choice was made on would then be counted in the result it chose (a winner's-curse bias).
+    reuse_tuning_seeds: bool = False
 
 
 @dataclass(frozen=True)
@@ -287,13 +290,16 @@ def _seed_list(value: Any, where: str) -> list[int]:
 
 
 def _tune(raw: Any, runs: list[Run]) -> Tune | None:
-    """Parse `tune:`; a tuned key may not also be set by the grid's runs (the sweep would override it)."""
+    """Parse `tune:`; a tuned key may not also be set by the grid's runs (the sweep would override it),
+    and the tuning seeds must be disjoint from the grid's unless `reuse_tuning_seeds: true`."""
     if raw is None:
         return None
-    if not isinstance(raw, dict) or not {"keys", "seeds"} <= set(raw) <= {"keys", "seeds", "metric"}:
+    allowed = {"keys", "seeds", "metric", "reuse_tuning_seeds"}
+    if not isinstance(raw, dict) or not {"keys", "seeds"} <= set(raw) <= allowed:
         raise GridError("`tune` must be a mapping with `keys` (dotted key -> list of values), `seeds` and "
-                        "optionally `metric` (a summary.json key to minimize, default final/eval_loss), "
-                        "e.g. tune: {keys: {optim.adamw_lr: [3e-3, 1e-2]}, seeds: [0]}")
+                        "optionally `metric` (a summary.json key to minimize, default final/eval_loss) and "
+                        "`reuse_tuning_seeds`, e.g. tune: {keys: {optim.adamw_lr: [3e-3, 1e-2]}, "
+                        "seeds: [100]}")
     keys = _check_mapping(raw["keys"], "tune.keys")
     if not keys:
         raise GridError("tune.keys is empty; name at least one key to sweep, e.g. optim.adamw_lr")
@@ -311,8 +317,16 @@ def _tune(raw: Any, runs: list[Run]) -> Tune | None:
     if not metric.startswith(("final/", "eval/", "qa/")) or "loss" not in metric:
         raise GridError(f"tune.metric={metric} is not a final loss of summary.json; use final/eval_loss "
                         "(default) or final/train_loss (data without a validation split, e.g. bios)")
-    return Tune(keys={k: list(v) for k, v in keys.items()}, seeds=_seed_list(raw["seeds"], "tune.seeds"),
-                metric=metric)
+    seeds, reuse = _seed_list(raw["seeds"], "tune.seeds"), raw.get("reuse_tuning_seeds", False)
+    if not isinstance(reuse, bool):
+        raise GridError(f"tune.reuse_tuning_seeds must be true or false, got {reuse!r}")
+    shared = sorted(set(seeds) & {r.seed for r in runs if r.seed is not None})
+    if shared and not reuse:
+        raise GridError(f"tune.seeds {shared} are also evaluation seeds of the grid: the runs the rates are "
+                        "chosen on would be counted in the results; use tuning seeds outside the grid's "
+                        "`seeds` (e.g. tune.seeds: [100]) or set tune.reuse_tuning_seeds: true")
+    return Tune(keys={k: list(v) for k, v in keys.items()}, seeds=seeds, metric=metric,
+                reuse_tuning_seeds=reuse)
 
 
 def _margins(raw: Any, path: Path) -> dict[str, float]:

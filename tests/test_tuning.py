@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from scipy import stats as scipy_stats
 
 from ablations.__main__ import main
@@ -172,8 +173,13 @@ def test_training_loss_is_the_overall_loss_without_an_eval_loss(tmp_path):
 
 
 def tuned_grid(tmp_path: Path, tune: str, runs: str = "[{optim.muon: none}, {optim.muon: hidden}]") -> Path:
+    """A grid over seeds 0 and 1 whose sweep uses seed 0 too (`reuse_tuning_seeds: true`), so that a sweep
+    run is also a final run."""
     path = tmp_path / "tuned.yaml"
-    path.write_text(f"name: tuned\nruns: {runs}\nseeds: [0, 1]\ntune: {tune}\n")
+    section = yaml.safe_load(tune)
+    if isinstance(section, dict):
+        section["reuse_tuning_seeds"] = True
+    path.write_text(f"name: tuned\nruns: {runs}\nseeds: [0, 1]\ntune: {json.dumps(section)}\n")
     return path
 
 
@@ -258,6 +264,21 @@ def test_bad_tune_sections_are_grid_errors(tmp_path, tune, runs, message):
         load_grid(tuned_grid(tmp_path, tune, *([runs] if runs else [])))
 
 
+def test_tuning_seeds_among_the_evaluation_seeds_are_an_error_unless_declared(tmp_path):
+    path = tmp_path / "overlap.yaml"
+    path.write_text("name: g\nruns: [{optim.muon: none}]\nseeds: [0, 1]\n"
+                    "tune: {keys: {optim.adamw_lr: [0.01, 0.1]}, seeds: [1, 7]}\n")
+    with pytest.raises(GridError, match=r"tune.seeds \[1\] are also evaluation seeds.*reuse_tuning_seeds"):
+        load_grid(path)
+    path.write_text("name: g\nruns: [{optim.muon: none}]\nseeds: [0, 1]\n"
+                    "tune: {keys: {optim.adamw_lr: [0.01, 0.1]}, seeds: [7, 8]}\n")
+    grid = load_grid(path)
+    assert grid.tune.seeds == [7, 8] and not grid.tune.reuse_tuning_seeds
+    assert {r.seed for r in tuning_runs(grid)} == {7, 8}  # disjoint: no sweep run is a final run
+    assert not {r.name for r in tuning_runs(grid)} & {r.name for r in final_runs(
+        grid, {"adamw": {"optim.adamw_lr": 0.01}})}
+
+
 def test_a_tuned_key_cannot_be_overridden_on_the_command_line(tmp_path):
     grid = load_grid(tuned_grid(tmp_path, "{keys: {optim.adamw_lr: [0.01]}, seeds: [0]}"))
     with pytest.raises(GridError, match="optim.adamw_lr is tuned by the grid"):
@@ -279,7 +300,8 @@ def tiny_tuned_grid(tmp_path, base_args) -> Path:  # noqa: F811
     path = tmp_path / "tiny_tuned.yaml"
     path.write_text(f"name: tiny_tuned\noverrides:\n{lines}"
                     "runs:\n  - optim.muon: none\n  - optim.muon: hidden\nseeds: [0, 1]\n"
-                    "tune:\n  keys: {optim.adamw_lr: [0.003, 0.01]}\n  seeds: [0]\n")
+                    "tune:\n  keys: {optim.adamw_lr: [0.003, 0.01]}\n  seeds: [0]\n"
+                    "  reuse_tuning_seeds: true\n")
     return path
 
 
