@@ -14,7 +14,7 @@ from scipy import stats
 from ablations.matched_loss import ArmAtTarget, LongerVsMuon, StepsToTarget, column
 from ablations.metric_names import FINAL_METRICS, QA_MEAN, QA_TAIL, TAIL_GAP, TAIL_LOSS
 from ablations.results import Row
-from ablations.stats import ALPHA, Comparison, Difference, compare, difference, tost
+from ablations.stats import ALPHA, Comparison, Difference, compare, difference
 from ablations.tuning import ArmTuning, profile
 
 HEADLINE = (TAIL_LOSS, TAIL_GAP, QA_TAIL, QA_MEAN)
@@ -174,9 +174,9 @@ def equivalence_table(tests: list[PairTest], margins: dict[str, float]) -> Table
         if t.test.significant or t.metric not in margins:
             continue
         margin = margins[t.metric]
-        p = tost(t.a, t.b, margin)
+        p = t.diff.tost(margin)
         low, high = t.diff.ci95
-        verdict = f"equivalent within ±{margin:g}" if p is not None and p < ALPHA else "inconclusive"
+        verdict = f"equivalent within ±{margin:g}" if p < ALPHA else "inconclusive"
         metric = t.metric if t.where == "final" else f"{t.metric} {t.where}"
         body.append([metric, t.run_a, t.run_b, t.diff.diff, low, high, margin, PValue(p), verdict])
     return header, body

@@ -140,6 +140,18 @@ class Difference:
         half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, self.df)) * self.se
         return self.diff - half, self.diff + half
 
+    def tost(self, margin: float) -> float:
+        """The p-value of two one-sided t-tests (TOST) that the difference lies within ±margin: the
+        larger of the tests of "diff <= −margin" and "diff >= +margin". Below ALPHA the two settings are
+        equivalent within the margin (the 90% interval of the difference lies inside it)."""
+        if margin <= 0:
+            raise ValueError(f"an equivalence margin must be positive, got {margin}")
+        if self.se == 0:  # identical differences on every seed: inside or outside the margin for sure
+            return 0.0 if abs(self.diff) < margin else 1.0
+        above_lower = stats.t.sf((self.diff + margin) / self.se, self.df)  # H0: diff <= -margin
+        below_upper = stats.t.cdf((self.diff - margin) / self.se, self.df)  # H0: diff >= +margin
+        return float(max(above_lower, below_upper))
+
 
 def difference(a: dict[int, float], b: dict[int, float]) -> Difference | None:
     """Paired (seed-matched differences) when the seeds pair up, else Welch (Welch–Satterthwaite df).
@@ -157,19 +169,10 @@ def difference(a: dict[int, float], b: dict[int, float]) -> Difference | None:
 
 
 def tost(a: dict[int, float], b: dict[int, float], margin: float) -> float | None:
-    """The p-value of two one-sided t-tests (TOST) that mean(a) − mean(b) lies within ±margin: the larger
-    of the tests of "diff <= −margin" and "diff >= +margin". Below ALPHA the two are equivalent within
-    the margin (the 90% interval of the difference lies inside it). None where no test applies."""
-    if margin <= 0:
-        raise ValueError(f"an equivalence margin must be positive, got {margin}")
+    """The TOST p-value that mean(a) − mean(b) lies within ±margin (`Difference.tost`); None where no
+    test applies (fewer than 2 seeds on a side)."""
     d = difference(a, b)
-    if d is None:
-        return None
-    if d.se == 0:  # identical differences on every seed: inside or outside the margin for sure
-        return 0.0 if abs(d.diff) < margin else 1.0
-    above_lower = stats.t.sf((d.diff + margin) / d.se, d.df)  # H0: diff <= -margin
-    below_upper = stats.t.cdf((d.diff - margin) / d.se, d.df)  # H0: diff >= +margin
-    return float(max(above_lower, below_upper))
+    return None if d is None else d.tost(margin)
 
 
 def share_fieller(adamw: dict[int, float], run: dict[int, float],

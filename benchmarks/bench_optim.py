@@ -70,6 +70,7 @@ from optim.groups import ALIASES, group_of
 from optim.muon import Muon
 from optim.newton_schulz import default_ns_dtype
 from training.runtime import keep_freed_memory
+from training.step_timer import synchronize
 
 MUON_KW = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True, adjust_lr_fn="match_rms_adamw")
 TARGET_SPEEDUP = 10.0  # issue 5: muonlab's Muon step >= 10x torch.optim.Muon's on CPU
@@ -165,8 +166,7 @@ def bench_share(args: argparse.Namespace) -> dict[str, Any]:
 
     def muon_step() -> None:
         opt.muon.step()
-        if args.device.type == "cuda":
-            torch.cuda.synchronize(args.device)
+        synchronize(args.device)
 
     timed_muon = with_cpu_time({"muon": muon_step}, cpu)["muon"]
     muon_wall: list[float] = []
@@ -175,8 +175,7 @@ def bench_share(args: argparse.Namespace) -> dict[str, Any]:
         with autocast:
             logits = model(batch[:, :-1])
         F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten()).backward()
-        if args.device.type == "cuda":
-            torch.cuda.synchronize(args.device)
+        synchronize(args.device)
         start = time.perf_counter()
         timed_muon()
         muon_wall.append(time.perf_counter() - start)

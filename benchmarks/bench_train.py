@@ -41,7 +41,6 @@ from benchmarks.common import (
     print_table,
     run_in_fresh_process,
     split_choices,
-    synchronize,
     time_interleaved,
     write_results,
 )
@@ -50,6 +49,7 @@ from model import PRESETS, ModelConfig, Transformer, get_preset
 from optim.build import build_optimizer
 from optim.config import OptimConfig
 from training.runtime import keep_freed_memory
+from training.step_timer import synchronize
 
 MODELS = ("muonlab", "llama")
 # Benchmark optimizer name -> optim.muon routing spec given to build_optimizer.

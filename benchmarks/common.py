@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from training.step_timer import synchronize
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -96,12 +98,6 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work, so that wall-clock time covers it (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_interleaved(
     fns: Mapping[str, Callable[[], object]],
     rounds: int,
@@ -154,7 +150,7 @@ class PeakMemory:
 
     def start(self) -> None:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return
@@ -164,7 +160,7 @@ class PeakMemory:
 
     def peak(self) -> int | None:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device) - self._base
         high_water = _proc_status_bytes("VmHWM")
         return None if high_water is None else high_water - self._base

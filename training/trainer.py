@@ -12,6 +12,7 @@ Everything that can fail on bad input (config, data, model shape, routing) happe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -68,7 +69,7 @@ from training.qa_eval import QAEval
 from training.resume import Start, plan_start
 from training.run_lock import run_lock
 from training.runtime import make_accelerator
-from training.step_timer import StepTimer, device_sync
+from training.step_timer import StepTimer, synchronize
 from training.stop import Stopped, StopSignals
 from training.summary import print_summary, write_summary
 
@@ -298,7 +299,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.accelerator.device)
         if state.window_steps:  # a window left open by a stop
             loss_sum.fill_(state.window_loss_sums[self.rank])
-        window_steps, timer = state.window_steps, StepTimer(device_sync(self.accelerator.device))
+        window_steps = state.window_steps
+        timer = StepTimer(functools.partial(synchronize, self.accelerator.device))
         # Closed however the loop ends (an error line then starts on a line of its own).
         with tqdm(total=steps, initial=start, disable=not self.is_main, desc="train", unit="step",
                   dynamic_ncols=True) as bar:
