@@ -53,7 +53,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                             cpus_per_task=args.cpus_per_task,
                             time=args.time, partition=args.partition, account=args.account,
                             max_parallel=args.max_parallel)
-        # A tuned grid is two arrays: the sweep, then (rerun this command) the runs at the chosen values.
+        # A tuned grid is several arrays: the sweep's rounds (each coordinate step or edge extension is
+        # planned from the results before it), then (rerun this command) the runs at the chosen values.
         stage = next_stage(grid, out)
         staged = dataclasses.replace(grid, runs=stage.runs)
         if args.dry_run:
@@ -63,7 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 0
         write_manifest(grid, out, stage)
         script, manifest = write_slurm(staged, out, opts)
-        then = ("Once it has finished, run this command again for the grid's runs at the chosen values.\n"
+        then = ("Once it has finished, run this command again: for the sweep's next round, or the grid's "
+                "runs at the chosen values.\n"
                 if stage.name == "tuning" else f"Then:  python -m ablations report {out}")
         print(f"\nwrote {script} and {manifest} ({len(staged.runs)} array tasks: the {stage.name} stage).\n"
               f"Submit from the repository root:  sbatch {script}\n{then}")

@@ -24,7 +24,7 @@ from ablations.analysis_tables import (
     tuning_table,
     write_table,
 )
-from ablations.grid import Run, Tune
+from ablations.grid import SEED_KEY, Run, Tune
 from ablations.matched_loss import (
     MIN_EVALS,
     TRAIN,
@@ -42,7 +42,7 @@ from ablations.matched_loss import (
 from ablations.metric_names import DEFAULT_MARGINS, EVAL_LOSS, QA_MEAN, QA_TAIL, TAIL_LOSS, TRAIN_LOSS
 from ablations.results import Row
 from ablations.stats import ALPHA, BOOTSTRAP_MIN_SEEDS, BOOTSTRAP_RESAMPLES
-from ablations.tuning import select
+from ablations.tuning import MAX_EXTENSIONS, ArmTuning, sweep_of
 
 
 def _image(path: Path | None, out: Path, title: str) -> str:
@@ -85,33 +85,55 @@ def statistics_section(rows: list[Row], pairs: Table, equivalence: Table, margin
     return parts
 
 
-def tuning_runs_of(manifest: dict[str, Any]) -> list[Run]:
-    """The sweep's runs as the runner recorded them in grid.json."""
+# A grid.json from before `tune.method` and `tune.extend_edges`: its sweep was the full product of the
+# keys' values, never extended.
+V1_TUNE = {"method": "grid", "extend_edges": False}
+
+
+def _run_of(entry: dict[str, Any]) -> Run:
     names = {f.name for f in dataclasses.fields(Run)}
-    entries = manifest.get("tuning_runs", [])
-    return [Run(**{k: v for k, v in entry.items() if k in names}) for entry in entries]
+    return Run(**{k: v for k, v in entry.items() if k in names})
+
+
+def recorded_sweep(manifest: dict[str, Any], runs_dir: Path) -> tuple[Tune, list[ArmTuning] | None]:
+    """The grid's tuning settings and its sweep's outcome (None while unfinished), replayed from the
+    arms grid.json records and the run directories."""
+    tune = Tune(**{**V1_TUNE, **manifest["tune"]})
+    if "tuning_arms" in manifest:
+        arm_keys = [(_run_of(entry), entry["keys"]) for entry in manifest["tuning_arms"]]
+    else:  # older grid.json: each arm from its first sweep run, without its tuned values and seed
+        firsts: dict[str, Run] = {}
+        for entry in manifest.get("tuning_runs", []):
+            firsts.setdefault(entry["group"], _run_of(entry))
+        arm_keys = [(dataclasses.replace(
+            run, name=group, seed=None, arm=None,
+            overrides={k: v for k, v in run.overrides.items() if k not in tune.keys and k != SEED_KEY},
+            labels={k: v for k, v in run.labels.items() if k != "seed"}),
+            [k for k in tune.keys if k in run.overrides]) for group, run in firsts.items()]
+    return tune, sweep_of(arm_keys, tune, runs_dir).tunings
 
 
 def tuning_section(runs_dir: Path, manifest: dict[str, Any], rows: list[Row], out: Path) -> list[str]:
     """tuning.csv, tuning.png and their section, for a grid with `tune:`."""
     if "tune" not in manifest:
         return []
-    tune = Tune(**manifest["tune"])
-    sweep, metric = tune.keys, tune.metric
-    sweep_runs = tuning_runs_of(manifest)
-    tunings = select(sweep_runs, tune, runs_dir)
+    tune, tunings = recorded_sweep(manifest, runs_dir)
     if tunings is None:
         return ["## Tuning\n", "The tuning sweep has unfinished runs: rerun the grid to finish it.\n"]
+    sweep, metric = tune.keys, tune.metric
     write_table(tuning_table(tunings, metric), out / "tuning.csv")
     chosen = "\n".join(f"- `{t.arm}`: " + ", ".join(f"{k} = {v}" for k, v in t.chosen.items())
                        for t in tunings)
-    warnings = [w for t in tunings for w in t.warnings(sweep)]
-    seeds = manifest["tune"]["seeds"]
+    warnings = [w for t in tunings for w in t.warnings()]
+    how = ("one key at a time (coordinate descent, one pass in the order listed: each key swept with the "
+           "keys before it at their chosen values and those after it at their defaults)"
+           if tune.method == "coordinate" else "at every combination of the values")
+    extend = (" A best value at the edge of the values tried was tried beyond it, at the sweep's ratio, "
+              f"up to {MAX_EXTENSIONS} times per key." if tune.extend_edges else "")
     parts = ["## Tuning\n",
-             f"Each arm was trained at every value of {', '.join(f'`{k}` {v}' for k, v in sweep.items())} "
-             f"with seed(s) {seeds} ({len(sweep_runs)} runs); the table's runs use each arm's values with "
-             f"the lowest `{metric}` (mean over those seeds; a diverged run counts as +inf; ties go to the "
-             "smaller value). "
+             f"Each arm was tuned on {', '.join(f'`{k}` {v}' for k, v in sweep.items())} {how}, with "
+             f"seed(s) {tune.seeds}; each point ranks by its mean `{metric}` over those seeds (a diverged "
+             f"run counts as +inf; ties go to the smaller value).{extend} "
              + ("The tuning seeds are also evaluation seeds (`tune.reuse_tuning_seeds: true`): each arm's "
                 "sweep run at the chosen values is reused as a result, which biases each arm's mean in its "
                 "favour. " if tune.reuse_tuning_seeds else "The tuning seeds are disjoint from the "

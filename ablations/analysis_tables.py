@@ -196,10 +196,13 @@ def per_seed_table(rows: list[Row], arms: list[ArmAtTarget], steps: list[StepsTo
 
 
 def tuning_table(tunings: list[ArmTuning], metric: str) -> Table:
-    """tuning.csv: one row per arm and swept value, its final loss (`metric`, named in the last
-    column; mean over the tuning seeds, best over the other swept keys) and whether it was chosen."""
-    header = ["arm", "key", "value", "eval_loss", "chosen", "metric"]
-    body = [[t.arm, key, value, loss, value == t.chosen[key], metric]
+    """tuning.csv: one row per arm and value a key was tried at, its final loss (`metric`, named in the
+    last column; mean over the `n_seeds` tuning seeds, best over the other keys varied with it), whether
+    it was chosen, the tuning `method`, the coordinate step (`pass`, 1-based; 1 for grid) that swept
+    the key, and whether the chosen value is still at an edge of those tried (`edge`)."""
+    header = ["arm", "key", "value", "eval_loss", "chosen", "method", "pass", "edge", "n_seeds", "metric"]
+    body = [[t.arm, key, value, loss, value == t.chosen[key], t.method, t.step_of(key).number,
+             t.step_of(key).at_edge(key), t.n_seeds, metric]
             for t in tunings for key in t.keys for value, loss in profile(t, key)]
     return header, body
 

@@ -17,8 +17,10 @@ A grid YAML has these top-level keys (all dotted config keys, as on the train.py
     exclude:                         # optional; drop runs matching every key of an entry
       - {optim.muon: ffn_gate, model.ffn_type: gelu}
     tune:                            # optional; tune every arm (run without its seed) first
-      keys: {optim.adamw_lr: [3e-3, 1e-2, 3e-2]}
-      seeds: [0]
+      keys: {optim.adamw_lr: [3e-3, 1e-2, 3e-2], optim.muon_lr: [3e-3, 1e-2]}
+      seeds: [100]                   # disjoint from `seeds` unless reuse_tuning_seeds: true
+      method: coordinate             # optional; one key at a time (default) or grid (the product)
+      extend_edges: true             # optional; try beyond a best value at a sweep edge (default)
       metric: final/eval_loss        # optional; the summary.json loss to minimize
 
 Each run is named from the settings that distinguish it (e.g. ``muon-vo+ffn_swiglu_s0``).
@@ -86,8 +88,8 @@ class Run:
 
 @dataclass(frozen=True)
 class Tune:
-    """A grid's `tune:` section: each arm is trained at every value of `keys` with `seeds` first, and
-    the grid's own seeds then run at the values with the lowest final eval loss (ablations/tuning.py)."""
+    """A grid's `tune:` section: each arm is tuned on `keys` with `seeds` first (one key at a time, or
+    their full product), and the grid's own seeds then run at its chosen values (ablations/tuning.py)."""
 
     keys: dict[str, list[Any]]
     seeds: list[int]
@@ -95,6 +97,8 @@ class Tune:
     # Tuning seeds among the grid's evaluation seeds are an error unless this is set: the run the
     # choice was made on would then be counted in the result it chose (a winner's-curse bias).
     reuse_tuning_seeds: bool = False
+    method: str = "coordinate"  # or "grid": the full product of the keys' values (ablations/tuning.py)
+    extend_edges: bool = True  # a best value at a sweep edge is tried beyond it (ablations/tuning.py)
 
 
 @dataclass(frozen=True)
@@ -294,12 +298,12 @@ def _tune(raw: Any, runs: list[Run]) -> Tune | None:
     and the tuning seeds must be disjoint from the grid's unless `reuse_tuning_seeds: true`."""
     if raw is None:
         return None
-    allowed = {"keys", "seeds", "metric", "reuse_tuning_seeds"}
+    allowed = {"keys", "seeds", "metric", "reuse_tuning_seeds", "method", "extend_edges"}
     if not isinstance(raw, dict) or not {"keys", "seeds"} <= set(raw) <= allowed:
         raise GridError("`tune` must be a mapping with `keys` (dotted key -> list of values), `seeds` and "
-                        "optionally `metric` (a summary.json key to minimize, default final/eval_loss) and "
-                        "`reuse_tuning_seeds`, e.g. tune: {keys: {optim.adamw_lr: [3e-3, 1e-2]}, "
-                        "seeds: [100]}")
+                        "optionally `metric` (a summary.json key to minimize, default final/eval_loss), "
+                        "`method` (coordinate or grid), `extend_edges` and `reuse_tuning_seeds`, e.g. "
+                        "tune: {keys: {optim.adamw_lr: [3e-3, 1e-2]}, seeds: [100]}")
     keys = _check_mapping(raw["keys"], "tune.keys")
     if not keys:
         raise GridError("tune.keys is empty; name at least one key to sweep, e.g. optim.adamw_lr")
@@ -318,15 +322,20 @@ def _tune(raw: Any, runs: list[Run]) -> Tune | None:
         raise GridError(f"tune.metric={metric} is not a final loss of summary.json; use final/eval_loss "
                         "(default) or final/train_loss (data without a validation split, e.g. bios)")
     seeds, reuse = _seed_list(raw["seeds"], "tune.seeds"), raw.get("reuse_tuning_seeds", False)
-    if not isinstance(reuse, bool):
-        raise GridError(f"tune.reuse_tuning_seeds must be true or false, got {reuse!r}")
+    method, extend = raw.get("method", Tune.method), raw.get("extend_edges", Tune.extend_edges)
+    for key, value in (("reuse_tuning_seeds", reuse), ("extend_edges", extend)):
+        if not isinstance(value, bool):
+            raise GridError(f"tune.{key} must be true or false, got {value!r}")
+    if method not in ("coordinate", "grid"):
+        raise GridError(f"tune.method={method!r} is unknown; use coordinate (one key at a time, the default) "
+                        "or grid (every combination)")
     shared = sorted(set(seeds) & {r.seed for r in runs if r.seed is not None})
     if shared and not reuse:
         raise GridError(f"tune.seeds {shared} are also evaluation seeds of the grid: the runs the rates are "
                         "chosen on would be counted in the results; use tuning seeds outside the grid's "
                         "`seeds` (e.g. tune.seeds: [100]) or set tune.reuse_tuning_seeds: true")
     return Tune(keys={k: list(v) for k, v in keys.items()}, seeds=seeds, metric=metric,
-                reuse_tuning_seeds=reuse)
+                reuse_tuning_seeds=reuse, method=method, extend_edges=extend)
 
 
 def _margins(raw: Any, path: Path) -> dict[str, float]:

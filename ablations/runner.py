@@ -6,8 +6,8 @@ the tuning sweep's runs) for the report. A run whose summary.json (or diverged.j
 exists is skipped; any other is started with train.resume=auto, so an interrupted run continues
 from its newest checkpoint. Two runners on one grid share the work: a run whose lock another
 process holds (train.py holds it while training) is skipped as 'held', so no run is trained twice.
-A grid with `tune:` runs in two stages: the sweep, then the grid's
-seeds at each arm's chosen values (ablations/tuning.py).
+A grid with `tune:` runs its sweep first (in rounds: each coordinate step or edge extension is planned
+from the results before it), then the grid's seeds at each arm's chosen values (ablations/tuning.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from ablations.grid import REPO_ROOT, Grid, Run, config_diff
-from ablations.tuning import ArmTuning, final_runs, select, tuning_runs
+from ablations.tuning import ArmTuning, arms, final_runs, grid_sweep, swept_keys
 from common.console import console as make_console
 from common.errors import UserError
 from common.lock import holder
@@ -91,30 +91,31 @@ def train_args(grid: Grid, run: Run, out: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class Stage:
-    """What a grid runs next: its tuning sweep, or its runs (at each arm's chosen values once tuned)."""
+    """What a grid runs next: its tuning sweep's pending runs, or its runs (at each arm's chosen values
+    once tuned)."""
 
     name: str  # "tuning" or "grid"
     runs: list[Run]
     tunings: list[ArmTuning] | None = None  # the sweep's outcome, once it has finished
+    swept: tuple[Run, ...] = ()  # every sweep run planned so far
 
 
 def next_stage(grid: Grid, out: Path) -> Stage:
-    """The tuning sweep while any of its runs is unfinished, else the grid's runs."""
+    """The tuning sweep's unfinished runs while it has any, else the grid's runs."""
     if grid.tune is None:
         return Stage("grid", grid.runs)
-    sweep = tuning_runs(grid)
-    tunings = select(sweep, grid.tune, out)
-    if tunings is None:
-        return Stage("tuning", sweep)
-    return Stage("grid", final_runs(grid, {t.arm: t.chosen for t in tunings}), tunings)
+    sweep = grid_sweep(grid, out)
+    if sweep.tunings is None:
+        return Stage("tuning", sweep.pending, swept=tuple(sweep.runs))
+    chosen = {t.arm: t.chosen for t in sweep.tunings}
+    return Stage("grid", final_runs(grid, chosen), sweep.tunings, tuple(sweep.runs))
 
 
-def choice_lines(grid: Grid, tunings: list[ArmTuning]) -> list[str]:
+def choice_lines(tunings: list[ArmTuning]) -> list[str]:
     """Each arm's chosen values, then the 'widen the sweep' warnings."""
-    assert grid.tune is not None
     lines = [f"  {t.arm}: " + " ".join(f"{k}={format_value(v)}" for k, v in t.chosen.items())
              for t in tunings]
-    return lines + [f"  warning: {w}" for t in tunings for w in t.warnings(grid.tune.keys)]
+    return lines + [f"  warning: {w}" for t in tunings for w in t.warnings()]
 
 
 def _state(run_dir: RunDir) -> str:
@@ -130,11 +131,14 @@ def _state(run_dir: RunDir) -> str:
 def plan_lines(grid: Grid, out: Path) -> list[str]:
     """The plan: one line per run with its routing, FFN type, status and config diff from the base."""
     stage = next_stage(grid, out)
-    runs = tuning_runs(grid) if grid.tune else stage.runs
+    runs = list(stage.swept) if grid.tune else stage.runs
     lines = [f"grid {grid.name}: {len(grid.runs)} runs -> {out}  (base: {grid.base or 'train.py defaults'})"]
     if grid.tune:
-        sweep = " x ".join(f"{k} {v}" for k, v in grid.tune.keys.items())
-        lines.append(f"tuning sweep first: {len(runs)} runs, {sweep}, seeds {grid.tune.seeds}")
+        sweep = ", ".join(f"{k} {v}" for k, v in grid.tune.keys.items())
+        how = "one key at a time" if grid.tune.method == "coordinate" else "every combination"
+        edges = ", extended past a best value at an edge" if grid.tune.extend_edges else ""
+        lines.append(f"tuning sweep first ({how}{edges}): {len(runs)} runs planned so far, {sweep}, "
+                     f"seeds {grid.tune.seeds}")
     width = max(len(r.name) for r in runs)
     for run in runs:
         state = _state(RunDir(out / run.name))
@@ -142,11 +146,11 @@ def plan_lines(grid: Grid, out: Path) -> list[str]:
         lines.append(f"  {run.name:<{width}}  routing={run.labels['routing']:<16} "
                      f"ffn={run.labels['ffn_type']:<7} [{state}]  {diff}")
     if grid.tune and stage.tunings is None:
-        lines.append(f"then the grid's {len(grid.runs)} runs at each arm's chosen values (once the sweep has "
-                     "finished)")
+        lines.append(f"then further sweep runs as the results decide, and the grid's {len(grid.runs)} runs "
+                     "at each arm's chosen values (once the sweep has finished)")
     elif grid.tune:
         swept = {r.name for r in runs}
-        lines += ["chosen values:", *choice_lines(grid, stage.tunings), "then the grid's runs:"]
+        lines += ["chosen values:", *choice_lines(stage.tunings), "then the grid's runs:"]
         lines += [f"  {r.name} [{_state(RunDir(out / r.name))}]"
                   + (" (a tuning run)" if r.name in swept else "") for r in stage.runs]
     return lines
@@ -156,7 +160,8 @@ def write_manifest(grid: Grid, out: Path, stage: Stage) -> Path:
     """<out>/grid.json: what the report needs to know about the grid beyond the run directories.
 
     `runs` are the runs the report's table shows: the grid's runs, or for a tuned grid its runs at
-    the chosen values (empty until the sweep has finished); `tuning_runs` are the sweep's.
+    the chosen values (empty until the sweep has finished); `tuning_runs` are the sweep's so far and
+    `tuning_arms` each arm with its swept keys, from which the report replays the sweep.
     """
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {
@@ -170,7 +175,8 @@ def write_manifest(grid: Grid, out: Path, stage: Stage) -> Path:
     }
     if grid.tune is not None:
         manifest["tune"] = asdict(grid.tune)
-        manifest["tuning_runs"] = [{**asdict(r), "group": r.group} for r in tuning_runs(grid)]
+        manifest["tuning_runs"] = [{**asdict(r), "group": r.group} for r in stage.swept]
+        manifest["tuning_arms"] = [{**asdict(arm), "keys": swept_keys(grid, arm)} for arm in arms(grid)]
     path = out / "grid.json"
     path.write_text(json.dumps(manifest, indent=2))
     return path
@@ -240,18 +246,22 @@ def run_grid(grid: Grid, out: Path, *, num_gpus: int | None = None, gpus_per_run
     slots = gpu_slots(detect_gpus() if num_gpus is None else num_gpus, gpus_per_run)
     stage = next_stage(grid, out)
     write_manifest(grid, out, stage)
-    outcomes = _run_stage(grid, stage, out, slots, train_cmd)
-    if stage.name == "tuning" and all(o.status in ("done", "skipped", "diverged") for o in outcomes):
+    outcomes = []
+    # The sweep runs in rounds (a coordinate step, an edge extension), each planned from the last.
+    while stage.name == "tuning":
+        round_outcomes = _run_stage(grid, stage, out, slots, train_cmd)
+        outcomes += round_outcomes
+        if not all(o.status in ("done", "skipped", "diverged") for o in round_outcomes):
+            tqdm.write("the tuning sweep has unfinished runs: the grid's runs start once it is complete; "
+                       "rerun the same command to finish it")
+            return outcomes
         stage = next_stage(grid, out)
         write_manifest(grid, out, stage)
-        tqdm.write("tuning done; chosen values:\n" + "\n".join(choice_lines(grid, stage.tunings)))
-        swept = {o.name for o in outcomes}
-        outcomes += _run_stage(grid, Stage(stage.name, [r for r in stage.runs if r.name not in swept]),
-                               out, slots, train_cmd)
-    elif stage.name == "tuning":
-        tqdm.write("the tuning sweep has unfinished runs: the grid's runs start once it is complete; "
-                   "rerun the same command to finish it")
-    return outcomes
+    if grid.tune is not None:
+        tqdm.write("tuning done; chosen values:\n" + "\n".join(choice_lines(stage.tunings)))
+    done = {o.name for o in outcomes}
+    return outcomes + _run_stage(grid, Stage(stage.name, [r for r in stage.runs if r.name not in done]),
+                                 out, slots, train_cmd)
 
 
 def _run_stage(grid: Grid, stage: Stage, out: Path, slots: list[list[int]],

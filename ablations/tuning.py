@@ -1,16 +1,28 @@
-"""Tuning sweeps: every arm of a grid at every value of its `tune:` keys, then the grid at the best.
+"""Tuning sweeps: each arm of a grid tuned on its own keys, then the grid's seeds at the chosen values.
 
-An arm is a grid run without its seed (a routing, a base optimizer, a step budget...). The sweep
-trains each arm at every combination of the tuned keys' values with the tuning seeds; a key that
-does not act on an arm is not swept for it: optim.muon_lr without Muon or NorMuon, optim.<name>.*
-without optimizer <name> (optim.sgd.lr for an arm with no SGD). The chosen values are the
-combination with the lowest final loss (`tune.metric`, default final/eval_loss), averaged over the
-tuning seeds; a run that diverged
-(non-finite loss) counts as +inf. **Ties go to the smaller values** (compared key by key in the
-order of `tune.keys`): the more conservative learning rate. The grid's seeds then run at each arm's
-chosen values. Tuned runs are named `<arm>_<key>-<value>..._s<seed>`, so a tuning run whose values
-were chosen and whose seed is among the grid's seeds is the same run as that final run, and is
-trained once.
+An arm is a grid run without its seed (a routing, a base optimizer, a step budget...). A key of
+`tune.keys` that does not act on an arm is not swept for it: optim.muon_lr without Muon or NorMuon,
+optim.<name>.* without optimizer <name> (optim.sgd.lr for an arm with no SGD).
+
+`tune.method`:
+- `coordinate` (the default; Marin's "Fantastic Pretraining Optimizers"): one pass over the keys in
+  the order of `tune.keys`. Each key is swept with the keys before it fixed at their chosen values
+  and the keys after it at their defaults (optim.muon_lr: null is "the same as adamw_lr", so a grid
+  listing optim.adamw_lr first starts on the tied setting); its best value is then fixed.
+- `grid`: every combination of the keys' values.
+
+Each point runs with every tuning seed and is ranked by the mean of its final `tune.metric` (default
+final/eval_loss) over them; a diverged run counts as +inf. **Ties go to the smaller values** (key by
+key in the order of `tune.keys`): the more conservative learning rate.
+
+**Edges** (`tune.extend_edges`, default true): when a key's best value is the smallest or largest it
+was tried at, the next value beyond it (at the ratio of the two values at that edge, 3 significant
+digits) is tried too, up to MAX_EXTENSIONS times per key; a best still at an edge is reported.
+
+The sweep is a pure function of the run directories: which runs come next is recomputed from what has
+finished, so an interrupted sweep resumes and two runners (or SLURM rounds) agree. Tuned runs are
+named `<arm>_<key>-<value>..._s<seed>`; a tuning run at the chosen values whose seed is an evaluation
+seed (only with `tune.reuse_tuning_seeds: true`) is that final run, trained once.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import dataclasses
 import itertools
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +54,15 @@ from optim.routing import MUON_FAMILY, OPTIMIZERS, optimizers_used
 
 # Keys that act only on parameters routed to Muon or NorMuon: not swept for arms without them.
 MUON_ONLY_KEYS = ("optim.muon_lr",)
+# Values added beyond a sweep's edge per key, at most: two steps of the sweep's own ratio (e.g. 3e-3 ->
+# 1e-3 -> 3e-4 for a half-decade sweep) separate an optimum from a sweep that was just misplaced.
+MAX_EXTENSIONS = 2
+COORDINATE, GRID = "coordinate", "grid"
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One point of an arm's sweep: the values tried and the ranking loss of each tuning seed."""
+    """One point of an arm's sweep: every tuned value it sets and the ranking loss of each tuning seed."""
 
     values: dict[str, Any]
     losses: list[float]  # +inf: the run diverged
@@ -56,19 +73,67 @@ class Trial:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One stage of an arm's sweep: the keys it varies (coordinate: one; grid: all), the values each was
+    tried at (the sweep's, then any extensions), its trials and the best of them."""
+
+    number: int  # 1-based: the order of the coordinate steps (tuning.csv's `pass`)
+    keys: list[str]
+    tried: dict[str, list[Any]]
+    extensions: dict[str, int]
+    trials: list[Trial]
+    best: Trial
+
+    def at_edge(self, key: str) -> bool:
+        """Whether the best value of `key` is the smallest or largest it was tried at."""
+        values = set(self.tried[key])
+        return len(values) > 1 and self.best.values[key] in (min(values), max(values))
+
+
+@dataclass(frozen=True)
 class ArmTuning:
-    """An arm's sweep and its outcome: the chosen values, and the keys whose best is at a sweep edge."""
+    """An arm's sweep and its outcome: the steps, the chosen values and the keys still at a sweep edge."""
 
     arm: str
-    keys: list[str]
-    trials: list[Trial]
-    chosen: dict[str, Any]
-    edges: list[str]
+    method: str
+    steps: list[Step]
+    n_seeds: int
 
-    def warnings(self, sweep: dict[str, list[Any]]) -> list[str]:
-        """'Widen the sweep' warnings for the keys whose best value is the smallest or largest tried."""
-        return [f"{self.arm}: best {key}={self.chosen[key]} is at the edge of its sweep "
-                f"{sorted(sweep[key])}; widen the sweep" for key in self.edges]
+    @property
+    def keys(self) -> list[str]:
+        return [k for step in self.steps for k in step.keys]
+
+    @property
+    def chosen(self) -> dict[str, Any]:
+        return {k: step.best.values[k] for step in self.steps for k in step.keys}
+
+    @property
+    def edges(self) -> list[str]:
+        return [k for step in self.steps for k in step.keys if step.at_edge(k)]
+
+    def step_of(self, key: str) -> Step:
+        return next(step for step in self.steps if key in step.keys)
+
+    def warnings(self) -> list[str]:
+        """'Widen the sweep' warnings for the keys whose best value is still at an edge of those tried."""
+        lines = []
+        for key in self.edges:
+            step = self.step_of(key)
+            extended = step.extensions[key]
+            after = f" after {extended} extension{'s' * (extended > 1)}" if extended else ""
+            lines.append(f"{self.arm}: best {key}={self.chosen[key]} is at the edge of its sweep "
+                         f"{sorted(set(step.tried[key]))}{after}; widen the sweep")
+        return lines
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A grid's sweep so far: every run it has planned, those not finished, and once none is pending
+    every arm's outcome."""
+
+    runs: list[Run]
+    pending: list[Run]
+    tunings: list[ArmTuning] | None
 
 
 def acts_on(key: str, grid: Grid, arm: Run) -> bool:
@@ -85,10 +150,14 @@ def acts_on(key: str, grid: Grid, arm: Run) -> bool:
 
 
 def arms(grid: Grid) -> list[Run]:
-    """One template run per arm (the first of its seeds), in the grid's order."""
+    """One template run per arm (the first of its seeds, without its seed), in the grid's order."""
     seen: dict[str, Run] = {}
     for run in grid.runs:
-        seen.setdefault(run.group, run)
+        if run.group not in seen:
+            overrides = {k: v for k, v in run.overrides.items() if k != SEED_KEY}
+            labels = {k: v for k, v in run.labels.items() if k != "seed"}
+            seen[run.group] = dataclasses.replace(run, name=run.group, overrides=overrides, seed=None,
+                                                  labels=labels)
     return list(seen.values())
 
 
@@ -111,23 +180,83 @@ def at_values(arm: Run, values: dict[str, Any], seed: int | None) -> Run:
                                arm=arm.group)
 
 
-def _combinations(grid: Grid, arm: Run) -> list[dict[str, Any]]:
-    keys = swept_keys(grid, arm)
-    sweeps = [grid.tune.keys[k] for k in keys]
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*sweeps)]
+def beyond(tried: list[Any], best: Any) -> Any | None:
+    """The next value past the edge `best` of the values tried, at the ratio of the two values at that
+    edge (3 significant digits; an int stays an int); None for a value that is not a positive number."""
+    values = sorted(set(tried))
+    if len(values) < 2 or isinstance(best, bool) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values):
+        return None
+    nxt = values[0] ** 2 / values[1] if best == values[0] else values[-1] ** 2 / values[-2]
+    nxt = float(f"{nxt:.3g}")
+    if all(isinstance(v, int) for v in values):
+        nxt = round(nxt)
+    return None if nxt in values or nxt <= 0 else nxt
 
 
-def tuning_runs(grid: Grid) -> list[Run]:
-    """Every arm at every combination of its swept values, with every tuning seed."""
+LossOf = Callable[[Run], float | None]  # a run's ranking loss; None while it is unfinished
+
+
+def tune_arm(arm: Run, keys: list[str], tune: Tune, loss_of: LossOf) -> tuple[list[Run], ArmTuning | None]:
+    """An arm's sweep as far as its finished runs take it: (every run planned so far, the outcome or None
+    while a planned run is unfinished)."""
+    stages = [[k] for k in keys] if tune.method == COORDINATE else [list(keys)]
+    chosen: dict[str, Any] = {}
+    planned: list[Run] = []
+    steps: list[Step] = []
+    for number, step_keys in enumerate(stages, start=1):
+        tried = {k: list(tune.keys[k]) for k in step_keys}
+        extensions = dict.fromkeys(step_keys, 0)
+        while True:
+            points = [{**chosen, **dict(zip(step_keys, combo, strict=True))}
+                      for combo in itertools.product(*(tried[k] for k in step_keys))]
+            runs = [[at_values(arm, point, seed) for seed in tune.seeds] for point in points]
+            planned += [r for seed_runs in runs for r in seed_runs if r not in planned]
+            losses = [[loss_of(r) for r in seed_runs] for seed_runs in runs]
+            if any(loss is None for point_losses in losses for loss in point_losses):
+                return planned, None
+            trials = [Trial(point, point_losses) for point, point_losses in zip(points, losses, strict=True)]
+            # min over (loss, values): equal losses fall to the smaller values, key by key
+            best = min(trials, key=lambda t: (t.loss, [t.values[k] for k in step_keys]))
+            if math.isinf(best.loss):
+                raise GridError(f"arm {arm.group} diverged at every value of its sweep "
+                                f"({', '.join(step_keys)}); add smaller values to tune.keys")
+            step = Step(number, step_keys, tried, extensions, trials, best)
+            grow = {k: beyond(tried[k], best.values[k]) for k in step_keys
+                    if tune.extend_edges and extensions[k] < MAX_EXTENSIONS and step.at_edge(k)}
+            grow = {k: v for k, v in grow.items() if v is not None}
+            if not grow:
+                break
+            tried = {k: tried[k] + ([grow[k]] if k in grow else []) for k in step_keys}
+            extensions = {k: extensions[k] + (k in grow) for k in step_keys}
+        chosen.update({k: best.values[k] for k in step_keys})
+        steps.append(step)
+    return planned, ArmTuning(arm.group, tune.method, steps, len(tune.seeds))
+
+
+def sweep_of(arm_keys: list[tuple[Run, list[str]]], tune: Tune, runs_dir: Path) -> Sweep:
+    """The sweep of these arms (each with its swept keys) from the run directories under `runs_dir`."""
+    def loss_of(run: Run) -> float | None:
+        return ranking_loss(RunDir(runs_dir / run.name), tune.metric)
+
+    runs, tunings = [], []
+    for arm, keys in arm_keys:
+        planned, tuning = tune_arm(arm, keys, tune, loss_of)
+        runs += planned
+        tunings.append(tuning)
+    pending = [r for r in runs if loss_of(r) is None]
+    return Sweep(runs, pending, None if pending else tunings)
+
+
+def grid_sweep(grid: Grid, runs_dir: Path) -> Sweep:
+    """The grid's sweep from its run directories under `runs_dir`."""
     assert grid.tune is not None
-    return [at_values(arm, values, seed) for arm in arms(grid) for values in _combinations(grid, arm)
-            for seed in grid.tune.seeds]
+    return sweep_of([(arm, swept_keys(grid, arm)) for arm in arms(grid)], grid.tune, runs_dir)
 
 
 def final_runs(grid: Grid, chosen: dict[str, dict[str, Any]]) -> list[Run]:
     """The grid's runs (all its seeds) at each arm's chosen values."""
     return [at_values(run, chosen[run.group], run.seed) for run in grid.runs]
-
 
 def ranking_loss(run: RunDir, metric: str) -> float | None:
     """What a sweep ranks a run by: its final `metric` (tune.metric), +inf if it diverged, None if
@@ -145,38 +274,11 @@ def ranking_loss(run: RunDir, metric: str) -> float | None:
     return float(loss) if math.isfinite(loss) else math.inf
 
 
-def select(tuning: list[Run], tune: Tune, runs_dir: Path) -> list[ArmTuning] | None:
-    """Each arm's sweep and chosen values, from its tuning runs' directories under `runs_dir`, ranked
-    by `ranking_loss`. None while any tuning run is unfinished."""
-    sweep = tune.keys
-    by_arm: dict[str, dict[tuple, list[float]]] = {}
-    keys_of: dict[str, list[str]] = {}
-    for run in tuning:
-        loss = ranking_loss(RunDir(runs_dir / run.name), tune.metric)
-        if loss is None:
-            return None
-        keys = keys_of.setdefault(run.group, [k for k in sweep if k in run.overrides])
-        values = tuple(run.overrides[k] for k in keys)
-        by_arm.setdefault(run.group, {}).setdefault(values, []).append(float(loss))
-    tunings = []
-    for arm, points in by_arm.items():
-        keys = keys_of[arm]
-        trials = [Trial(dict(zip(keys, values, strict=True)), losses) for values, losses in points.items()]
-        # min over (loss, values): equal losses fall to the smaller values, key by key
-        best = min(trials, key=lambda t: (t.loss, [t.values[k] for k in keys]))
-        if math.isinf(best.loss):
-            raise GridError(f"arm {arm} diverged at every value of its sweep ({', '.join(keys)}); "
-                            "add smaller values to tune.keys")
-        edges = [k for k in keys
-                 if len(set(sweep[k])) > 1 and best.values[k] in (min(sweep[k]), max(sweep[k]))]
-        tunings.append(ArmTuning(arm, keys, trials, dict(best.values), edges))
-    return tunings
-
-
 def profile(tuning: ArmTuning, key: str) -> list[tuple[Any, float]]:
-    """Final loss against one swept key's values: at each value, the best over the other keys."""
+    """Final loss against one swept key's values, in its step: at each value, the best over the other
+    keys varied with it (grid)."""
     best: dict[Any, float] = {}
-    for trial in tuning.trials:
+    for trial in tuning.step_of(key).trials:
         value = trial.values[key]
         best[value] = min(best.get(value, math.inf), trial.loss)
     return sorted(best.items())

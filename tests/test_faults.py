@@ -401,7 +401,8 @@ def test_a_tuning_sweep_counts_a_diverged_run_as_the_worst_value(base_args, tmp_
         overrides: {json.dumps(overrides)}
         runs: [{{optim.muon: none}}]
         seeds: [0]
-        tune: {{keys: {{optim.adamw_lr: [1.0e-2, 1.0e+30]}}, seeds: [0], reuse_tuning_seeds: true}}
+        tune: {{keys: {{optim.adamw_lr: [1.0e-2, 1.0e+30]}}, seeds: [0], reuse_tuning_seeds: true,
+               extend_edges: false}}
     """))
     out = tmp_path / "out"
     outcomes = run_grid(grid, out, num_gpus=0)

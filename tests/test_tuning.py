@@ -24,7 +24,7 @@ from ablations.matched_loss import EVAL, TRAIN, iso_loss, longer_adamw, overall_
 from ablations.results import aggregate, load_runs
 from ablations.runner import next_stage
 from ablations.stats import PAIRED, WELCH, Stat, compare, share_interval
-from ablations.tuning import final_runs, select, tuning_runs
+from ablations.tuning import final_runs, grid_sweep
 from common.rundir import RunDir
 from tests.test_train import ROOT, base_args, corpus  # noqa: F401  (fixtures)
 
@@ -194,7 +194,7 @@ def finish(out: Path, name: str, loss: float | None, diverged: bool = False) -> 
 
 def test_tuning_runs_are_named_by_their_values_and_shared_with_the_final_runs(tmp_path):
     grid = load_grid(tuned_grid(tmp_path, "{keys: {optim.adamw_lr: [0.001, 0.01]}, seeds: [0]}"))
-    names = [r.name for r in tuning_runs(grid)]
+    names = [r.name for r in grid_sweep(grid, tmp_path / "out").runs]
     assert names == ["adamw_adamw_lr-0.001_s0", "adamw_adamw_lr-0.01_s0",
                      "muon-hidden_adamw_lr-0.001_s0", "muon-hidden_adamw_lr-0.01_s0"]
     final = final_runs(grid, {"adamw": {"optim.adamw_lr": 0.01}, "muon-hidden": {"optim.adamw_lr": 0.001}})
@@ -205,45 +205,47 @@ def test_tuning_runs_are_named_by_their_values_and_shared_with_the_final_runs(tm
 
 
 def test_muon_lr_is_swept_only_for_arms_with_muon(tmp_path):
-    tune = "{keys: {optim.adamw_lr: [0.001, 0.01], optim.muon_lr: [0.02, 0.05]}, seeds: [0]}"
+    tune = "{keys: {optim.adamw_lr: [0.001, 0.01], optim.muon_lr: [0.02, 0.05]}, seeds: [0], method: grid}"
     grid = load_grid(tuned_grid(tmp_path, tune))
-    runs = tuning_runs(grid)
+    runs = grid_sweep(grid, tmp_path / "out").runs
     assert sum(r.group == "adamw" for r in runs) == 2 and sum(r.group == "muon-hidden" for r in runs) == 4
     assert "muon-hidden_adamw_lr-0.001_muon_lr-0.05_s0" in {r.name for r in runs}
 
 
 def test_selection_lowest_loss_ties_to_the_smaller_value_and_edge_warnings(tmp_path):
-    grid = load_grid(tuned_grid(tmp_path, "{keys: {optim.adamw_lr: [0.001, 0.003, 0.01]}, seeds: [0, 1]}"))
+    grid = load_grid(tuned_grid(tmp_path, "{keys: {optim.adamw_lr: [0.001, 0.003, 0.01]}, seeds: [0, 1], "
+                                          "extend_edges: false}"))
     out = tmp_path / "out"
     losses = {  # (arm, lr) -> (seed 0, seed 1)
         ("adamw", 0.001): (4.0, 4.2), ("adamw", 0.003): (3.9, 4.0), ("adamw", 0.01): (3.8, 4.3),
         ("muon-hidden", 0.001): (3.5, 3.5), ("muon-hidden", 0.003): (3.6, 3.4), ("muon-hidden", 0.01): (9, 9),
     }
-    sweep = tuning_runs(grid)
+    sweep = grid_sweep(grid, out).runs
     for run in sweep:
         finish(out, run.name, losses[(run.group, run.overrides["optim.adamw_lr"])][run.seed])
-    tunings = {t.arm: t for t in select(sweep, grid.tune, out)}
+    tunings = {t.arm: t for t in grid_sweep(grid, out).tunings}
     # adamw: means 4.1, 3.95, 4.05 -> 0.003, inside the sweep
     assert tunings["adamw"].chosen == {"optim.adamw_lr": 0.003} and tunings["adamw"].edges == []
     # muon-hidden: 3.5 at 0.001 and at 0.003 -> the smaller value, at the sweep's edge
     assert tunings["muon-hidden"].chosen == {"optim.adamw_lr": 0.001}
-    assert tunings["muon-hidden"].warnings(grid.tune.keys) == [
+    assert tunings["muon-hidden"].warnings() == [
         "muon-hidden: best optim.adamw_lr=0.001 is at the edge of its sweep [0.001, 0.003, 0.01]; "
         "widen the sweep"]
 
 
 def test_selection_waits_for_the_sweep_and_counts_divergence_as_worst(tmp_path):
-    grid = load_grid(tuned_grid(tmp_path, "{keys: {optim.adamw_lr: [0.01, 0.1]}, seeds: [0]}"))
+    grid = load_grid(tuned_grid(tmp_path, "{keys: {optim.adamw_lr: [0.01, 0.1]}, seeds: [0], "
+                                          "extend_edges: false}"))
     out = tmp_path / "out"
-    sweep = tuning_runs(grid)
+    sweep = grid_sweep(grid, out).runs
     finish(out, sweep[0].name, 4.0)
-    assert select(sweep, grid.tune, out) is None  # unfinished runs: no choice yet
+    assert grid_sweep(grid, out).tunings is None  # unfinished runs: no choice yet
     assert next_stage(grid, out).name == "tuning"
     finish(out, sweep[1].name, None, diverged=True)
     finish(out, sweep[2].name, None, diverged=True)
     finish(out, sweep[3].name, None, diverged=True)
     with pytest.raises(GridError, match="muon-hidden diverged at every value"):
-        select(sweep, grid.tune, out)
+        grid_sweep(grid, out)
     finish(out, sweep[3].name, 3.0)
     RunDir(out / sweep[3].name).divergence_marker.unlink()
     stage = next_stage(grid, out)
@@ -274,8 +276,9 @@ def test_tuning_seeds_among_the_evaluation_seeds_are_an_error_unless_declared(tm
                     "tune: {keys: {optim.adamw_lr: [0.01, 0.1]}, seeds: [7, 8]}\n")
     grid = load_grid(path)
     assert grid.tune.seeds == [7, 8] and not grid.tune.reuse_tuning_seeds
-    assert {r.seed for r in tuning_runs(grid)} == {7, 8}  # disjoint: no sweep run is a final run
-    assert not {r.name for r in tuning_runs(grid)} & {r.name for r in final_runs(
+    swept = grid_sweep(grid, tmp_path / "out").runs
+    assert {r.seed for r in swept} == {7, 8}  # disjoint: no sweep run is a final run
+    assert not {r.name for r in swept} & {r.name for r in final_runs(
         grid, {"adamw": {"optim.adamw_lr": 0.01}})}
 
 
@@ -301,7 +304,7 @@ def tiny_tuned_grid(tmp_path, base_args) -> Path:  # noqa: F811
     path.write_text(f"name: tiny_tuned\noverrides:\n{lines}"
                     "runs:\n  - optim.muon: none\n  - optim.muon: hidden\nseeds: [0, 1]\n"
                     "tune:\n  keys: {optim.adamw_lr: [0.003, 0.01]}\n  seeds: [0]\n"
-                    "  reuse_tuning_seeds: true\n")
+                    "  reuse_tuning_seeds: true\n  extend_edges: false\n")
     return path
 
 
@@ -397,22 +400,23 @@ def test_pairwise_tests_within_a_family_with_benjamini_hochberg(tmp_path):
 def test_optimizer_settings_are_swept_only_for_arms_using_that_optimizer(tmp_path):
     runs = '[{optim.muon: none}, {optim.route: "vo,ffn:sgd default:adamw"}, {optim.route: "vo:normuon"}]'
     grid = load_grid(tuned_grid(tmp_path, "{keys: {optim.adamw_lr: [0.001, 0.01], optim.sgd.lr: [0.1, 1.0], "
-                                          "optim.muon_lr: [0.02, 0.05]}, seeds: [0]}", runs))
+                                          "optim.muon_lr: [0.02, 0.05]}, seeds: [0], method: grid}", runs))
+    swept = grid_sweep(grid, tmp_path / "out").runs
     by_arm: dict[str, int] = {}
-    for run in tuning_runs(grid):
+    for run in swept:
         by_arm[run.group] = by_arm.get(run.group, 0) + 1
     assert by_arm == {"adamw": 2, "sgd-vo+ffn": 4, "normuon-vo": 4}
-    assert "sgd-vo+ffn_adamw_lr-0.01_sgd.lr-0.1_s0" in {r.name for r in tuning_runs(grid)}
+    assert "sgd-vo+ffn_adamw_lr-0.01_sgd.lr-0.1_s0" in {r.name for r in swept}
 
 
 def test_slurm_writes_the_sweep_then_the_final_runs(tmp_path, capsys):
-    path = tuned_grid(tmp_path, "{keys: {optim.adamw_lr: [0.001, 0.01]}, seeds: [0]}")
+    path = tuned_grid(tmp_path, "{keys: {optim.adamw_lr: [0.001, 0.01]}, seeds: [0], extend_edges: false}")
     out = tmp_path / "out"
     assert main(["run", str(path), "--launcher", "slurm", "--out", str(out)]) == 0
     assert "the tuning stage" in capsys.readouterr().out
     manifest = out / "slurm" / "tuned.runs"
     names = [line.split()[0] for line in manifest.read_text().splitlines()]
-    assert names == [r.name for r in tuning_runs(load_grid(path))]
+    assert names == [r.name for r in grid_sweep(load_grid(path), out).runs]
     assert json.loads((out / "grid.json").read_text())["runs"] == []
     for name, loss in zip(names, (4.0, 3.9, 3.5, 3.6), strict=True):
         finish(out, name, loss)
