@@ -129,7 +129,9 @@ def test_the_runner_tunes_in_rounds_and_the_report_replays_the_sweep(tmp_path):
                              "n_seeds", "metric"]
     muon = [r for r in rows if r["arm"] == "muon-hidden" and r["key"] == MUON]
     assert [float(r["value"]) for r in muon] == [3e-3, 1e-2, 3e-2, 0.09]
-    assert {(r["method"], r["pass"], r["edge"], r["n_seeds"]) for r in muon} == {("coordinate", "2", "False", "2")}
+    assert {(r["method"], r["pass"], r["edge"], r["n_seeds"]) for r in muon} == {
+        ("coordinate", "2", "False", "2")}
     best = next(r for r in muon if r["chosen"] == "True")
-    assert float(best["eval_loss"]) == pytest.approx((toy_loss(1e-2, 3e-2, 100) + toy_loss(1e-2, 3e-2, 101)) / 2)
+    expected = (toy_loss(1e-2, 3e-2, 100) + toy_loss(1e-2, 3e-2, 101)) / 2
+    assert float(best["eval_loss"]) == pytest.approx(expected)
     assert "one key at a time" in (out / "report" / "report.md").read_text()
