@@ -32,6 +32,7 @@ from ablations.matched_loss import (
     OverallLoss,
     StepsToTarget,
     iso_loss,
+    iso_targets,
     iso_tests,
     longer_adamw,
     overall_loss,
@@ -148,7 +149,7 @@ def tuning_section(runs_dir: Path, manifest: dict[str, Any], rows: list[Row], ou
 
 def matched_loss_sections(rows: list[Row], loss: OverallLoss, arms: list[ArmAtTarget], metrics: list[str],
                           iso_pairs: Table, steps: list[StepsToTarget], out: Path,
-                          iso_target: float | None) -> list[str]:
+                          targets: list[tuple[float | None, str]]) -> list[str]:
     """iso_loss.csv, steps_to_target.csv and longer_adamw.csv, with their plots and sections."""
     parts = [] if loss is not TRAIN else [
         "*These runs log no eval loss (data without a validation split, such as bios): the analyses "
@@ -162,11 +163,18 @@ def matched_loss_sections(rows: list[Row], loss: OverallLoss, arms: list[ArmAtTa
             f"`{next(iter(sparse))}`): each read at a target loss is interpolated linearly between evals "
             "far apart (*eval_bracket_steps*, *n_evals*), so the steps and tail values there are rough. "
             "Rerun with a smaller `train.eval_every` for reads you can rely on.\n")
-    iso = iso_table(arms, iso_tests(arms), metrics)
+    kinds = {t: kind for t, kind in targets if t is not None}
+    iso = iso_table(arms, iso_tests(arms), metrics, kinds)
     write_table(iso, out / "iso_loss.csv")
     if arms:
-        which = (f"the given target {iso_target}" if iso_target is not None else
-                 f"the highest final {loss.label} of any run of the family, which every run reaches")
+        listed = ", ".join(f"{t} ({kind})" for t, kind in kinds.items())
+        which = f"each target ({listed})" if kinds else (
+            f"the highest final {loss.label} of any run of the family, which every run reaches")
+        provenance = ("A *pre-registered* target was declared in the grid file "
+                      "(`analysis: {iso_loss: [...]}`) before any result; an *exploratory* one was given "
+                      "on the report's command line after the results were seen: its p-values are "
+                      "descriptive only. "
+                      if kinds else "")
         parts += ["## Iso-loss: the tail at matched overall loss\n",
                   f"Each arm's tail metrics at the step where its {loss.label} first reaches {which}, "
                   "interpolated linearly between the two evals around that step (*eval_bracket_steps*: "
@@ -175,7 +183,7 @@ def matched_loss_sections(rows: list[Row], loss: OverallLoss, arms: list[ArmAtTa
                   "extrapolated). If an arm is only faster, its tail here is AdamW's within noise (only "
                   "an *equivalent* verdict in `equivalence.csv` says so); if it is biased toward the tail, "
                   "its tail loss is lower (and QA tail accuracy higher) at the same overall loss. p: t-test "
-                  "against AdamW at the same target.\n", markdown(iso),
+                  f"against AdamW at the same target. {provenance}\n", markdown(iso),
                   "Between every two arms at the target (paired or Welch t-test, Benjamini–Hochberg "
                   "adjusted per metric and over the study; `iso_pairwise.csv`):\n",
                   markdown(iso_pairs) if iso_pairs[1] else "No two arms have 2 seeds or more there.\n",
@@ -212,10 +220,15 @@ def analyses(runs_dir: Path, rows: list[Row], manifest: dict[str, Any], out: Pat
     Benjamini–Hochberg adjustment and the equivalence tests.
     """
     loss = overall_loss(rows)
-    arms = iso_loss(rows, loss, iso_target)
+    targets = iso_targets(manifest.get("analysis", {}).get("iso_loss", []), iso_target)
     metrics = tail_metrics([r for row in rows for r in row.runs])
+    arms, at_target = [], []
+    for target, kind in targets:
+        at = iso_loss(rows, loss, target)
+        arms += at
+        at_target += iso_pair_tests(at, metrics, "" if target is None else kind)
     steps = steps_to_target(rows, loss)
-    finals, at_target = final_pair_tests(rows), iso_pair_tests(arms, metrics)
+    finals = final_pair_tests(rows)
     study = study_adjusted(finals + at_target)
     pairs, iso_pairs = pairs_table(finals, study[:len(finals)]), pairs_table(at_target, study[len(finals):])
     write_table(pairs, out / "pairwise.csv")
@@ -226,4 +239,4 @@ def analyses(runs_dir: Path, rows: list[Row], manifest: dict[str, Any], out: Pat
     write_table(per_seed_table(rows, arms, steps), out / "per_seed.csv")
     return (statistics_section(rows, pairs, equivalence, margins, len(study), out)
             + tuning_section(runs_dir, manifest, rows, out)
-            + matched_loss_sections(rows, loss, arms, metrics, iso_pairs, steps, out, iso_target))
+            + matched_loss_sections(rows, loss, arms, metrics, iso_pairs, steps, out, targets))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from ablations.matched_loss import ArmAtTarget, LongerVsMuon, StepsToTarget, column
+from ablations.matched_loss import DEFAULT_TARGET, ArmAtTarget, LongerVsMuon, StepsToTarget, column
 from ablations.metric_names import FINAL_METRICS, QA_MEAN, QA_TAIL, TAIL_GAP, TAIL_LOSS
 from ablations.results import Row
 from ablations.stats import ALPHA, Comparison, Difference, compare, difference
@@ -132,13 +132,13 @@ def study_adjusted(tests: list[PairTest]) -> list[float]:
 
 def pairs_table(tests: list[PairTest], study: list[float]) -> Table:
     """pairwise.csv / iso_pairwise.csv: each test's means, their difference with its 95% t interval, p,
-    its Benjamini–Hochberg adjustment over the pairs of that metric (*p_bh*) and over the whole study
-    (*p_bh_study*: `study`, one per test)."""
+    its Benjamini–Hochberg adjustment over the pairs of that metric at that point (*p_bh*) and over the
+    whole study (*p_bh_study*: `study`, one per test), and the point (*where*: final, or a target)."""
     header = ["metric", "run_a", "run_b", "mean_a", "mean_b", "diff", "ci95_low", "ci95_high", "p", "p_bh",
-              "p_bh_study", "test"]
-    per_metric: dict[str, list[int]] = {}
+              "p_bh_study", "test", "where"]
+    per_metric: dict[tuple[str, str], list[int]] = {}
     for i, t in enumerate(tests):
-        per_metric.setdefault(t.metric, []).append(i)
+        per_metric.setdefault((t.metric, t.where), []).append(i)
     p_bh = {}
     for indices in per_metric.values():
         adjusted = stats.false_discovery_control([tests[i].test.p for i in indices])
@@ -148,7 +148,7 @@ def pairs_table(tests: list[PairTest], study: list[float]) -> Table:
         ma, mb = statistics.fmean(t.a.values()), statistics.fmean(t.b.values())
         low, high = t.diff.ci95
         body.append([t.metric, t.run_a, t.run_b, ma, mb, ma - mb, low, high, PValue(t.test.p),
-                     PValue(p_bh[i]), PValue(study[i]), t.test.test])
+                     PValue(p_bh[i]), PValue(study[i]), t.test.test, t.where])
     return header, body
 
 
@@ -157,10 +157,11 @@ def final_pair_tests(rows: list[Row]) -> list[PairTest]:
     return pair_tests([(r.group, r.family, r.finals) for r in rows], FINAL_METRICS, "final")
 
 
-def iso_pair_tests(arms: list[ArmAtTarget], metrics: list[str]) -> list[PairTest]:
-    """The same tests on the tail metrics at the iso-loss target (seeds that reach it)."""
+def iso_pair_tests(arms: list[ArmAtTarget], metrics: list[str], kind: str = "") -> list[PairTest]:
+    """The same tests on the tail metrics at one iso-loss target (seeds that reach it); `kind` says how
+    the target was chosen (pre-registered, exploratory, ...)."""
     headline = [m for m in HEADLINE if m in metrics]
-    where = f"at {arms[0].target:.4f}" if arms else ""
+    where = f"at {arms[0].target:.4f}" + (f" ({kind})" if kind else "") if arms else ""
     return pair_tests([(a.row.group, a.row.family, {m: a.values(m) for m in headline}) for a in arms],
                       headline, where)
 
@@ -207,10 +208,13 @@ def tuning_table(tunings: list[ArmTuning], metric: str) -> Table:
     return header, body
 
 
-def iso_table(arms: list[ArmAtTarget], tests: dict[int, dict[str, Comparison]], metrics: list[str]) -> Table:
-    """iso_loss.csv: each arm at the common target loss: the step, and the tail metrics there (mean
-    over the seeds that reached it; headline metrics with their p-value against AdamW there)."""
-    header = ["arm", "target_loss", "step_at_target", "step_ci95_low", "step_ci95_high", "n_seeds",
+def iso_table(arms: list[ArmAtTarget], tests: dict[int, dict[str, Comparison]], metrics: list[str],
+              kinds: dict[float, str]) -> Table:
+    """iso_loss.csv: each arm at each target loss (`kinds`: how each target was chosen): the step, and
+    the tail metrics there (mean over the seeds that reached it; headline metrics with their p-value
+    against AdamW there)."""
+    header = ["arm", "target_loss", "target_kind", "step_at_target", "step_ci95_low", "step_ci95_high",
+              "n_seeds",
               "n_reached", "eval_bracket_steps", "n_evals", "status"]
     headline = [m for m in HEADLINE if m in metrics]
     header += [c for m in headline for c in (column(m), f"p_{column(m)}_vs_adamw")]
@@ -218,7 +222,8 @@ def iso_table(arms: list[ArmAtTarget], tests: dict[int, dict[str, Comparison]], 
     body = []
     for i, arm in enumerate(arms):
         steps = arm.steps
-        cells = [arm.row.group, arm.target, steps and steps.mean, steps and steps.ci95_low,
+        cells = [arm.row.group, arm.target, kinds.get(arm.target, DEFAULT_TARGET), steps and steps.mean,
+                 steps and steps.ci95_low,
                  steps and steps.ci95_high, len(arm.runs), len(arm.reached), arm.bracket(), arm.n_evals,
                  arm.status()]
         for m in headline:

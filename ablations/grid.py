@@ -16,6 +16,7 @@ A grid YAML has these top-level keys (all dotted config keys, as on the train.py
     seeds: [0, 1, 2]                 # optional; an axis on train.seed
     exclude:                         # optional; drop runs matching every key of an entry
       - {optim.muon: ffn_gate, model.ffn_type: gelu}
+    analysis: {iso_loss: [4.9, 4.7]} # optional; pre-registered iso-loss targets of the report
     tune:                            # optional; tune every arm (run without its seed) first
       keys: {optim.adamw_lr: [3e-3, 1e-2, 3e-2], optim.muon_lr: [3e-3, 1e-2]}
       seeds: [100]                   # disjoint from `seeds` unless reuse_tuning_seeds: true
@@ -48,7 +49,8 @@ from optim.routing import routing_label
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
 TOP_LEVEL_KEYS = ("name", "description", "base", "overrides", "runs", "axes", "seeds", "exclude", "tune",
-                  "equivalence_margin")
+                  "equivalence_margin", "analysis")
+ANALYSIS_KEYS = ("iso_loss",)
 RUN_META_KEYS = ("label", "paper_ref")
 # What a paper_ref may name: the final eval loss, or the QA first-token accuracy on the rarest group.
 PAPER_REF_KEYS = ("eval_loss", "qa_tail_fta")
@@ -115,6 +117,8 @@ class Grid:
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # `run GRID key=value`, as given
     # metric -> equivalence margin of the report's TOST, over metric_names.DEFAULT_MARGINS
     equivalence_margin: dict[str, float] = dataclasses.field(default_factory=dict)
+    # the report's pre-registered analyses: {"iso_loss": [target losses]}, declared before any result
+    analysis: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
 
 def label_of(config: dict[str, Any]) -> str:
@@ -351,6 +355,21 @@ def _margins(raw: Any, path: Path) -> dict[str, float]:
     return {k: float(v) for k, v in raw.items()}
 
 
+def _analysis(raw: Any, path: Path) -> dict[str, list[float]]:
+    """`analysis:` the report's pre-registered reads: `iso_loss`, a list of target losses."""
+    if raw is None:
+        return {}
+    def positive(x: Any) -> bool:
+        return not isinstance(x, bool) and isinstance(x, int | float) and x > 0
+
+    bad = not isinstance(raw, dict) or set(raw) - set(ANALYSIS_KEYS) or any(
+        not isinstance(v, list) or not v or not all(map(positive, v)) for v in raw.values())
+    if bad:
+        raise GridError(f"{path}: analysis must map {', '.join(ANALYSIS_KEYS)} to a non-empty list of "
+                        f"positive target losses, e.g. analysis: {{iso_loss: [4.9, 4.7]}}, got {raw!r}")
+    return {k: [float(x) for x in v] for k, v in raw.items()}
+
+
 def expand(spec: dict[str, Any], path: Path) -> Grid:
     """Expand a parsed grid mapping into its runs (explicit runs x product of the axes)."""
     unknown = sorted(set(spec) - set(TOP_LEVEL_KEYS))
@@ -408,7 +427,8 @@ def expand(spec: dict[str, Any], path: Path) -> Grid:
                         "give those run entries distinct `label:`s")
     return Grid(name=name, path=path, base=base, base_config=base_flat,
                 description=str(spec.get("description") or ""), runs=runs, tune=_tune(spec.get("tune"), runs),
-                equivalence_margin=_margins(spec.get("equivalence_margin"), path))
+                equivalence_margin=_margins(spec.get("equivalence_margin"), path),
+                analysis=_analysis(spec.get("analysis"), path))
 
 
 def load_grid(arg: str | Path) -> Grid:

@@ -150,6 +150,21 @@ def _families(rows: list[Row]) -> dict[str, list[Row]]:
     return families
 
 
+# How an iso-loss target was chosen: declared in the grid file before any result (`analysis: {iso_loss:
+# [...]}`), given on the report's command line after seeing results, or the family's default.
+PREREGISTERED, EXPLORATORY = "pre-registered", "exploratory"
+DEFAULT_TARGET = "default (the family's highest final loss)"
+
+
+def iso_targets(registered: list[float], given: float | None) -> list[tuple[float | None, str]]:
+    """The targets the report reads at, each with how it was chosen: the pre-registered ones, then one
+    given on the command line (exploratory unless it is one of them); else the default (None)."""
+    targets: list[tuple[float | None, str]] = [(t, PREREGISTERED) for t in registered]
+    if given is not None and given not in registered:
+        targets.append((given, EXPLORATORY))
+    return targets or [(None, DEFAULT_TARGET)]
+
+
 def iso_loss(rows: list[Row], loss: OverallLoss, target: float | None = None) -> list[ArmAtTarget]:
     """Every row at a common target loss: `target`, or per family the highest final loss of its runs
     (every run reaches it, at the latest at its last logged value)."""
@@ -217,12 +232,12 @@ def longer_adamw(rows: list[Row], loss: OverallLoss) -> list[LongerVsMuon]:
 
 
 def iso_tests(arms: list[ArmAtTarget]) -> dict[int, dict[str, Comparison]]:
-    """For each arm (by index), the t-tests of its headline tail metrics at the target against the
+    """For each arm (by index), the t-tests of its headline tail metrics at its target against the
     AdamW arm of its family at the same target."""
-    by_row = {id(a.row): a for a in arms}
+    by_row = {(id(a.row), a.target): a for a in arms}
     tests: dict[int, dict[str, Comparison]] = {}
     for i, arm in enumerate(arms):
-        ref = by_row.get(id(arm.row.adamw)) if arm.row.adamw is not None else None
+        ref = by_row.get((id(arm.row.adamw), arm.target)) if arm.row.adamw is not None else None
         if ref is None or ref is arm:
             continue
         tests[i] = {m: c for m in _HEADLINE if (c := compare(arm.values(m), ref.values(m))) is not None}

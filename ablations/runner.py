@@ -171,6 +171,7 @@ def write_manifest(grid: Grid, out: Path, stage: Stage) -> Path:
         "description": grid.description,
         "overrides": grid.overrides,
         "equivalence_margin": grid.equivalence_margin,
+        "analysis": grid.analysis,
         "runs": [] if stage.name == "tuning" else [{**asdict(r), "group": r.group} for r in stage.runs],
     }
     if grid.tune is not None:

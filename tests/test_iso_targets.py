@@ -1,0 +1,65 @@
+"""Pre-registered iso-loss targets: declared in the grid file, read by the report, and told apart from a
+target given only on the report's command line (exploratory)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from scipy import stats as scipy_stats
+
+from ablations.grid import GridError, load_grid
+from ablations.matched_loss import EVAL, iso_loss
+from ablations.report import build_report
+from ablations.results import aggregate, load_runs
+from tests.test_tuning import two_seed_adamw_and_muon
+
+
+def rows_of(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_report_reads_at_the_registered_targets_and_marks_a_command_line_one_exploratory(tmp_path):
+    runs = tmp_path / "runs"
+    two_seed_adamw_and_muon(runs)
+    (runs / "grid.json").write_text(json.dumps({"name": "g", "analysis": {"iso_loss": [5.4, 5.2]}}))
+    build_report(runs, tmp_path / "out", iso_loss=5.3)
+    iso = rows_of(tmp_path / "out" / "iso_loss.csv")
+    assert [(r["arm"], float(r["target_loss"]), r["target_kind"]) for r in iso] == [
+        ("adamw", 5.4, "pre-registered"), ("muon-hidden", 5.4, "pre-registered"),
+        ("adamw", 5.2, "pre-registered"), ("muon-hidden", 5.2, "pre-registered"),
+        ("adamw", 5.3, "exploratory"), ("muon-hidden", 5.3, "exploratory")]
+    rows = aggregate(load_runs(runs))
+    for target in (5.4, 5.2, 5.3):
+        adamw, muon = iso_loss(rows, EVAL, target)
+        a, m = adamw.values("eval/tail/tail_loss"), muon.values("eval/tail/tail_loss")
+        pair = next(r for r in rows_of(tmp_path / "out" / "iso_pairwise.csv")
+                    if r["where"].startswith(f"at {target:.4f}") and r["metric"] == "eval/tail/tail_loss")
+        expected = scipy_stats.ttest_rel(list(a.values()), list(m.values())).pvalue
+        assert float(pair["p"]) == pytest.approx(expected, abs=1e-6)
+        kind = "exploratory" if target == 5.3 else "pre-registered"
+        assert pair["where"] == f"at {target:.4f} ({kind})"
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "5.4 (pre-registered), 5.2 (pre-registered), 5.3 (exploratory)" in text
+
+
+def test_a_registered_target_given_again_on_the_command_line_stays_registered(tmp_path):
+    runs = tmp_path / "runs"
+    two_seed_adamw_and_muon(runs)
+    (runs / "grid.json").write_text(json.dumps({"name": "g", "analysis": {"iso_loss": [5.4]}}))
+    build_report(runs, tmp_path / "out", iso_loss=5.4)
+    assert {r["target_kind"] for r in rows_of(tmp_path / "out" / "iso_loss.csv")} == {"pre-registered"}
+
+
+@pytest.mark.parametrize("analysis", ["{iso_loss: 4.9}", "{iso_loss: []}", "{iso_loss: [-1]}",
+                                      "{iso: [4.9]}", "[4.9]"])
+def test_a_bad_analysis_section_is_a_grid_error(tmp_path, analysis):
+    path = tmp_path / "g.yaml"
+    path.write_text(f"name: g\nruns: [{{optim.muon: none}}]\nanalysis: {analysis}\n")
+    with pytest.raises(GridError, match=r"analysis must map iso_loss to a non-empty list"):
+        load_grid(path)
+    path.write_text("name: g\nruns: [{optim.muon: none}]\nanalysis: {iso_loss: [4.9, 4.7]}\n")
+    assert load_grid(path).analysis == {"iso_loss": [4.9, 4.7]}
