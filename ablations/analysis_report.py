@@ -10,6 +10,8 @@ from typing import Any
 from ablations import plots
 from ablations.analysis_tables import (
     Table,
+    annealed_pair_tests,
+    annealed_table,
     equivalence_table,
     final_pair_tests,
     iso_pair_tests,
@@ -24,6 +26,7 @@ from ablations.analysis_tables import (
     tuning_table,
     write_table,
 )
+from ablations.annealed import AnnealedRead, Lineage, annealed_reads, lineages
 from ablations.grid import SEED_KEY, Run, Tune
 from ablations.matched_loss import (
     MIN_EVALS,
@@ -41,7 +44,7 @@ from ablations.matched_loss import (
     too_few_evals,
 )
 from ablations.metric_names import DEFAULT_MARGINS, EVAL_LOSS, QA_MEAN, QA_TAIL, TAIL_LOSS, TRAIN_LOSS
-from ablations.results import Row
+from ablations.results import Row, RunData
 from ablations.stats import ALPHA, BOOTSTRAP_MIN_SEEDS, BOOTSTRAP_RESAMPLES
 from ablations.tuning import MAX_EXTENSIONS, ArmTuning, sweep_of
 
@@ -212,12 +215,35 @@ def matched_loss_sections(rows: list[Row], loss: OverallLoss, arms: list[ArmAtTa
     return parts
 
 
+def annealed_section(reads: list[AnnealedRead], pairs: Table, found: list[Lineage], loss: OverallLoss,
+                     rows: list[Row], out: Path) -> list[str]:
+    """annealed.csv, annealed_pairwise.csv and annealed.png, for arms with annealed points to read."""
+    if not reads:
+        return []
+    table = annealed_table(reads)
+    write_table(table, out / "annealed.csv")
+    return ["## Tail at matched annealed loss\n",
+            "Every point here is a model that finished its schedule: each final run, its cooldown branches "
+            "(`cooldowns:`, decayed from its stable phase) and the same setting's runs at other budgets "
+            f"(`budgets:`). Per arm and seed the tail metrics are interpolated linearly in the final "
+            f"{loss.label} between the two annealed points around each target (never extrapolated; "
+            "*n_reached*: the seeds whose points bracket it, *n_points*: the fewest points of a seed). "
+            "Unlike the iso-loss reads above, no arm is read mid-decay: if an arm is only faster, its tail "
+            "here is AdamW's within noise (only an *equivalent* verdict in `equivalence.csv` says so). p: t-test "
+            "against AdamW at the same target.\n", markdown(table),
+            "Between every two arms (Benjamini–Hochberg per metric and target, and over the study; "
+            "`annealed_pairwise.csv`):\n",
+            markdown(pairs) if pairs[1] else "No two arms have 2 seeds or more there.\n",
+            _image(plots.annealed_curves(found, sorted({r.target for r in reads}), loss, rows, out), out,
+                   "Tail against annealed loss")]
+
+
 def analyses(runs_dir: Path, rows: list[Row], manifest: dict[str, Any], out: Path,
-             iso_target: float | None) -> list[str]:
+             iso_target: float | None, branches: list[RunData]) -> list[str]:
     """Write the statistics, tuning and matched-loss files under `out`; return their report sections.
 
-    The pair tests of the final metrics and of the iso-loss target form one family for the study-wide
-    Benjamini–Hochberg adjustment and the equivalence tests.
+    The pair tests of the final metrics, at the iso-loss targets and at matched annealed loss form one
+    family for the study-wide Benjamini–Hochberg adjustment and the equivalence tests.
     """
     loss = overall_loss(rows)
     targets = iso_targets(manifest.get("analysis", {}).get("iso_loss", []), iso_target)
@@ -227,16 +253,25 @@ def analyses(runs_dir: Path, rows: list[Row], manifest: dict[str, Any], out: Pat
         at = iso_loss(rows, loss, target)
         arms += at
         at_target += iso_pair_tests(at, metrics, "" if target is None else kind)
+    found = lineages(rows, branches, loss.final)
+    reads = annealed_reads(found, targets)
+    annealed = annealed_pair_tests(reads)
     steps = steps_to_target(rows, loss)
     finals = final_pair_tests(rows)
-    study = study_adjusted(finals + at_target)
-    pairs, iso_pairs = pairs_table(finals, study[:len(finals)]), pairs_table(at_target, study[len(finals):])
+    study = study_adjusted(finals + at_target + annealed)
+    n_final, n_iso = len(finals), len(at_target)
+    pairs = pairs_table(finals, study[:n_final])
+    iso_pairs = pairs_table(at_target, study[n_final:n_final + n_iso])
+    annealed_pairs = pairs_table(annealed, study[n_final + n_iso:])
     write_table(pairs, out / "pairwise.csv")
     write_table(iso_pairs, out / "iso_pairwise.csv")
+    if reads:
+        write_table(annealed_pairs, out / "annealed_pairwise.csv")
     margins = {**DEFAULT_MARGINS, **manifest.get("equivalence_margin", {})}
-    equivalence = equivalence_table(finals + at_target, margins)
+    equivalence = equivalence_table(finals + at_target + annealed, margins)
     write_table(equivalence, out / "equivalence.csv")
-    write_table(per_seed_table(rows, arms, steps), out / "per_seed.csv")
+    write_table(per_seed_table(rows, arms, steps, reads), out / "per_seed.csv")
     return (statistics_section(rows, pairs, equivalence, margins, len(study), out)
             + tuning_section(runs_dir, manifest, rows, out)
-            + matched_loss_sections(rows, loss, arms, metrics, iso_pairs, steps, out, targets))
+            + matched_loss_sections(rows, loss, arms, metrics, iso_pairs, steps, out, targets)
+            + annealed_section(reads, annealed_pairs, found, loss, rows, out))

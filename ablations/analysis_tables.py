@@ -11,13 +11,12 @@ from pathlib import Path
 
 from scipy import stats
 
+from ablations.annealed import AnnealedRead
 from ablations.matched_loss import DEFAULT_TARGET, ArmAtTarget, LongerVsMuon, StepsToTarget, column
-from ablations.metric_names import FINAL_METRICS, QA_MEAN, QA_TAIL, TAIL_GAP, TAIL_LOSS
+from ablations.metric_names import FINAL_METRICS, HEADLINE
 from ablations.results import Row
 from ablations.stats import ALPHA, Comparison, Difference, compare, difference
 from ablations.tuning import ArmTuning, profile
-
-HEADLINE = (TAIL_LOSS, TAIL_GAP, QA_TAIL, QA_MEAN)
 
 
 class PValue(float):
@@ -183,9 +182,11 @@ def equivalence_table(tests: list[PairTest], margins: dict[str, float]) -> Table
     return header, body
 
 
-def per_seed_table(rows: list[Row], arms: list[ArmAtTarget], steps: list[StepsToTarget]) -> Table:
+def per_seed_table(rows: list[Row], arms: list[ArmAtTarget], steps: list[StepsToTarget],
+                   reads: list[AnnealedRead]) -> Table:
     """per_seed.csv: every value the tables pool over seeds: each setting's final metrics, each arm's
-    metrics at the iso-loss target and its steps to AdamW's final loss (seeds that reach them)."""
+    metrics at the iso-loss targets, its steps to AdamW's final loss (seeds that reach them) and its
+    tail metrics at matched annealed loss."""
     header = ["arm", "seed", "metric", "value"]
     body: list[list[Cell]] = [[r.group, seed, m, v] for r in rows for m in FINAL_METRICS
                               for seed, v in sorted(r.finals.get(m, {}).items())]
@@ -193,6 +194,36 @@ def per_seed_table(rows: list[Row], arms: list[ArmAtTarget], steps: list[StepsTo
              for m, v in sorted(run.metrics.items())]
     body += [[s.arm.row.group, run.run.seed, f"steps to {s.arm.target:.4f}", float(run.crossing.step)]
              for s in steps for run in s.arm.reached]
+    body += [[r.lineage.label, seed, f"{m} annealed at {r.target:.4f}", v] for r in reads for m in HEADLINE
+             for seed, v in sorted(r.values(m).items())]
+    return header, body
+
+
+def annealed_pair_tests(reads: list[AnnealedRead]) -> list[PairTest]:
+    """Every two arms of a family at each matched annealed loss, on the headline tail metrics."""
+    tests = []
+    for target, kind in dict.fromkeys((r.target, r.kind) for r in reads):
+        items = [(r.lineage.label, r.lineage.family, {m: r.values(m) for m in HEADLINE})
+                 for r in reads if r.target == target]
+        tests += pair_tests(items, HEADLINE, f"annealed at {target:.4f} ({kind})")
+    return tests
+
+
+def annealed_table(reads: list[AnnealedRead]) -> Table:
+    """annealed.csv: each arm at each target final loss of fully annealed models: the seeds whose points
+    bracket it, the fewest points of a seed, and the tail metrics there (mean over those seeds, with the
+    t-test against the family's AdamW at the same target)."""
+    metrics = [m for m in HEADLINE if any(r.values(m) for r in reads)]
+    header = ["arm", "target_loss", "target_kind", "n_seeds", "n_reached", "n_points"]
+    header += [c for m in metrics for c in (column(m), f"p_{column(m)}_vs_adamw")]
+    body = []
+    for r in reads:
+        ref = next((o for o in reads if o.lineage is r.lineage.adamw and o.target == r.target), None)
+        cells = [r.lineage.label, r.target, r.kind, len(r.lineage.points), r.n_reached, r.lineage.n_points]
+        for m in metrics:
+            test = compare(r.values(m), ref.values(m)) if ref is not None and ref is not r else None
+            cells += [_mean(r.values(m)), _p(test)]
+        body.append(cells)
     return header, body
 
 

@@ -17,6 +17,8 @@ A grid YAML has these top-level keys (all dotted config keys, as on the train.py
     exclude:                         # optional; drop runs matching every key of an entry
       - {optim.muon: ffn_gate, model.ffn_type: gelu}
     analysis: {iso_loss: [4.9, 4.7]} # optional; pre-registered iso-loss targets of the report
+    budgets: [1, 2, 4]               # optional; every run also at 2x and 4x train.steps (named _x2, _x4)
+    cooldowns: {at: [100, 200], length: 0.2}  # optional; annealed branches of every final run (wsd)
     tune:                            # optional; tune every arm (run without its seed) first
       keys: {optim.adamw_lr: [3e-3, 1e-2, 3e-2], optim.muon_lr: [3e-3, 1e-2]}
       seeds: [100]                   # disjoint from `seeds` unless reuse_tuning_seeds: true
@@ -42,6 +44,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from ablations.cooldowns import Cooldowns
 from ablations.metric_names import DEFAULT_MARGINS
 from common.errors import UserError
 from optim.routing import routing_label
@@ -49,7 +52,7 @@ from optim.routing import routing_label
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
 TOP_LEVEL_KEYS = ("name", "description", "base", "overrides", "runs", "axes", "seeds", "exclude", "tune",
-                  "equivalence_margin", "analysis")
+                  "equivalence_margin", "analysis", "budgets", "cooldowns")
 ANALYSIS_KEYS = ("iso_loss",)
 RUN_META_KEYS = ("label", "paper_ref")
 # What a paper_ref may name: the final eval loss, or the QA first-token accuracy on the rarest group.
@@ -79,6 +82,8 @@ class Run:
     paper_ref: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     arm: str | None = None  # set on tuned runs: the grid run (without seed) whose values they try
+    branch_of: str | None = None  # a cooldown branch: the final run it branches from (ablations/cooldowns.py)
+    branch_at: int | None = None  # ... at this step of it
 
     @property
     def group(self) -> str:
@@ -119,6 +124,7 @@ class Grid:
     equivalence_margin: dict[str, float] = dataclasses.field(default_factory=dict)
     # the report's pre-registered analyses: {"iso_loss": [target losses]}, declared before any result
     analysis: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    cooldowns: Cooldowns | None = None  # annealed branches of every final run (ablations/cooldowns.py)
 
 
 def label_of(config: dict[str, Any]) -> str:
@@ -370,6 +376,66 @@ def _analysis(raw: Any, path: Path) -> dict[str, list[float]]:
     return {k: [float(x) for x in v] for k, v in raw.items()}
 
 
+def _budgets(raw: Any, runs: list[Run], base: dict[str, Any], path: Path) -> list[Run]:
+    """`budgets:` every run at each multiple of its train.steps, with its whole schedule; a multiple
+    other than 1 is named `_x<b>` before the seed."""
+    if raw is None:
+        return runs
+    if not isinstance(raw, list) or not raw or len(set(raw)) < len(raw) or any(
+            isinstance(b, bool) or not isinstance(b, int | float) or b <= 0 for b in raw):
+        raise GridError(f"{path}: budgets must be a list of distinct positive multiples of train.steps, "
+                        f"e.g. budgets: [1, 2, 4], got {raw!r}")
+    from training.config import TrainSection  # the default step count, for runs that do not set it
+
+    out = []
+    for run in runs:
+        steps = {**base, **run.overrides}.get(STEPS_KEY, TrainSection.steps)
+        for b in raw:
+            if b == 1:
+                out.append(run)
+                continue
+            if steps * b != int(steps * b):
+                raise GridError(f"{path}: budget {b} x train.steps={steps} is not a whole number of steps")
+            tokens = [run.group, f"x{b:g}", *([] if run.seed is None else [f"s{run.seed}"])]
+            out.append(dataclasses.replace(run, name=join_name(tokens),
+                                           overrides={**run.overrides, STEPS_KEY: int(steps * b)}))
+    return out
+
+
+def resolved(base: dict[str, Any], run: Run) -> dict[str, Any]:
+    """A run's flat config with train.py's defaults filled in."""
+    from training.config import RunConfig  # the schema's defaults
+
+    return {**flatten(dataclasses.asdict(RunConfig())), **base, **run.overrides}
+
+
+def _cooldowns(raw: Any, runs: list[Run], base: dict[str, Any], path: Path) -> Cooldowns | None:
+    """`cooldowns: {at: [steps], length: F}`, checked against every run it branches."""
+    if raw is None:
+        return None
+    ok = (isinstance(raw, dict) and set(raw) == {"at", "length"} and isinstance(raw["at"], list)
+          and raw["at"] and all(isinstance(a, int) and not isinstance(a, bool) and a > 0 for a in raw["at"])
+          and isinstance(raw["length"], int | float) and 0 < raw["length"] < 1)
+    if not ok:
+        raise GridError(f"{path}: cooldowns must be {{at: [positive steps], length: a fraction in (0, 1)}}, "
+                        f"e.g. cooldowns: {{at: [100, 200], length: 0.2}}, got {raw!r}")
+    cooldowns = Cooldowns(sorted(set(raw["at"])), float(raw["length"]))
+    for run in runs:
+        if (problem := cooldowns.problem(resolved(base, run))) is not None:
+            raise GridError(f"{path}: run {run.name}: {problem}")
+    return cooldowns
+
+
+def branch_runs(grid: Grid, finals: list[Run]) -> list[Run]:
+    """Each final run's cooldown branches, named `<run>_cd<at>`."""
+    if grid.cooldowns is None:
+        return []
+    return [dataclasses.replace(run, name=join_name([run.name, f"cd{at}"]),
+                                overrides={**run.overrides, **grid.cooldowns.overrides(at)},
+                                branch_of=run.name, branch_at=at)
+            for run in finals for at in grid.cooldowns.at]
+
+
 def expand(spec: dict[str, Any], path: Path) -> Grid:
     """Expand a parsed grid mapping into its runs (explicit runs x product of the axes)."""
     unknown = sorted(set(spec) - set(TOP_LEVEL_KEYS))
@@ -416,6 +482,7 @@ def expand(spec: dict[str, Any], path: Path) -> Grid:
             runs.append(Run(name=join_name(tokens) or "base",
                             overrides=overrides,
                             seed=seed, paper_ref=paper_ref, labels=labels))
+    runs = _budgets(spec.get("budgets"), runs, base_flat, path)
     unused = [exclude[i] for i, n in enumerate(excluded) if n == 0]
     if unused:
         raise GridError(f"{path}: exclude entry {unused[0]} matches no run; check its keys and values")
@@ -428,7 +495,8 @@ def expand(spec: dict[str, Any], path: Path) -> Grid:
     return Grid(name=name, path=path, base=base, base_config=base_flat,
                 description=str(spec.get("description") or ""), runs=runs, tune=_tune(spec.get("tune"), runs),
                 equivalence_margin=_margins(spec.get("equivalence_margin"), path),
-                analysis=_analysis(spec.get("analysis"), path))
+                analysis=_analysis(spec.get("analysis"), path),
+                cooldowns=_cooldowns(spec.get("cooldowns"), runs, base_flat, path))
 
 
 def load_grid(arg: str | Path) -> Grid:

@@ -23,7 +23,7 @@ import statistics
 from dataclasses import dataclass
 
 from ablations.curves import NO_BRACKET, NOT_REACHED, REACHED, Crossing, first_crossing, value_at
-from ablations.metric_names import EVAL_LOSS, QA_MEAN, QA_TAIL, TAIL_GAP, TAIL_LOSS, TRAIN_LOSS
+from ablations.metric_names import EVAL_LOSS, HEADLINE, QA_MEAN, QA_TAIL, TAIL_GAP, TAIL_LOSS, TRAIN_LOSS
 from ablations.results import Row, RunData
 from ablations.stats import Comparison, Stat, compare
 
@@ -45,7 +45,6 @@ def overall_loss(rows: list[Row]) -> OverallLoss:
     """The eval loss, or the training loss when no run logs an eval loss."""
     return EVAL if any(EVAL.history in r.history for row in rows for r in row.runs) else TRAIN
 # The tail metrics read at a target loss: the summary's headline ones, then every bucket and group.
-_HEADLINE = (TAIL_LOSS, TAIL_GAP, QA_TAIL, QA_MEAN)
 _PER_BUCKET = re.compile(r"eval/tail/loss_b\d+|qa/fta/g\d+")
 
 
@@ -54,7 +53,7 @@ def tail_metrics(runs: list[RunData]) -> list[str]:
     logged = {k for r in runs for k in r.history}
     per_bucket = sorted((k for k in logged if _PER_BUCKET.fullmatch(k)),
                         key=lambda k: (k.split("/")[0], int(re.sub(r"\D", "", k.rsplit("/", 1)[1]))))
-    return [k for k in _HEADLINE if k in logged] + per_bucket
+    return [k for k in HEADLINE if k in logged] + per_bucket
 
 
 def column(metric: str) -> str:
@@ -225,7 +224,7 @@ def longer_adamw(rows: list[Row], loss: OverallLoss) -> list[LongerVsMuon]:
                 if final is None:
                     continue
                 arm = at_target(longer, loss, final.mean, metrics)
-                tests = {m: c for m in _HEADLINE
+                tests = {m: c for m in HEADLINE
                          if (c := compare(arm.values(m), muon.finals.get(m, {}))) is not None}
                 results.append(LongerVsMuon(arm, muon, tests))
     return results
@@ -240,6 +239,6 @@ def iso_tests(arms: list[ArmAtTarget]) -> dict[int, dict[str, Comparison]]:
         ref = by_row.get((id(arm.row.adamw), arm.target)) if arm.row.adamw is not None else None
         if ref is None or ref is arm:
             continue
-        tests[i] = {m: c for m in _HEADLINE if (c := compare(arm.values(m), ref.values(m))) is not None}
+        tests[i] = {m: c for m in HEADLINE if (c := compare(arm.values(m), ref.values(m))) is not None}
     return tests
 

@@ -8,6 +8,8 @@ TRAIN_LOSS = "final/train_loss"
 QA_TAIL, QA_MEAN = "qa/fta/tail", "qa/fta/mean"
 # The final metrics each row gets statistics and tests for.
 FINAL_METRICS = (EVAL_LOSS, TAIL_LOSS, TAIL_GAP, QA_TAIL, QA_MEAN, TRAIN_LOSS)
+# The tail metrics compared at matched loss (iso-loss, annealed, longer AdamW).
+HEADLINE = (TAIL_LOSS, TAIL_GAP, QA_TAIL, QA_MEAN)
 
 # Equivalence margins (TOST), in each metric's units, unless the grid file's `equivalence_margin:` sets
 # them: 0.02 nats of final loss is ~5% of the smallest Muon-over-AdamW gain measured so far (0.38 nats,

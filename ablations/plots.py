@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from ablations.annealed import Lineage  # noqa: E402
 from ablations.matched_loss import ArmAtTarget, OverallLoss, StepsToTarget  # noqa: E402
 from ablations.results import Row, RunData  # noqa: E402
 from ablations.tuning import ArmTuning, profile  # noqa: E402
@@ -296,3 +297,29 @@ def steps_to_target_bars(results: list[StepsToTarget], loss: OverallLoss, out: P
            title="Steps to target (label: speed-up over AdamW)")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out / "steps_to_target.png")
+
+
+def annealed_curves(lineages: list[Lineage], targets: list[float], loss: OverallLoss, rows: list[Row],
+                    out: Path) -> Path | None:
+    """Each headline tail metric against the final loss of fully annealed models (final runs, cooldown
+    branches, other budgets), one line per arm and seed; dotted: the targets the arms are read at."""
+    panels = [(m, label) for m, label in _ISO_PANELS
+              if any(m in p for lin in lineages for pts in lin.points.values() for _, p in pts)]
+    if not panels:
+        return None
+    color = colors(rows)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 1.5, 4.5), squeeze=False)
+    for ax, (metric, label) in zip(axes[0], panels, strict=True):
+        for lin in lineages:
+            for i, points in enumerate(lin.points.values()):
+                known = [(x, m[metric]) for x, m in points if metric in m]
+                if known:
+                    ax.plot(*zip(*known, strict=True), marker="o", ms=3, lw=1,
+                            color=color.get(lin.label, "gray"), label=lin.label if i == 0 else None)
+        for target in targets:
+            ax.axvline(target, color="black", ls=":", lw=1)
+        ax.invert_xaxis()  # lower loss to the right, as training goes
+        ax.set(xlabel=f"final {loss.label} of an annealed model", ylabel=label, title=f"{label}, annealed")
+        ax.grid(alpha=0.3)
+        legend_beside(ax)
+    return _save(fig, out / "annealed.png")

@@ -247,7 +247,8 @@ def build_report(runs_dir: Path, out: Path | None = None, iso_loss: float | None
                                "`python -m ablations run`")
     out = Path(out) if out else default_out(runs_dir)
     manifest = read_manifest(runs_dir)
-    runs = [r for r in load_runs(runs_dir) if r.role != "tuning"]  # the sweep has its own section
+    every = load_runs(runs_dir)
+    runs = [r for r in every if r.role == "final"]  # the sweep and the cooldown branches have their sections
     rows = aggregate(runs, tuple(manifest.get("tune", {}).get("keys", ())))
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "table.csv")
@@ -260,7 +261,7 @@ def build_report(runs_dir: Path, out: Path | None = None, iso_loss: float | None
         "qa_fta": plots.qa_fta(runs, rows, out),
     }
     images = {k: p for k, p in figures.items() if p is not None}
-    sections = analyses(runs_dir, rows, manifest, out, iso_loss)
+    sections = analyses(runs_dir, rows, manifest, out, iso_loss, [r for r in every if r.role == "cooldown"])
     report = out / "report.md"
     report.write_text(report_markdown(runs_dir, runs, rows, images, out, manifest, sections))
     return report

@@ -48,7 +48,8 @@ class RunData:
     group: str
     paper_ref: dict[str, float] = field(default_factory=dict)
     diverged: bool = False
-    role: str = "final"  # "tuning": a sweep run that is not one of the table's runs
+    role: str = "final"  # "tuning": a sweep run that is not one of the table's runs; "cooldown": a branch
+    branch_of: str | None = None  # a cooldown branch: the final run it branched from
 
     @property
     def seed(self) -> int:
@@ -86,6 +87,7 @@ class Row:
     tuned: dict[str, object] = field(default_factory=dict)  # the arm's chosen values of a tuned grid
     longer: bool = False  # trained for more steps than the family's references
     family: str = ""  # rows of one family differ only in routing, tuned values, steps, non-AdamW keys
+    lineage: str = ""  # rows of one lineage differ only in tuned values and steps (a budget ladder)
     adamw: Row | None = None  # the family's AdamW reference row (possibly this row)
     full_muon: Row | None = None  # the family's full-Muon reference row
 
@@ -135,9 +137,11 @@ def read_manifest(runs_dir: Path) -> dict[str, Any]:
 
 
 def _entries(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """grid.json's runs by name, the table's runs (role "final") after the sweep's (role "tuning")."""
+    """grid.json's runs by name: the sweep's (role "tuning"), the table's (role "final") and their cooldown
+    branches (role "cooldown")."""
     entries = {r["name"]: {**r, "role": "tuning"} for r in manifest.get("tuning_runs", [])}
-    return entries | {r["name"]: {**r, "role": "final"} for r in manifest.get("runs", [])}
+    entries |= {r["name"]: {**r, "role": "final"} for r in manifest.get("runs", [])}
+    return entries | {r["name"]: {**r, "role": "cooldown"} for r in manifest.get("cooldown_runs", [])}
 
 
 def run_dirs(runs_dir: Path) -> list[Path]:
@@ -158,7 +162,8 @@ def load_run(path: Path, entries: dict[str, dict[str, Any]]) -> RunData:
     seed = config.get(SEED_KEY)
     group = entry.get("group") or re.sub(rf"_s{seed}$", "", path.name)
     return RunData(path.name, path, config, summary, read_history(run), group,
-                   dict(entry.get("paper_ref") or {}), run.diverged(), entry.get("role", "final"))
+                   dict(entry.get("paper_ref") or {}), run.diverged(), entry.get("role", "final"),
+                   entry.get("branch_of"))
 
 
 def load_runs(runs_dir: Path) -> list[RunData]:
@@ -196,12 +201,13 @@ def aggregate(runs: list[RunData], tuned_keys: tuple[str, ...] = ()) -> list[Row
     gain and the tests against the AdamW and full-Muon rows of their family."""
     rows: dict[str, Row] = {}
     for run in runs:
-        if run.summary is None or run.role == "tuning":
+        if run.summary is None or run.role != "final":  # the sweep and the branches have their sections
             continue
         key = _setting_key(run.config)
         if key not in rows:
             rows[key] = Row(run.group, run.routing, run.ffn_type, [], {},
-                            family=_family_key(run.config, tuned_keys))
+                            family=_family_key(run.config, tuned_keys),
+                            lineage=_setting_key(run.config, drop={STEPS_KEY, *tuned_keys}))
         rows[key].runs.append(run)
     for row in rows.values():
         row.paper_ref = next((r.paper_ref for r in row.runs if r.paper_ref), {})

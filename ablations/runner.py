@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from ablations.grid import REPO_ROOT, Grid, Run, config_diff
+from ablations.grid import REPO_ROOT, Grid, Run, branch_runs, config_diff
 from ablations.tuning import ArmTuning, arms, final_runs, grid_sweep, swept_keys
 from common.console import console as make_console
 from common.errors import UserError
@@ -75,6 +75,13 @@ def wandb_tags(run: Run) -> list[str]:
     return tags
 
 
+def resume_arg(run: Run, out: Path) -> str:
+    """auto; for a cooldown branch not yet started, its parent's checkpoint at the branch point."""
+    if run.branch_of is None or RunDir(out / run.name).latest_checkpoint() is not None:
+        return "auto"
+    return str(RunDir(out / run.branch_of).checkpoint(run.branch_at))
+
+
 def train_args(grid: Grid, run: Run, out: Path) -> list[str]:
     """train.py's arguments for one run (after the train command itself)."""
     args = ["--config", grid.base] if grid.base else []
@@ -82,7 +89,7 @@ def train_args(grid: Grid, run: Run, out: Path) -> list[str]:
     args += [
         f"run.dir={out / run.name}",
         f"run.name={run.name}",
-        "train.resume=auto",
+        f"train.resume={resume_arg(run, out)}",
         f"logging.wandb_group={grid.name}",
         f"logging.wandb_tags={format_value(wandb_tags(run))}",
     ]
@@ -109,6 +116,13 @@ def next_stage(grid: Grid, out: Path) -> Stage:
         return Stage("tuning", sweep.pending, swept=tuple(sweep.runs))
     chosen = {t.arm: t.chosen for t in sweep.tunings}
     return Stage("grid", final_runs(grid, chosen), sweep.tunings, tuple(sweep.runs))
+
+
+def cooldown_stage(grid: Grid, finals: list[Run], out: Path) -> Stage:
+    """The cooldown branches of the final runs that have finished (a branch starts from its parent's
+    checkpoint); empty for a grid without `cooldowns:`."""
+    done = [r for r in finals if RunDir(out / r.name).is_finished()]
+    return Stage("cooldown", branch_runs(grid, done))
 
 
 def choice_lines(tunings: list[ArmTuning]) -> list[str]:
@@ -173,6 +187,8 @@ def write_manifest(grid: Grid, out: Path, stage: Stage) -> Path:
         "equivalence_margin": grid.equivalence_margin,
         "analysis": grid.analysis,
         "runs": [] if stage.name == "tuning" else [{**asdict(r), "group": r.group} for r in stage.runs],
+        "cooldown_runs": [] if stage.name == "tuning" else [
+            {**asdict(r), "group": r.group} for r in branch_runs(grid, stage.runs)],
     }
     if grid.tune is not None:
         manifest["tune"] = asdict(grid.tune)
@@ -261,8 +277,10 @@ def run_grid(grid: Grid, out: Path, *, num_gpus: int | None = None, gpus_per_run
     if grid.tune is not None:
         tqdm.write("tuning done; chosen values:\n" + "\n".join(choice_lines(stage.tunings)))
     done = {o.name for o in outcomes}
-    return outcomes + _run_stage(grid, Stage(stage.name, [r for r in stage.runs if r.name not in done]),
-                                 out, slots, train_cmd)
+    outcomes += _run_stage(grid, Stage(stage.name, [r for r in stage.runs if r.name not in done]),
+                           out, slots, train_cmd)
+    branches = cooldown_stage(grid, stage.runs, out)
+    return outcomes + (_run_stage(grid, branches, out, slots, train_cmd) if branches.runs else [])
 
 
 def _run_stage(grid: Grid, stage: Stage, out: Path, slots: list[list[int]],
