@@ -229,8 +229,8 @@ def annealed_section(reads: list[AnnealedRead], pairs: Table, found: list[Lineag
             f"{loss.label} between the two annealed points around each target (never extrapolated; "
             "*n_reached*: the seeds whose points bracket it, *n_points*: the fewest points of a seed). "
             "Unlike the iso-loss reads above, no arm is read mid-decay: if an arm is only faster, its tail "
-            "here is AdamW's within noise (only an *equivalent* verdict in `equivalence.csv` says so). p: t-test "
-            "against AdamW at the same target.\n", markdown(table),
+            "here is AdamW's within noise (only an *equivalent* verdict in `equivalence.csv` says so). "
+            "p: t-test against AdamW at the same target.\n", markdown(table),
             "Between every two arms (Benjamini–Hochberg per metric and target, and over the study; "
             "`annealed_pairwise.csv`):\n",
             markdown(pairs) if pairs[1] else "No two arms have 2 seeds or more there.\n",

@@ -41,19 +41,19 @@ class Cooldowns:
         if config[SCHEDULE] != "wsd":
             return (f"cooldowns need optim.schedule=wsd (a stable phase to branch from), not "
                     f"{config[SCHEDULE]}")
-        parent = Schedule(config[STEPS], "wsd", config["optim.warmup_steps"], config["optim.min_lr_ratio"],
-                          config[DECAY])
-        late = [a for a in self.at if not config["optim.warmup_steps"] <= a <= parent.decay_start]
+        # a grid may give numbers as strings (as on the command line)
+        steps, warmup = int(config[STEPS]), int(config["optim.warmup_steps"])
+        every, keep = int(config["train.checkpoint_every"]), int(config["train.keep_checkpoints"])
+        parent = Schedule(steps, "wsd", warmup, float(config["optim.min_lr_ratio"]), float(config[DECAY]))
+        late = [a for a in self.at if not warmup <= a <= parent.decay_start]
         if late:
-            return (f"cooldowns.at {late} is outside the stable phase [{config['optim.warmup_steps']}, "
-                    f"{parent.decay_start}] of a {config[STEPS]}-step run; branch between warmup and decay")
-        every = config["train.checkpoint_every"]
+            return (f"cooldowns.at {late} is outside the stable phase [{warmup}, {parent.decay_start}] of a "
+                    f"{steps}-step run; branch between warmup and decay")
         if every <= 0 or any(a % every for a in self.at):
             return (f"cooldowns.at {self.at} must be multiples of train.checkpoint_every={every}: a branch "
                     "starts from its parent's checkpoint at that step")
         # the checkpoints from the first branch point on, and the final one if it is not on the cadence
-        kept = (config[STEPS] - min(self.at)) // every + 1 + bool(config[STEPS] % every)
-        keep = config["train.keep_checkpoints"]
+        kept = (steps - min(self.at)) // every + 1 + bool(steps % every)
         if keep < kept:
             return (f"set train.keep_checkpoints >= {kept}: the final runs must keep their checkpoint at "
                     f"step {min(self.at)} until the end (train.keep_checkpoints={keep})")
