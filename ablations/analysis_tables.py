@@ -12,7 +12,14 @@ from pathlib import Path
 from scipy import stats
 
 from ablations.annealed import AnnealedRead
-from ablations.matched_loss import DEFAULT_TARGET, ArmAtTarget, LongerVsMuon, StepsToTarget, column
+from ablations.matched_loss import (
+    DEFAULT_TARGET,
+    ArmAtTarget,
+    LongerVsMuon,
+    StepsToTarget,
+    column,
+    curvature_metrics,
+)
 from ablations.metric_names import FINAL_METRICS, HEADLINE
 from ablations.results import Row
 from ablations.stats import ALPHA, Comparison, Difference, compare, difference
@@ -242,21 +249,19 @@ def tuning_table(tunings: list[ArmTuning], metric: str) -> Table:
 def iso_table(arms: list[ArmAtTarget], tests: dict[int, dict[str, Comparison]], metrics: list[str],
               kinds: dict[float, str]) -> Table:
     """iso_loss.csv: each arm at each target loss (`kinds`: how each target was chosen): the step, and
-    the tail metrics there (mean over the seeds that reached it; headline metrics with their p-value
-    against AdamW there)."""
+    the tail metrics there (mean over the seeds that reached it; the headline metrics and each group's
+    directional sharpness with their p-value against AdamW there)."""
     header = ["arm", "target_loss", "target_kind", "step_at_target", "step_ci95_low", "step_ci95_high",
-              "n_seeds",
-              "n_reached", "eval_bracket_steps", "n_evals", "status"]
-    headline = [m for m in HEADLINE if m in metrics]
+              "n_seeds", "n_reached", "eval_bracket_steps", "n_evals", "status"]
+    headline = [m for m in (*HEADLINE, *curvature_metrics(metrics)) if m in metrics]
     header += [c for m in headline for c in (column(m), f"p_{column(m)}_vs_adamw")]
     header += [column(m) for m in metrics if m not in headline]
     body = []
     for i, arm in enumerate(arms):
         steps = arm.steps
         cells = [arm.row.group, arm.target, kinds.get(arm.target, DEFAULT_TARGET), steps and steps.mean,
-                 steps and steps.ci95_low,
-                 steps and steps.ci95_high, len(arm.runs), len(arm.reached), arm.bracket(), arm.n_evals,
-                 arm.status()]
+                 steps and steps.ci95_low, steps and steps.ci95_high, len(arm.runs), len(arm.reached),
+                 arm.bracket(), arm.n_evals, arm.status()]
         for m in headline:
             cells += [_mean(arm.values(m)), _p(tests.get(i, {}).get(m))]
         cells += [_mean(arm.values(m)) for m in metrics if m not in headline]

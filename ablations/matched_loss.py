@@ -23,7 +23,16 @@ import statistics
 from dataclasses import dataclass
 
 from ablations.curves import NO_BRACKET, NOT_REACHED, REACHED, Crossing, first_crossing, value_at
-from ablations.metric_names import EVAL_LOSS, HEADLINE, QA_MEAN, QA_TAIL, TAIL_GAP, TAIL_LOSS, TRAIN_LOSS
+from ablations.metric_names import (
+    CURVATURE_NDS,
+    EVAL_LOSS,
+    HEADLINE,
+    QA_MEAN,
+    QA_TAIL,
+    TAIL_GAP,
+    TAIL_LOSS,
+    TRAIN_LOSS,
+)
 from ablations.results import Row, RunData
 from ablations.stats import Comparison, Stat, compare
 
@@ -48,12 +57,18 @@ def overall_loss(rows: list[Row]) -> OverallLoss:
 _PER_BUCKET = re.compile(r"eval/tail/loss_b\d+|qa/fta/g\d+")
 
 
+def curvature_metrics(logged: set[str] | list[str]) -> list[str]:
+    """The per-group normalized directional sharpness keys among `logged`, sorted."""
+    return sorted(k for k in logged if re.fullmatch(CURVATURE_NDS, k))
+
+
 def tail_metrics(runs: list[RunData]) -> list[str]:
-    """The tail metrics logged over training by any of `runs`, headline ones first."""
+    """The metrics read at a target loss that any of `runs` logged over training: the headline tail
+    ones, then every bucket and group, then each group's directional sharpness."""
     logged = {k for r in runs for k in r.history}
     per_bucket = sorted((k for k in logged if _PER_BUCKET.fullmatch(k)),
                         key=lambda k: (k.split("/")[0], int(re.sub(r"\D", "", k.rsplit("/", 1)[1]))))
-    return [k for k in HEADLINE if k in logged] + per_bucket
+    return [k for k in HEADLINE if k in logged] + per_bucket + curvature_metrics(logged)
 
 
 def column(metric: str) -> str:
@@ -239,6 +254,7 @@ def iso_tests(arms: list[ArmAtTarget]) -> dict[int, dict[str, Comparison]]:
         ref = by_row.get((id(arm.row.adamw), arm.target)) if arm.row.adamw is not None else None
         if ref is None or ref is arm:
             continue
-        tests[i] = {m: c for m in HEADLINE if (c := compare(arm.values(m), ref.values(m))) is not None}
+        tested = (*HEADLINE, *curvature_metrics({m for r in arm.reached for m in r.metrics}))
+        tests[i] = {m: c for m in tested if (c := compare(arm.values(m), ref.values(m))) is not None}
     return tests
 

@@ -10,6 +10,9 @@ QA_TAIL, QA_MEAN = "qa/fta/tail", "qa/fta/mean"
 FINAL_METRICS = (EVAL_LOSS, TAIL_LOSS, TAIL_GAP, QA_TAIL, QA_MEAN, TRAIN_LOSS)
 # The tail metrics compared at matched loss (iso-loss, annealed, longer AdamW).
 HEADLINE = (TAIL_LOSS, TAIL_GAP, QA_TAIL, QA_MEAN)
+# Per-group normalized directional sharpness of the last update (metrics/curvature.py), also read and
+# tested at the iso-loss targets: the curvature account of Muon's advantage (arXiv 2606.04662).
+CURVATURE_NDS = r"curvature/[^/]+/nds"
 
 # Equivalence margins (TOST), in each metric's units, unless the grid file's `equivalence_margin:` sets
 # them: 0.02 nats of final loss is ~5% of the smallest Muon-over-AdamW gain measured so far (0.38 nats,

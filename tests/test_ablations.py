@@ -397,3 +397,45 @@ def test_read_history_later_lines_win_and_cut_lines_are_skipped(tmp_path):
     with pytest.warns(UserWarning, match="metrics.jsonl:5: skipping a line that is not JSON"):
         history = read_history(RunDir(tmp_path))
     assert history == {"eval/loss": [(0, 8.0), (10, 5.5)]}
+
+
+SLEEPY_TRAIN = """
+import json, os, sys, time
+kv = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+run_dir = __import__("pathlib").Path(kv["run.dir"])
+run_dir.mkdir(parents=True, exist_ok=True)
+start = time.time()
+# hold the slot until a second run has started too, or give up after a while (one at a time)
+marker = run_dir.parent / "started"
+with open(marker, "a") as f:
+    f.write(kv["run.name"] + "\\n")
+while len(marker.read_text().split()) < 2 and time.time() - start < float(os.environ["WAIT_S"]):
+    time.sleep(0.05)
+seen = len(marker.read_text().split())
+(run_dir / "summary.json").write_text(json.dumps({"final/eval_loss": 1.0, "seen": seen,
+                                                   "threads": os.environ.get("OMP_NUM_THREADS")}))
+"""
+
+
+@pytest.mark.parametrize("jobs, together", [(2, 2), (1, 1)])
+def test_cpu_runs_go_side_by_side_with_their_share_of_the_cores(tmp_path, base, monkeypatch, jobs, together):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("WAIT_S", "20" if jobs == 2 else "0.5")
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    grid = load_grid(grid_file(tmp_path, base, "runs: [{optim.muon: none}, {optim.muon: hidden}]"))
+    out = tmp_path / "out"
+    fake = write(tmp_path / "sleepy_train.py", SLEEPY_TRAIN)
+    outcomes = run_grid(grid, out, num_gpus=0, train_cmd=[sys.executable, str(fake)], jobs=jobs)
+    assert [o.status for o in outcomes] == ["done", "done"]
+    summaries = [json.loads((out / o.name / "summary.json").read_text()) for o in outcomes]
+    # side by side, the first run sees the second start; one at a time, it never does
+    assert summaries[0]["seen"] == together
+    assert {s["threads"] for s in summaries} == ({"2"} if jobs == 2 else {None})  # 4 cores / 2 jobs
+
+
+def test_jobs_is_for_cpu_runs_only(tmp_path, base):
+    grid = load_grid(grid_file(tmp_path, base, "runs: [{optim.muon: none}]"))
+    with pytest.raises(LaunchError, match="--jobs sets how many CPU runs go side by side"):
+        run_grid(grid, tmp_path / "out", num_gpus=2, jobs=2)
+    with pytest.raises(LaunchError, match="--jobs must be >= 1"):
+        run_grid(grid, tmp_path / "out", num_gpus=0, jobs=0)

@@ -63,3 +63,26 @@ def test_a_bad_analysis_section_is_a_grid_error(tmp_path, analysis):
         load_grid(path)
     path.write_text("name: g\nruns: [{optim.muon: none}]\nanalysis: {iso_loss: [4.9, 4.7]}\n")
     assert load_grid(path).analysis == {"iso_loss": [4.9, 4.7]}
+
+
+def test_directional_sharpness_is_read_and_tested_at_the_targets(tmp_path):
+    runs = tmp_path / "runs"
+    two_seed_adamw_and_muon(runs)
+    nds = {"adamw_s0": [9.0, 7.0, 6.0, 5.5], "adamw_s1": [9.0, 7.2, 6.1, 5.4],
+           "muon-hidden_s0": [8.0, 5.0, 4.0, 3.8], "muon-hidden_s1": [8.0, 5.3, 4.4, 3.9]}
+    for name, values in nds.items():
+        with (runs / name / "metrics.jsonl").open("a") as f:
+            f.writelines(json.dumps({"step": s, "curvature/vo/nds": v}) + "\n"
+                         for s, v in zip((0, 50, 100, 150), values, strict=True))
+    (runs / "grid.json").write_text(json.dumps({"name": "g", "analysis": {"iso_loss": [5.4]}}))
+    build_report(runs, tmp_path / "out")
+    iso = {r["arm"]: r for r in rows_of(tmp_path / "out" / "iso_loss.csv")}
+    adamw, muon = iso_loss(aggregate(load_runs(runs)), EVAL, 5.4)
+    a, m = adamw.values("curvature/vo/nds"), muon.values("curvature/vo/nds")
+    assert len(a) == len(m) == 2
+    assert float(iso["muon-hidden"]["curvature_vo_nds"]) == pytest.approx(sum(m.values()) / 2, abs=1e-6)
+    expected = scipy_stats.ttest_rel([m[0], m[1]], [a[0], a[1]]).pvalue
+    assert float(iso["muon-hidden"]["p_curvature_vo_nds_vs_adamw"]) == pytest.approx(expected, abs=1e-6)
+    per_seed = rows_of(tmp_path / "out" / "per_seed.csv")
+    assert {(r["arm"], r["seed"]) for r in per_seed if r["metric"] == "curvature/vo/nds at 5.4000"} == {
+        ("adamw", "0"), ("adamw", "1"), ("muon-hidden", "0"), ("muon-hidden", "1")}

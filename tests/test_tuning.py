@@ -318,7 +318,8 @@ def test_tuned_grid_interrupted_rerun_and_reported(tiny_tuned_grid, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "MUONLAB_CACHE": os.environ.get("MUONLAB_CACHE", str(ROOT / ".cache")),
            "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "ablations", "run", str(tiny_tuned_grid), "--out", str(out), "--gpus", "0"]
+    cmd = [sys.executable, "-m", "ablations", "run", str(tiny_tuned_grid), "--out", str(out), "--gpus", "0",
+           "--jobs", "1"]  # one at a time: the first sweep run finishes before the second starts
     # Ctrl-C in a terminal: SIGINT to the whole process group, once the second sweep run is training.
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
