@@ -6,10 +6,12 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import statistics
 import sys
 from pathlib import Path
 
 import pytest
+from scipy import stats as scipy_stats
 
 from ablations.grid import Run, Tune, load_grid
 from ablations.report import build_report
@@ -135,3 +137,76 @@ def test_the_runner_tunes_in_rounds_and_the_report_replays_the_sweep(tmp_path):
     expected = (toy_loss(1e-2, 3e-2, 100) + toy_loss(1e-2, 3e-2, 101)) / 2
     assert float(best["eval_loss"]) == pytest.approx(expected)
     assert "one key at a time" in (out / "report" / "report.md").read_text()
+
+
+def test_acceptance_a_coordinate_tuned_grid_reproduces_scipy_from_its_run_directories(tmp_path):
+    """A tuned grid with method: coordinate, two rate keys and disjoint tuning seeds: from its run
+    directories alone, its choices, intervals, TOST verdicts and Fieller shares are scipy's."""
+    path = tmp_path / "accept.yaml"
+    path.write_text("name: accept\nruns: [{optim.muon: none}, {optim.muon: hidden}, {optim.muon: vo}, "
+                    "{optim.muon: qk}]\nseeds: [0, 1, 2]\n"
+                    "tune: {keys: {optim.adamw_lr: [1.0e-3, 3.0e-3, 1.0e-2], optim.muon_lr: [3.0e-3, 1.0e-2, "
+                    "3.0e-2]}, seeds: [100, 101], method: coordinate}\n")
+    grid, out = load_grid(path), tmp_path / "out"
+    assert all(o.status == "done" for o in run_grid(grid, out, num_gpus=0, jobs=1,
+                                                     train_cmd=[sys.executable, "-m", "tests.toy_train"]))
+    build_report(out)
+    report = out / "report"
+
+    def final(name: str) -> float:
+        return json.loads((out / name / "summary.json").read_text())["final/eval_loss"]
+
+    # the choices: in each coordinate step, the value whose tuning runs have the lowest mean final loss
+    manifest = json.loads((out / "grid.json").read_text())
+    with (report / "tuning.csv").open() as f:
+        tuning = list(csv.DictReader(f))
+    keys = [ADAMW, MUON]
+    for row in (r for r in tuning if r["chosen"] == "True"):
+        later = keys[keys.index(row["key"]) + 1:]
+        losses: dict[float, list[float]] = {}
+        for run in manifest["tuning_runs"]:  # the runs of this key's step, read from their directories
+            if run["group"] == row["arm"] and row["key"] in run["overrides"] and not set(later) & set(
+                    run["overrides"]):
+                losses.setdefault(run["overrides"][row["key"]], []).append(final(run["name"]))
+        means = {v: statistics.fmean(x) for v, x in losses.items()}
+        assert {len(x) for x in losses.values()} == {2}  # both tuning seeds
+        assert float(row["value"]) == min(means, key=means.get)
+        step = {float(r["value"]): float(r["eval_loss"]) for r in tuning
+                if (r["arm"], r["key"]) == (row["arm"], row["key"])}
+        assert step == pytest.approx(means, abs=1e-6)
+    assert {r["n_seeds"] for r in tuning} == {"2"}
+    assert not {r["name"] for r in manifest["tuning_runs"]} & {r["name"] for r in manifest["runs"]}
+
+    finals = {arm: [final(r["name"]) for r in manifest["runs"] if r["group"] == arm]
+              for arm in ("adamw", "muon-hidden", "muon-vo", "muon-qk")}
+    with (report / "table.csv").open() as f:
+        table = {r["run"]: r for r in csv.DictReader(f)}
+    for arm, losses in finals.items():  # the t interval of each arm's mean
+        low, high = scipy_stats.t.interval(0.95, 2, loc=statistics.fmean(losses),
+                                           scale=scipy_stats.sem(losses))
+        shown = (float(table[arm]["ci95_low"]), float(table[arm]["ci95_high"]))
+        assert shown == pytest.approx((low, high), abs=1e-5)
+    # the Fieller share of the all-hidden gain: each bound solves (N - rho D)^2 / var(N - rho D) = t^2
+    n = [a - v for a, v in zip(finals["adamw"], finals["muon-vo"], strict=True)]
+    d = [a - h for a, h in zip(finals["adamw"], finals["muon-hidden"], strict=True)]
+    assert table["muon-vo"]["share_ci_method"] == "fieller"
+    for bound in ("share_ci95_low", "share_ci95_high"):
+        z = [ni - float(table["muon-vo"][bound]) * di for ni, di in zip(n, d, strict=True)]
+        assert statistics.fmean(z) ** 2 / (scipy_stats.tvar(z) / 3) == pytest.approx(
+            scipy_stats.t.ppf(0.975, 2) ** 2, rel=1e-3)
+    # pairwise differences and the TOST verdict of the pair not found different (VO vs QK)
+    with (report / "pairwise.csv").open() as f:
+        pair = next(r for r in csv.DictReader(f)
+                    if (r["metric"], r["run_a"], r["run_b"]) == ("final/eval_loss", "muon-vo", "muon-qk"))
+    diffs = [a - q for a, q in zip(finals["muon-vo"], finals["muon-qk"], strict=True)]
+    low, high = scipy_stats.t.interval(0.95, 2, loc=statistics.fmean(diffs), scale=scipy_stats.sem(diffs))
+    assert (float(pair["ci95_low"]), float(pair["ci95_high"])) == pytest.approx((low, high), abs=1e-5)
+    expected = scipy_stats.ttest_rel(finals["muon-vo"], finals["muon-qk"]).pvalue
+    assert float(pair["p"]) == pytest.approx(expected, abs=1e-6)
+    with (report / "equivalence.csv").open() as f:
+        verdict = next(r for r in csv.DictReader(f)
+                       if (r["metric"], r["arm_a"], r["arm_b"]) == ("final/eval_loss", "muon-vo", "muon-qk"))
+    p_tost = max(scipy_stats.ttest_1samp(diffs, -0.02, alternative="greater").pvalue,
+                 scipy_stats.ttest_1samp(diffs, 0.02, alternative="less").pvalue)
+    assert float(verdict["p_tost"]) == pytest.approx(p_tost, abs=1e-6)
+    assert verdict["verdict"] == ("equivalent within ±0.02" if p_tost < 0.05 else "inconclusive")
