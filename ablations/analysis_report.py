@@ -31,6 +31,7 @@ from ablations.grid import SEED_KEY, Run, Tune
 from ablations.matched_loss import (
     MIN_EVALS,
     TRAIN,
+    TRAIN_SMOOTHING,
     ArmAtTarget,
     OverallLoss,
     StepsToTarget,
@@ -156,7 +157,9 @@ def matched_loss_sections(rows: list[Row], loss: OverallLoss, arms: list[ArmAtTa
     """iso_loss.csv, steps_to_target.csv and longer_adamw.csv, with their plots and sections."""
     parts = [] if loss is not TRAIN else [
         "*These runs log no eval loss (data without a validation split, such as bios): the analyses "
-        "below match arms on the training loss (logged every `train.log_every` steps).*\n"]
+        "below match arms on the training loss (the mean of each `train.log_every` window), smoothed by a "
+        f"centred mean over {TRAIN_SMOOTHING} windows and read at the steps of the runs' evals, the "
+        "cadence of the QA and tail metrics it is matched with.*\n"]
     sparse = too_few_evals([r for row in rows for r in row.runs], loss)
     if sparse:
         counts = sorted(set(sparse.values()))

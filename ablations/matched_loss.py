@@ -45,9 +45,26 @@ class OverallLoss:
     final: str
     label: str
 
+    def series(self, run: RunData) -> list[tuple[int, float]]:
+        """The run's overall loss as read at targets. The eval loss as logged. The training loss (data
+        without a validation split, such as bios) is the noisy mean of a `train.log_every` window:
+        smoothed by a centred mean over TRAIN_SMOOTHING windows, and kept at the steps of the run's
+        evals (QA, tail buckets), so that a crossing and the metrics read there share one cadence."""
+        raw = run.history.get(self.history, [])
+        if self.history == EVAL.history or not raw:
+            return raw
+        half = TRAIN_SMOOTHING // 2
+        values = [v for _, v in raw]
+        smoothed = [(step, statistics.fmean(values[max(0, i - half):i + half + 1]))
+                    for i, (step, _) in enumerate(raw)]
+        evals = {step for key in (QA_MEAN, TAIL_LOSS) for step, _ in run.history.get(key, [])}
+        return [(step, v) for step, v in smoothed if step in evals] if evals else smoothed
+
 
 EVAL, TRAIN = (OverallLoss("eval/loss", EVAL_LOSS, "eval loss"),
                OverallLoss("train/loss", TRAIN_LOSS, "training loss"))
+# Logged training-loss windows a centred mean smooths over before a training-loss crossing is read.
+TRAIN_SMOOTHING = 5
 
 
 def overall_loss(rows: list[Row]) -> OverallLoss:
@@ -84,7 +101,7 @@ MIN_EVALS = 6
 
 def too_few_evals(runs: list[RunData], loss: OverallLoss) -> dict[str, int]:
     """The runs with fewer than MIN_EVALS points of the overall loss: name -> how many they have."""
-    counts = {r.name: len(r.history.get(loss.history, [])) for r in runs}
+    counts = {r.name: len(loss.series(r)) for r in runs}
     return {name: n for name, n in counts.items() if n < MIN_EVALS}
 
 
@@ -145,7 +162,7 @@ def at_target(row: Row, loss: OverallLoss, target: float, metrics: list[str]) ->
     """Each of the row's runs at `target`: its crossing step and tail metrics interpolated there."""
     runs = []
     for run in row.runs:
-        crossing = first_crossing(run.history.get(loss.history, []), target)
+        crossing = first_crossing(loss.series(run), target)
         values = {}
         if crossing.status == REACHED:
             for metric in metrics:
@@ -153,7 +170,7 @@ def at_target(row: Row, loss: OverallLoss, target: float, metrics: list[str]) ->
                 if value is not None:
                     values[metric] = value
         runs.append(RunAtTarget(run, crossing, values))
-    n_evals = min((len(run.history.get(loss.history, [])) for run in row.runs), default=0)
+    n_evals = min((len(loss.series(run)) for run in row.runs), default=0)
     return ArmAtTarget(row, target, runs, n_evals)
 
 
@@ -184,10 +201,10 @@ def iso_loss(rows: list[Row], loss: OverallLoss, target: float | None = None) ->
     (every run reaches it, at the latest at its last logged value)."""
     results = []
     for family in _families(rows).values():
-        runs = [r for row in family for r in row.runs if r.history.get(loss.history)]
+        runs = [r for row in family for r in row.runs if loss.series(r)]
         if not runs:
             continue
-        goal = target if target is not None else max(r.history[loss.history][-1][1] for r in runs)
+        goal = target if target is not None else max(loss.series(r)[-1][1] for r in runs)
         metrics = tail_metrics(runs)
         results += [at_target(row, loss, goal, metrics) for row in family]
     return results

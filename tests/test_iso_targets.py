@@ -86,3 +86,30 @@ def test_directional_sharpness_is_read_and_tested_at_the_targets(tmp_path):
     per_seed = rows_of(tmp_path / "out" / "per_seed.csv")
     assert {(r["arm"], r["seed"]) for r in per_seed if r["metric"] == "curvature/vo/nds at 5.4000"} == {
         ("adamw", "0"), ("adamw", "1"), ("muon-hidden", "0"), ("muon-hidden", "1")}
+
+
+def test_a_training_loss_match_is_smoothed_and_read_at_the_eval_cadence(tmp_path):
+    """bios-like runs: a noisy training loss every 10 steps, QA every 50; the crossing is read on the
+    centred 5-window mean at the QA steps, so loss and QA share one cadence."""
+    from ablations.matched_loss import TRAIN, TRAIN_SMOOTHING
+
+    d = tmp_path / "adamw_s0"
+    d.mkdir()
+    (d / "config.yaml").write_text("optim: {muon: none}\ntrain: {steps: 100, seed: 0}\n")
+    train = [(s, 3.0 - 0.02 * s + (0.3 if s % 20 else -0.3)) for s in range(0, 101, 10)]
+    qa = [(s, 0.004 * s) for s in range(0, 101, 50)]
+    events = [{"step": s, "train/loss": v} for s, v in train] + [{"step": s, "qa/fta/mean": v} for s, v in qa]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (d / "summary.json").write_text(json.dumps({"final/train_loss": train[-1][1]}))
+    (run,) = aggregate(load_runs(tmp_path))[0].runs
+    values = [v for _, v in train]
+    smoothed = {s: sum(values[max(0, i - 2):i + 3]) / len(values[max(0, i - 2):i + 3])
+                for i, (s, _) in enumerate(train)}
+    assert TRAIN_SMOOTHING == 5
+    assert TRAIN.series(run) == pytest.approx([(s, smoothed[s]) for s, _ in qa])
+    (arm,) = iso_loss(aggregate(load_runs(tmp_path)), TRAIN, 2.0)
+    # 2.0 lies between the smoothed losses at steps 50 and 100: linear there, and QA read at that step
+    (l1, l2) = smoothed[50], smoothed[100]
+    step = 50 + 50 * (l1 - 2.0) / (l1 - l2)
+    assert arm.reached[0].crossing.step == pytest.approx(step)
+    assert arm.values("qa/fta/mean")[0] == pytest.approx(0.004 * step)

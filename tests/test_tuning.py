@@ -166,7 +166,8 @@ def test_training_loss_is_the_overall_loss_without_an_eval_loss(tmp_path):
     rows = aggregate(load_runs(tmp_path))
     assert overall_loss(rows) is TRAIN
     (arm,) = iso_loss(rows, TRAIN)
-    assert arm.target == pytest.approx(5.2)
+    # the highest final training loss as read at targets: the centred mean of the last 3 windows (issue 20)
+    assert arm.target == pytest.approx((6.1 + 5.6 + 5.2) / 3)
 
 
 # ---------------------------------------------------------------- tuning
