@@ -12,8 +12,10 @@ same groups (`ffn:muon ffn@-2:normuon`), a narrower layer range a wider one, and
 that contains them (`vo:muon v:signum`). Entries that overlap with neither inside the other (equal
 coverage, or partial overlaps such as `qk:muon k,v:lion`) are errors.
 
-`parse_route` reads a spec, `check_rules` checks it against the model's layer count, `route_rules`
-assigns every parameter of a model (the routing table of `optim.groups`, with the entry that won).
+`resolve_routing` turns the keys as given (the `optim.muon` shorthand or `optim.route`) into a `Routing`,
+the one form everything past the loader reads. `parse_route` reads a spec, `check_rules` checks it
+against the model's layer count, `route_rules` assigns every parameter of a model (the routing table of
+`optim.groups`, with the entry that won). The optimizer names are the registry's (`optim.registry`).
 """
 
 from __future__ import annotations
