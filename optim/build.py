@@ -37,7 +37,7 @@ def _heads_of(model: nn.Module, group: str) -> int | None:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> CombinedOptimizer:
-    """Route `model`'s parameters (`cfg.route`, or `cfg.muon` and `cfg.base`) and build each optimizer.
+    """Route `model`'s parameters (`optim.routing.routing_of(cfg)`) and build each part by its registry spec.
 
     `cfg` is the `optim` section. Param groups are named "<optimizer>[_<kind>]": kind "embed", "head",
     "scalar" or "heads<N>" (per-head Muon). Weight decay applies to every matrix (embedding and head
