@@ -50,10 +50,9 @@ from ablations.grid import (
     setting_token,
 )
 from common.rundir import RunDir
-from optim.routing import MUON_FAMILY, OPTIMIZERS, optimizers_used
+from optim.registry import keys_acting_on
+from optim.routing import optimizers_used
 
-# Keys that act only on parameters routed to Muon or NorMuon: not swept for arms without them.
-MUON_ONLY_KEYS = ("optim.muon_lr",)
 # Values added beyond a sweep's edge per key, at most: two steps of the sweep's own ratio (e.g. 3e-3 ->
 # 1e-3 -> 3e-4 for a half-decade sweep) separate an optimum from a sweep that was just misplaced.
 MAX_EXTENSIONS = 2
@@ -137,16 +136,10 @@ class Sweep:
 
 
 def acts_on(key: str, grid: Grid, arm: Run) -> bool:
-    """Whether a tuned key changes this arm: not optim.muon_lr without Muon/NorMuon, not
-    optim.<optimizer>.* without that optimizer."""
+    """Whether a tuned key changes this arm: an optimizer's own keys (optim.registry: optim.muon_lr,
+    optim.<name>.*, ...) only where the arm uses that optimizer."""
     config = {**DEFAULTS, **grid.base_config, **arm.overrides}
-    used = optimizers_used(config[MUON_KEY], config[BASE_KEY], config[ROUTE_KEY])
-    if key in MUON_ONLY_KEYS:
-        return bool(used & set(MUON_FAMILY))
-    section = key.split(".")
-    if len(section) > 2 and section[0] == "optim" and section[1] in OPTIMIZERS:
-        return section[1] in used
-    return True
+    return keys_acting_on(optimizers_used(config[MUON_KEY], config[BASE_KEY], config[ROUTE_KEY]))(key)
 
 
 def arms(grid: Grid) -> list[Run]:

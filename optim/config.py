@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-# A sign update (signum, lion, adam0) moves every element by lr: RMS 1 x lr. AdamW's update has RMS of
-# about sqrt((1 - beta1) / (1 + beta1)) x lr on noise-dominated gradients (0.23 at beta1 = 0.9), the 0.2
-# that Muon's match_rms_adamw also uses (Moonlight). So a sign method's default lr is 0.2 x adamw_lr:
-# the same update RMS, hence the same learning rate for every group whichever optimizer it goes to.
-SIGN_LR_RATIO = 0.2
-
+from optim.registry import OptimizerSpec, sections
 
 # The optim keys an AdamW-only run depends on: runs that differ only in other optim keys (routing,
 # Muon's or another optimizer's settings) have the same AdamW reference run.
@@ -19,70 +17,7 @@ ADAMW_RUN_KEYS = ("adamw_lr", "embed_lr", "head_lr", "betas", "eps", "weight_dec
 
 
 @dataclass
-class SGDConfig:
-    """SGD with momentum, as a routing target.
-
-    Keys:
-        lr: null: adamw_lr (its momentum is optim.sgd_momentum)
-    """
-
-    lr: float | None = None
-
-
-@dataclass
-class SignumConfig:
-    """Signum: the sign of the momentum.
-
-    Keys:
-        lr: null: 0.2 x adamw_lr (the same update RMS as AdamW's)
-        momentum: 0: SignGD
-    """
-
-    lr: float | None = None  # None: SIGN_LR_RATIO x adamw_lr
-    momentum: float = 0.9
-
-
-@dataclass
-class LionConfig:
-    """Lion (Chen et al. 2023).
-
-    Keys:
-        lr: null: 0.2 x adamw_lr
-        betas: Lion's interpolation and momentum coefficients
-    """
-
-    lr: float | None = None  # None: SIGN_LR_RATIO x adamw_lr
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-
-
-@dataclass
-class Adam0Config:
-    """Adam with beta1 = beta2 = 0: g / (|g| + eps), the paper's SignGD proxy.
-
-    Keys:
-        lr: null: 0.2 x adamw_lr
-        eps: added to |g|
-    """
-
-    lr: float | None = None  # None: SIGN_LR_RATIO x adamw_lr
-    eps: float = 1e-8
-
-
-@dataclass
-class NorMuonConfig:
-    """NorMuon: Muon with a per-row second-moment normalization.
-
-    Keys:
-        lr: null: Muon's lr (the per-row normalization keeps Muon's update norm)
-        beta2: EMA coefficient of each row's mean square
-    """
-
-    lr: float | None = None
-    beta2: float = 0.95
-
-
-@dataclass
-class OptimConfig:
+class _OptimKeys:
     """The `optim` section of a run config: routing, learning rates, each optimizer's settings.
 
     Keys:
@@ -107,16 +42,6 @@ class OptimConfig:
         momentum_order: momentum_then_orthogonalize or orthogonalize_then_momentum
         momentum_warmup_steps: Muon's momentum rises from 0.85 over N steps (modded-nanogpt); 0: off
         sgd_momentum: momentum of SGD (optim.base=sgd or a route to sgd)
-        sgd: SGD's settings as a routing target
-        signum: Signum's settings
-        lion: Lion's settings
-        adam0: Adam0's settings
-        normuon: NorMuon's settings
-        schedule: learning-rate schedule: cosine, wsd (warmup, stable, decay) or constant
-        warmup_steps: linear warmup steps
-        min_lr_ratio: the final learning rate as a fraction of the peak (cosine, wsd)
-        decay_fraction: the share of the steps that wsd decays over
-        grad_clip: clip the global gradient norm to this; 0: off
     """
 
     muon: Any = "hidden"
@@ -142,13 +67,47 @@ class OptimConfig:
     momentum_order: str = "momentum_then_orthogonalize"
     momentum_warmup_steps: int = 0
     sgd_momentum: float = 0.9
-    sgd: SGDConfig = field(default_factory=SGDConfig)
-    signum: SignumConfig = field(default_factory=SignumConfig)
-    lion: LionConfig = field(default_factory=LionConfig)
-    adam0: Adam0Config = field(default_factory=Adam0Config)
-    normuon: NorMuonConfig = field(default_factory=NorMuonConfig)
+
+
+@dataclass
+class _ScheduleKeys:
+    """The learning-rate schedule and clipping (the last keys of the `optim` section).
+
+    Keys:
+        schedule: learning-rate schedule: cosine, wsd (warmup, stable, decay) or constant
+        warmup_steps: linear warmup steps
+        min_lr_ratio: the final learning rate as a fraction of the peak (cosine, wsd)
+        decay_fraction: the share of the steps that wsd decays over
+        grad_clip: clip the global gradient norm to this; 0: off
+    """
+
     schedule: str = "cosine"
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1
     decay_fraction: float = 0.2
     grad_clip: float = 1.0
+
+
+def _optim_config() -> type:
+    """OptimConfig: `_OptimKeys`, then one `optim.<name>` section per optimizer of the registry that has
+    one, then `_ScheduleKeys` (config.yaml's order from before the registry, so its text is unchanged)."""
+    fields: list[tuple[str, Any, Any]] = []
+    docs: list[str] = []
+    for part in (_OptimKeys, *sections(), _ScheduleKeys):
+        if isinstance(part, OptimizerSpec):  # a section: its docstring's first line documents it
+            fields.append((part.name, part.section, field(default_factory=part.section)))
+            docs.append(f"{part.name}: {inspect.getdoc(part.section).splitlines()[0].rstrip('.')}")
+            continue
+        hints = typing.get_type_hints(part)
+        for f in dataclasses.fields(part):
+            fields.append((f.name, hints[f.name], field(default=f.default,
+                                                        default_factory=f.default_factory)))
+        docs.extend(line.strip() for line in inspect.getdoc(part).partition("Keys:\n")[2].splitlines())
+    keys = "\n".join(f"    {line}" for line in docs if line)
+    doc = f"{inspect.getdoc(_OptimKeys).partition('Keys:')[0]}Keys:\n{keys}\n"
+    return dataclasses.make_dataclass("OptimConfig", fields,
+                                      namespace={"__doc__": doc, "__module__": __name__})
+
+
+# A dataclass built from the registry: an optimizer added there brings its section here.
+OptimConfig = _optim_config()

@@ -50,7 +50,7 @@ class RoutingError(UserError):
 
 @dataclass(frozen=True)
 class RouteEntry:
-    """Where one parameter goes: its group, its optimizer (`optim.routing.OPTIMIZERS`), shape, size and
+    """Where one parameter goes: its group, its optimizer (`optim.registry`), shape, size and
     the routing entry that sent it there (the one that won, where several cover it)."""
 
     name: str

@@ -12,8 +12,10 @@ same groups (`ffn:muon ffn@-2:normuon`), a narrower layer range a wider one, and
 that contains them (`vo:muon v:signum`). Entries that overlap with neither inside the other (equal
 coverage, or partial overlaps such as `qk:muon k,v:lion`) are errors.
 
-`parse_route` reads a spec, `check_rules` checks it against the model's layer count, `route_rules`
-assigns every parameter of a model (the routing table of `optim.groups`, with the entry that won).
+`resolve_routing` turns the keys as given (the `optim.muon` shorthand or `optim.route`) into a `Routing`,
+the one form everything past the loader reads. `parse_route` reads a spec, `check_rules` checks it
+against the model's layer count, `route_rules` assigns every parameter of a model (the routing table of
+`optim.groups`, with the entry that won). The optimizer names are the registry's (`optim.registry`).
 """
 
 from __future__ import annotations
@@ -36,9 +38,8 @@ from optim.groups import (
     resolve_groups,
     spec_tokens,
 )
+from optim.registry import orthogonalizing, part_order
 
-OPTIMIZERS = ("muon", "normuon", "adamw", "sgd", "signum", "lion", "adam0")
-MUON_FAMILY = ("muon", "normuon")  # orthogonalized updates: 2-D matrices only
 _LAYERS = re.compile(r"^(?:(\d+)|(\d+)-(\d+)|-(\d+))$")
 
 
@@ -112,12 +113,13 @@ def route_rules(model: nn.Module, rules: Sequence[RouteRule], key: str = "optim.
     covers = [(r, r.coverage(n_layers, key)) for r in rules if not r.is_default]
     default = next(r for r in rules if r.is_default)
     entries, used = [], {}
+    muon_family = orthogonalizing()
     for (name, p), layer in zip(params, layers, strict=True):
         group = group_of(name, p)
         # the entries covering a parameter are nested (check_rules): the smallest is the most specific
         rule = min(((len(c), r) for r, c in covers if (group, layer) in c), key=lambda pair: pair[0],
                    default=(0, default))[1]
-        if group == "scalar" and rule.optimizer in MUON_FAMILY:
+        if group == "scalar" and rule.optimizer in muon_family:
             raise RoutingError(f"the scalar group (1-D norm gains and biases) cannot go to Muon "
                                f"({rule.text!r}); remove it from {key}")
         used.setdefault(rule, set()).add(group)
@@ -129,7 +131,7 @@ def route_rules(model: nn.Module, rules: Sequence[RouteRule], key: str = "optim.
             f"{key} names group(s) {', '.join(missing)} but this model has no such parameters "
             f"(present: {', '.join(g for g in GROUPS if g in present)}); remove them from {key}"
         )
-    to_muon = sorted({g for r, groups in used.items() if r.optimizer in MUON_FAMILY for g in groups}
+    to_muon = sorted({g for r, groups in used.items() if r.optimizer in muon_family for g in groups}
                      & {"embed", "head"})
     if to_muon:
         warnings.warn(
@@ -194,9 +196,9 @@ def _entries(spec: Any, key: str) -> list[tuple[str, str]]:
 
 def _parse_entry(selector: str, optimizer: str, key: str) -> RouteRule:
     text = f"{selector}:{optimizer}"
-    if optimizer not in OPTIMIZERS:
+    if optimizer not in part_order():
         raise RoutingError(f"{key}: entry {text!r} names unknown optimizer {optimizer!r}; "
-                           f"choose one of {', '.join(OPTIMIZERS)}")
+                           f"choose one of {', '.join(part_order())}")
     groups_text, at, layers = selector.partition("@")
     if groups_text == "default":
         if at:
@@ -212,19 +214,54 @@ def _parse_entry(selector: str, optimizer: str, key: str) -> RouteRule:
     return RouteRule(text, optimizer, groups, named, layers if at else None)
 
 
-def routing_rules(cfg: Any) -> tuple[list[RouteRule], str]:
-    """The entries of the `optim` section `cfg` (`optim.route`, else the `optim.muon` shorthand) and the
-    key they came from. Both set (optim.muon away from its default "hidden") is a contradiction."""
-    if cfg.route is None:
-        return muon_shorthand(cfg.muon, cfg.base), "optim.muon"
-    if spec_tokens(cfg.muon) != ["hidden"]:
-        raise RoutingError(f"optim.route and optim.muon={cfg.muon!r} both set the routing; keep optim.route "
+@dataclass(frozen=True)
+class Routing:
+    """A config's routing in its one form: route entries ending with the default entry, whichever keys
+    the user wrote (`optim.muon=X` is `X:muon default:<optim.base>`), and the key they came from, which
+    errors name."""
+
+    rules: tuple[RouteRule, ...]
+    key: str
+
+    @property
+    def default(self) -> str:
+        """The optimizer of every parameter no entry covers."""
+        return next(r.optimizer for r in self.rules if r.is_default)
+
+    def used(self) -> set[str]:
+        """The optimizers it sends parameters to (an entry naming no group, `optim.muon=none`'s, sends
+        none)."""
+        return {r.optimizer for r in self.rules if r.groups or r.is_default}
+
+    def label(self) -> str:
+        """A short, filesystem-safe name (`routing_label`)."""
+        parts = []
+        for rule in self.rules:
+            if rule.is_default or not rule.groups:
+                continue
+            selector, _, layers = rule.text.rpartition(":")[0].partition("@")
+            groups = "+".join(spec_tokens(selector))
+            parts.append(f"{rule.optimizer}-{groups}" + (f"L{layers}" if layers else ""))
+        if not parts:
+            return self.default
+        return ".".join(parts) + ("" if self.default == "adamw" else f"-{self.default}")
+
+
+def resolve_routing(muon: Any = "hidden", base: str = "adamw", route: Any = None) -> Routing:
+    """The routing of `optim.muon`, `optim.base` and `optim.route` as given: the one place the shorthand
+    becomes route entries. Both route and muon set (muon away from its default "hidden") is a
+    contradiction."""
+    if route is None:
+        return Routing(tuple(muon_shorthand(muon, base)), "optim.muon")
+    if spec_tokens(muon) != ["hidden"]:
+        raise RoutingError(f"optim.route and optim.muon={muon!r} both set the routing; keep optim.route "
                            "and write the Muon groups there (<groups>:muon)")
-    return parse_route(cfg.route, cfg.base), "optim.route"
+    return Routing(tuple(parse_route(route, base)), "optim.route")
 
 
-def _rules_of(muon: Any, base: str, route: Any) -> list[RouteRule]:
-    return muon_shorthand(muon, base) if route is None else parse_route(route, base)
+def routing_of(cfg: Any) -> Routing:
+    """The routing of the `optim` section `cfg` (a dataclass, a DictConfig or any attribute object)."""
+    return resolve_routing(cfg.muon, cfg.base, cfg.route)
 
 
 def routing_label(muon: Any = "hidden", base: str = "adamw", route: Any = None) -> str:
@@ -235,26 +272,15 @@ def routing_label(muon: Any = "hidden", base: str = "adamw", route: Any = None) 
     that optimizer's name. So `optim.muon=vo,ffn` is 'muon-vo+ffn', `optim.muon=none` 'adamw',
     `optim.route="vo,ffn:signum qk@0-1:lion default:sgd"` 'signum-vo+ffn.lion-qkL0-1-sgd'.
     """
-    rules = _rules_of(muon, base, route)
-    default = next(r.optimizer for r in rules if r.is_default)
-    parts = []
-    for rule in rules:
-        if rule.is_default or not rule.groups:
-            continue
-        selector, _, layers = rule.text.rpartition(":")[0].partition("@")
-        parts.append(f"{rule.optimizer}-{'+'.join(spec_tokens(selector))}" + (f"L{layers}" if layers else ""))
-    if not parts:
-        return default
-    return ".".join(parts) + ("" if default == "adamw" else f"-{default}")
+    return resolve_routing(muon, base, route).label()
 
 
 def optimizers_used(muon: Any = "hidden", base: str = "adamw", route: Any = None) -> set[str]:
-    """The optimizers a routing sends parameters to (an entry naming no group, `optim.muon=none`'s, sends
-    none)."""
-    return {r.optimizer for r in _rules_of(muon, base, route) if r.groups or r.is_default}
+    """`Routing.used` of these keys' values."""
+    return resolve_routing(muon, base, route).used()
 
 
 def route_config(model: nn.Module, cfg: Any) -> list[RouteEntry]:
     """`route_rules` for the `optim` section `cfg` (what build_optimizer and --dry-run use)."""
-    rules, key = routing_rules(cfg)
-    return route_rules(model, rules, key)
+    routing = routing_of(cfg)
+    return route_rules(model, routing.rules, routing.key)

@@ -1,7 +1,7 @@
 """Sign-based optimizers torch does not have: Signum (SignSGD with momentum) and Lion.
 
 Each element moves by exactly `lr` (or 0) per step, so an update's RMS is 1 x lr, against roughly
-0.2 x lr for AdamW (`optim.config.SIGN_LR_RATIO`). Weight decay is decoupled, as in AdamW and Muon:
+0.2 x lr for AdamW (`optim.registry.SIGN_LR_RATIO`). Weight decay is decoupled, as in AdamW and Muon:
 `p <- p * (1 - lr * weight_decay)`.
 """
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from model import ModelConfig, Transformer
-from optim.build import build_optimizer, optimizer_lr
-from optim.config import SIGN_LR_RATIO, OptimConfig
+from optim.build import build_optimizer
+from optim.config import OptimConfig
+from optim.registry import SIGN_LR_RATIO, optimizer_lr
 from optim.sign import Lion, Signum
 
 STEPS = 4

@@ -24,12 +24,12 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from common.errors import UserError
 from metrics.tail import MODES as TAIL_MODES
 from model import ModelConfig
-from optim.build import BASES, NS_DTYPES
 from optim.config import OptimConfig
 from optim.groups import spec_tokens
 from optim.muon import ADJUST_LR_FNS, MOMENTUM_ORDERS
 from optim.newton_schulz import METHODS, NS_COEFFICIENTS
-from optim.routing import routing_rules
+from optim.registry import NS_DTYPES, bases, checked_keys, sections
+from optim.routing import routing_of
 from optim.schedules import SCHEDULES, Schedule
 from training.runtime import PRECISIONS
 
@@ -300,7 +300,7 @@ def _expected(key: str) -> str:
 
 # Each choice is defined by the module that implements it.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "optim.base": BASES,
+    "optim.base": bases(),
     "optim.schedule": SCHEDULES,
     "optim.adjust_lr_fn": tuple(fn for fn in ADJUST_LR_FNS if fn is not None),
     "optim.ns_dtype": tuple(NS_DTYPES),
@@ -327,18 +327,18 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.extend_to={t.extend_to} must exceed train.steps={t.steps}, the length of "
                           "the run to extend")
     o = cfg.optim
-    for key in ("adamw_lr", "muon_lr", "embed_lr", "head_lr", "weight_decay", "eps", "grad_clip",
-                "momentum_warmup_steps", "sgd.lr", "signum.lr", "lion.lr", "adam0.lr", "adam0.eps",
-                "normuon.lr"):
+    nonnegative, fractions = checked_keys()  # each optimizer's, from the registry
+    for key in ("adamw_lr", "embed_lr", "head_lr", "weight_decay", "grad_clip", *nonnegative):
         value = OmegaConf.select(o, key)
         if value is not None and not value >= 0:
             raise ConfigError(f"optim.{key} must be >= 0, got {value}")
-    for key in ("momentum", "sgd_momentum", "signum.momentum", "normuon.beta2", "lion.betas.0",
-                "lion.betas.1"):
+    for key in fractions:
         value = OmegaConf.select(o, key)
         if not 0 <= value < 1:
             raise ConfigError(f"optim.{key} must be in [0, 1), got {value}")
-    routing_rules(o)  # the routing spec's syntax and names (layer ranges and overlaps need the model)
+    # The routing resolved to route entries (the optim.muon shorthand too): their syntax and names. Layer
+    # ranges and overlaps need the model.
+    routing_of(o)
     try:
         schedule_of(cfg)
     except ValueError as err:
@@ -357,8 +357,7 @@ def run_name(cfg: RunConfig) -> str:
         return cfg.run.name
     ffn = f"_{cfg.model.ffn_type}" if cfg.model.ffn_type else ""
     if cfg.optim.route is not None:  # "vo,ffn:muon default:adamw" -> route-vo+ffn=muon_default=adamw
-        rules, _ = routing_rules(cfg.optim)
-        routing = "_".join(r.text.replace(",", "+").replace(":", "=") for r in rules)
+        routing = "_".join(r.text.replace(",", "+").replace(":", "=") for r in routing_of(cfg.optim).rules)
         return f"{cfg.model.preset}{ffn}_route-{routing}_s{cfg.train.seed}"
     routing = "+".join(spec_tokens(cfg.optim.muon))
     return f"{cfg.model.preset}{ffn}_muon-{routing or 'none'}_s{cfg.train.seed}"
@@ -383,11 +382,11 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-# Keys (and key prefixes) added after run directories were first named by config_hash.
+# Keys (and key prefixes) added after run directories were first named by config_hash: every
+# optimizer's section (optim.<name>.*) among them, so that adding an optimizer keeps every hash.
 LATER_KEYS = (
     "optim.route", "optim.ns_coefficients", "optim.orthogonalize", "optim.momentum_order",
-    "optim.momentum_warmup_steps", "optim.sgd.", "optim.signum.", "optim.lion.", "optim.adam0.",
-    "optim.normuon.", "metrics.curvature_every",
+    "optim.momentum_warmup_steps", *(f"optim.{spec.name}." for spec in sections()), "metrics.curvature_every",
 )
 
 # Keys that may change between an interrupted run and its resumption without changing its result.
