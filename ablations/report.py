@@ -12,7 +12,7 @@ from typing import Any
 
 from ablations import plots
 from ablations.analysis_report import analyses
-from ablations.analysis_tables import PValue, md_cell, write_table
+from ablations.analysis_tables import PValue, Table, markdown, md_cell, write_table
 from ablations.grid import EVAL_EVERY_KEY, STEPS_KEY
 from ablations.metric_names import EVAL_LOSS
 from ablations.results import ADAMW, FULL_MUON, Row, RunData, aggregate, load_runs, read_manifest
@@ -111,18 +111,13 @@ MD_COLUMNS: list[tuple[str, Callable[[Row], str]]] = [
 ]
 
 
-def _table_cells(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
-    """table.md's headers and cells, without the columns that are empty in every row."""
-    cells = [[get(row) for _, get in MD_COLUMNS] for row in rows]
-    keep = [i for i in range(len(MD_COLUMNS)) if any(c[i] for c in cells)]
-    return [MD_COLUMNS[i][0] for i in keep], [[c[i] for i in keep] for c in cells]
+def _md_table(rows: list[Row]) -> Table:
+    """table.md's columns and cells (analysis_tables.markdown leaves out the columns empty in every row)."""
+    return [name for name, _ in MD_COLUMNS], [[get(row) for _, get in MD_COLUMNS] for row in rows]
 
 
 def markdown_table(rows: list[Row]) -> str:
-    headers, cells = _table_cells(rows)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(c) + " |" for c in cells]
-    return "\n".join(lines) + "\n"
+    return markdown(_md_table(rows))
 
 
 # How to read a table.md column, for the columns that need it (shown only when the column is).
@@ -147,7 +142,8 @@ LEGEND: list[tuple[tuple[str, ...], str]] = [
 
 def table_legend(rows: list[Row]) -> str:
     """How to read the columns table.md shows (none for a column it leaves out)."""
-    shown = set(_table_cells(rows)[0])
+    header, cells = _md_table(rows)
+    shown = {name for i, name in enumerate(header) if any(c[i] for c in cells)}
     return " ".join(text for headers, text in LEGEND if shown & set(headers))
 
 
