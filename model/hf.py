@@ -23,6 +23,14 @@ from common.errors import UserError
 from model.config import ModelConfig
 from model.transformer import Transformer
 
+# ModelConfig field -> the transformers config field that holds it, in both directions (the others:
+# rope_theta and head_dim, derived; qk_norm, the model type; ffn_type, always swiglu).
+FIELDS = (("vocab_size", "vocab_size"), ("d_model", "hidden_size"), ("ffn_hidden", "intermediate_size"),
+          ("n_layers", "num_hidden_layers"), ("n_heads", "num_attention_heads"),
+          ("n_kv_heads", "num_key_value_heads"), ("max_seq_len", "max_position_embeddings"),
+          ("norm_eps", "rms_norm_eps"), ("tie_embeddings", "tie_word_embeddings"),
+          ("init_std", "initializer_range"))
+
 
 def _hf_config(cfg: ModelConfig, **token_ids: int | None) -> PretrainedConfig:
     """The transformers config that expresses `cfg` exactly (Llama, or Qwen3 for QK-norm)."""
@@ -31,23 +39,14 @@ def _hf_config(cfg: ModelConfig, **token_ids: int | None) -> PretrainedConfig:
             f"model.ffn_type={cfg.ffn_type!r} is a non-gated FFN, which transformers' Llama cannot express "
             "(its MLP is always gated); only models trained with model.ffn_type=swiglu can be exported"
         )
-    common: dict[str, Any] = dict(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.ffn_hidden,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads,
-        head_dim=cfg.head_dim,
-        hidden_act="silu",
-        max_position_embeddings=cfg.max_seq_len,
-        rms_norm_eps=cfg.norm_eps,
-        rope_theta=float(cfg.rope_theta),
-        tie_word_embeddings=cfg.tie_embeddings,
-        attention_bias=False,
-        initializer_range=cfg.init_std,
+    common: dict[str, Any] = {
+        **{theirs: getattr(cfg, ours) for ours, theirs in FIELDS},
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "rope_theta": float(cfg.rope_theta),
+        "attention_bias": False,
         **token_ids,
-    )
+    }
     if cfg.qk_norm:
         # Qwen3 is Llama plus a per-head RMSNorm on q and k before RoPE: exactly our qk_norm.
         return Qwen3Config(**common, use_sliding_window=False)
@@ -94,21 +93,9 @@ def _model_config_from_hf(config: PretrainedConfig) -> ModelConfig:
         problems.append("sliding-window attention")
     if problems:
         raise UserError(f"cannot convert this {model_type} model: {'; '.join(problems)}")
-    return ModelConfig(
-        vocab_size=config.vocab_size,
-        d_model=config.hidden_size,
-        n_layers=config.num_hidden_layers,
-        n_heads=config.num_attention_heads,
-        n_kv_heads=config.num_key_value_heads,
-        ffn_hidden=config.intermediate_size,
-        ffn_type="swiglu",
-        max_seq_len=config.max_position_embeddings,
-        tie_embeddings=bool(config.tie_word_embeddings),
-        qk_norm=model_type == "qwen3",
-        rope_theta=float(rope["rope_theta"]),
-        norm_eps=config.rms_norm_eps,
-        init_std=config.initializer_range,
-    )
+    fields = {ours: getattr(config, theirs) for ours, theirs in FIELDS}
+    return ModelConfig(**{**fields, "tie_embeddings": bool(fields["tie_embeddings"])}, ffn_type="swiglu",
+                       qk_norm=model_type == "qwen3", rope_theta=float(rope["rope_theta"]))
 
 
 def from_hf(hf_model: PreTrainedModel) -> Transformer:
