@@ -41,6 +41,7 @@ from omegaconf import OmegaConf
 
 from ablations.metric_names import DEFAULT_MARGINS
 from common.errors import UserError
+from optim.config import OptimConfig
 from optim.routing import routing_label
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +56,8 @@ RUNNER_KEYS = ("run.dir", "run.name", "train.resume", "logging.wandb_group", "lo
 SEED_KEY = "train.seed"
 MUON_KEY, BASE_KEY, ROUTE_KEY, FFN_KEY = "optim.muon", "optim.base", "optim.route", "model.ffn_type"
 ROUTING_KEYS = (MUON_KEY, BASE_KEY, ROUTE_KEY)
-# train.py defaults for the keys that name a run (see the config section of INTERFACES/DESIGN).
-DEFAULTS = {MUON_KEY: "hidden", BASE_KEY: "adamw", ROUTE_KEY: None}
+# train.py's defaults (the schema's) for the keys that name a run.
+DEFAULTS = {key: getattr(OptimConfig(), key.removeprefix("optim.")) for key in ROUTING_KEYS}
 STEPS_KEY, EVAL_EVERY_KEY = "train.steps", "train.eval_every"
 _MISSING = object()
 

@@ -22,7 +22,8 @@ from common.cli import ExitCode, run_main
 from common.errors import MissingFileError, UserError
 from common.rundir import RunDir
 from common.text_table import text_table
-from optim.routing import routing_label
+from training.config import load_config
+from training.identity import run_label
 
 SORT_KEYS = ("age", "name", "status", "steps", "loss")
 
@@ -47,8 +48,8 @@ def read_row(run: RunDir, root: Path, now: float) -> RunRow:
     cfg: dict[str, Any] = OmegaConf.to_container(OmegaConf.load(run.config)) if run.exists() else {}
     optim, train = cfg.get("optim", {}), cfg.get("train", {})
     try:
-        routing = routing_label(optim["muon"], optim["base"], optim.get("route")) if optim else None
-    except (KeyError, UserError):  # a config from an older version: the rest of the row still helps
+        routing = run_label(load_config([str(run.config)])) if optim else None
+    except UserError:  # a config this version cannot read: the rest of the row still helps
         routing = None
     lr = None
     if "adamw_lr" in optim:

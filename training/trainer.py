@@ -58,12 +58,11 @@ from training.config import (
     DataSection,
     RunConfig,
     config_yaml,
-    run_dir,
-    run_name,
     schedule_of,
 )
 from training.evaluate import Evaluator
 from training.fsdp import WholeModel, autocast_forward, fsdp_requested, shard_model
+from training.identity import run_dir, run_name
 from training.logger import MetricsLogger
 from training.qa_eval import QAEval
 from training.resume import Start, plan_start
