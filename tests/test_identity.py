@@ -39,10 +39,11 @@ def test_an_old_run_and_a_resumed_seed_group_with_identical_new_runs(tmp_path):
     new = ["optim.muon=vo,ffn", "train.steps=200"]
     old = load_config([str(OLD_CONFIG)])
     resumed = load_config([SMOKE], [*new, "train.seed=2", "train.micro_batch_size=4", "train.log_every=5"])
-    assert setting_key(old) == setting_key(load_config([SMOKE], [*new, "train.seed=0"])) == setting_key(resumed)
+    fresh = load_config([SMOKE], [*new, "train.seed=0"])
+    assert setting_key(old) == setting_key(fresh) == setting_key(resumed)
     assert setting_key(old) != setting_key(load_config([SMOKE], [*new, "optim.adamw_lr=0.02"]))
     _run(tmp_path, "old_s1", OLD_CONFIG.read_text(), 3.0)
-    _run(tmp_path, "new_s0", config_yaml(load_config([SMOKE], [*new, "train.seed=0"])), 3.2)
+    _run(tmp_path, "new_s0", config_yaml(fresh), 3.2)
     _run(tmp_path, "new_s2", config_yaml(resumed), 3.1)
     _run(tmp_path, "other_s0", config_yaml(load_config([SMOKE], [*new, "optim.adamw_lr=0.02"])), 3.5)
     rows = aggregate(load_runs(tmp_path))
