@@ -19,7 +19,7 @@ A grid YAML has these top-level keys (all dotted config keys, as on the train.py
     tune:                            # optional; tune every arm (run without its seed) first
       keys: {optim.adamw_lr: [3e-3, 1e-2, 3e-2]}
       seeds: [0]
-      metric: final/eval_loss        # optional; the summary.json loss to minimize
+      metric: final/eval_loss        # optional; the run summary's loss to minimize
 
 Each run is named from the settings that distinguish it (e.g. ``muon-vo+ffn_swiglu_s0``).
 docs/ablations.md describes the format in full.
@@ -92,7 +92,7 @@ class Tune:
 
     keys: dict[str, list[Any]]
     seeds: list[int]
-    metric: str = "final/eval_loss"  # summary.json key the sweep minimizes
+    metric: str = "final/eval_loss"  # the run summary's key the sweep minimizes
     # Tuning seeds among the grid's evaluation seeds are an error unless this is set: the run the
     # choice was made on would then be counted in the result it chose (a winner's-curse bias).
     reuse_tuning_seeds: bool = False
@@ -298,7 +298,8 @@ def _tune(raw: Any, runs: list[Run]) -> Tune | None:
     allowed = {"keys", "seeds", "metric", "reuse_tuning_seeds"}
     if not isinstance(raw, dict) or not {"keys", "seeds"} <= set(raw) <= allowed:
         raise GridError("`tune` must be a mapping with `keys` (dotted key -> list of values), `seeds` and "
-                        "optionally `metric` (a summary.json key to minimize, default final/eval_loss) and "
+                        "optionally `metric` (a key of the runs' summary to minimize, default "
+                        "final/eval_loss) and "
                         "`reuse_tuning_seeds`, e.g. tune: {keys: {optim.adamw_lr: [3e-3, 1e-2]}, "
                         "seeds: [100]}")
     keys = _check_mapping(raw["keys"], "tune.keys")
@@ -316,7 +317,7 @@ def _tune(raw: Any, runs: list[Run]) -> Tune | None:
                             "(runs/axes/overrides); remove one")
     metric = str(raw.get("metric", Tune.metric))
     if not metric.startswith(("final/", "eval/", "qa/")) or "loss" not in metric:
-        raise GridError(f"tune.metric={metric} is not a final loss of summary.json; use final/eval_loss "
+        raise GridError(f"tune.metric={metric} is not a final loss of the runs' summary; use final/eval_loss "
                         "(default) or final/train_loss (data without a validation split, e.g. bios)")
     seeds, reuse = _seed_list(raw["seeds"], "tune.seeds"), raw.get("reuse_tuning_seeds", False)
     if not isinstance(reuse, bool):

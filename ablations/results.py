@@ -1,4 +1,4 @@
-"""Read a grid's run directories (config.yaml, metrics.jsonl, summary.json) and aggregate seeds.
+"""Read a grid's run directories (config, metrics log and summary, through RunDir) and aggregate seeds.
 
 Runs are grouped by their setting (training.identity.setting_key: the keys that change what a run
 computes, without the seed, read with the schema defaults applied), so the seeds of one setting form
@@ -119,7 +119,7 @@ class Row:
 
 
 def read_history(run: RunDir) -> dict[str, list[tuple[int, float]]]:
-    """A run's metrics.jsonl as metric -> [(step, value)]; a later line for a step wins (resumed runs)."""
+    """A run's metrics log as metric -> [(step, value)]; a later line for a step wins (resumed runs)."""
     by_key: dict[str, dict[int, float]] = {}
     for event in run.events():
         step = event.get("step")

@@ -170,7 +170,7 @@ class RunSection:
 
 @dataclass
 class LoggingSection:
-    """Experiment tracking (metrics.jsonl is always written).
+    """Experiment tracking (the run directory's metrics log is always written).
 
     Keys:
         wandb: also log to Weights & Biases

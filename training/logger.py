@@ -1,6 +1,7 @@
-"""Metric logging: `metrics.jsonl` always, wandb (through accelerate's tracker) when enabled.
+"""Metric logging: the run directory's metrics log (`RunDir.metrics`) always, wandb (through
+accelerate's tracker) when enabled.
 
-The same metric names go to both sinks, so a report built from metrics.jsonl shows what the
+The same metric names go to both sinks, so a report built from the metrics log shows what the
 wandb dashboard shows. Only the main process writes.
 """
 
@@ -44,7 +45,7 @@ def wandb_run_id(run_dir: Path) -> str:
 
 
 class MetricsLogger:
-    """Appends one JSON object per event to metrics.jsonl and mirrors it to wandb when enabled.
+    """Appends one JSON object per event to the metrics log and mirrors it to wandb when enabled.
 
     On wandb: `train/tokens` is the x axis of every metric, eval/loss keeps its minimum as summary,
     per-layer spectra go to one table per evaluation (the per-group means stay scalars), and the
@@ -98,7 +99,7 @@ def _init_wandb(accelerator: Accelerator, run: RunDir, cfg: RunConfig) -> Any:
     return wb
 
 
-TOKENS = "train/tokens"  # wandb's x axis (metrics.jsonl has `step`; tokens = step * batch * seq_len)
+TOKENS = "train/tokens"  # wandb's x axis (the metrics log has `step`; tokens = step * batch * seq_len)
 
 
 def _for_wandb(metrics: dict[str, Any], tokens: int) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import shutil
 import sys
@@ -22,7 +21,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -33,8 +31,7 @@ from common.errors import UserError
 from common.files import write_bytes, write_json, write_text
 from common.rundir import RunDir, checkpoint_step
 from data.loader import TokenLoader, check_vocab, val_batches
-from data.prepare import ensure_prepared
-from data.settings import make_settings
+from data.prepare import prepare_data
 from metrics.curvature import curvature_metrics
 from metrics.spectra import model_spectra, snapshot_weights, update_spectra
 from metrics.throughput import flops_per_token, mfu, peak_flops
@@ -55,7 +52,6 @@ from training.checkpoint import (
 )
 from training.config import (
     ConfigError,
-    DataSection,
     RunConfig,
     config_yaml,
     schedule_of,
@@ -107,15 +103,6 @@ class LoopState:
                    window_loss_sums=window.get("loss_sums", []) if same_world else [])
 
 
-def prepare_data(data: DataSection, accelerator: Accelerator) -> Path:
-    """The prepared dataset directory (the main process prepares it first, the others reuse it)."""
-    with accelerator.main_process_first():
-        settings = make_settings(data.source, vocab_size=data.vocab_size, tokenizer=data.tokenizer,
-                                 tokens=data.tokens, val_tokens=data.val_tokens, text_field=data.text_field,
-                                 bios=dict(data.bios))
-        return ensure_prepared(settings, data.dir)
-
-
 def model_config_for(cfg: RunConfig, meta: dict) -> ModelConfig:
     # The embedding table is padded to a multiple of 64 (GPT-2's 50257 -> 50304) for fast matmuls.
     vocab = -(-meta["vocab_size"] // 64) * 64
@@ -141,8 +128,8 @@ class Trainer:
         self.plan = BatchPlan.of(cfg.train.batch_size, cfg.train.micro_batch_size, self.world)
         self.cadence = Cadence(cfg.train, cfg.metrics)
         self.schedule = schedule_of(cfg)
-        self.data_dir = prepare_data(cfg.data, acc)
-        self.meta = json.loads((self.data_dir / "meta.json").read_text())
+        self.data = prepare_data(dataclasses.asdict(cfg.data), acc.main_process_first())
+        self.meta = self.data.load_meta()
         self.model_cfg = model_config_for(cfg, self.meta)
         set_seed(cfg.train.seed)
         self.model: nn.Module = Transformer(self.model_cfg)
@@ -152,7 +139,7 @@ class Trainer:
         self.extended_from = start.extended_from  # recorded in the run's extension history
         self.curvature_rows: torch.Tensor | None = None  # the fixed batch of `curvature/*` (set below)
         self.evaluator = self._evaluator()
-        self.qa = QAEval.for_dataset(self.meta, self.data_dir, cfg.metrics, acc.device)
+        self.qa = QAEval.for_dataset(self.meta, self.data.path, cfg.metrics, acc.device)
         self.flops_per_token = flops_per_token(self.model_cfg, cfg.train.seq_len)
         device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         self.peak_flops = peak_flops(device_name, override=cfg.metrics.peak_flops)
@@ -201,7 +188,7 @@ class Trainer:
         start = self.state.step
         self.logger = MetricsLogger(acc, self.run, cfg, self.routing, fresh=start == 0,
                                     tokens_per_step=self.tokens_per_step)
-        self.loader = TokenLoader(self.data_dir, "train", cfg.train.seq_len, cfg.train.batch_size,
+        self.loader = TokenLoader(self.data.path, "train", cfg.train.seq_len, cfg.train.batch_size,
                                   cfg.train.seed, rank=self.rank, world_size=self.world,
                                   aligned=cfg.data.bos_aligned)
         self.run_start = time.perf_counter() - self.state.wall_before_s
@@ -225,7 +212,7 @@ class Trainer:
             write_text(run.config, config_yaml(self.cfg))
             write_json(run.routing, self.routing)
             # Self-contained: export, evaluation and resume need nothing from the data cache.
-            write_bytes(run.tokenizer, (self.data_dir / "tokenizer.json").read_bytes())
+            write_bytes(run.tokenizer, self.data.tokenizer.read_bytes())
             write_json(run.data_manifest, self.meta)
             run.summary.unlink(missing_ok=True)
             run.stop_marker.unlink(missing_ok=True)
@@ -281,15 +268,15 @@ class Trainer:
         if not self.meta["val_tokens"]:
             if cfg.metrics.curvature_every:
                 raise ConfigError("metrics.curvature_every needs a validation split for its fixed batch, and "
-                                  f"{self.data_dir} has none; set metrics.curvature_every=0 or prepare the "
+                                  f"{self.data.path} has none; set metrics.curvature_every=0 or prepare the "
                                   "data with validation tokens (data.val_tokens)")
             return None
-        val_rows = list(val_batches(self.data_dir, cfg.train.seq_len, cfg.train.eval_tokens,
+        val_rows = list(val_batches(self.data.path, cfg.train.seq_len, cfg.train.eval_tokens,
                                     cfg.train.batch_size, self.rank, self.world,
                                     micro_batch_size=self.plan.micro))
         self.curvature_rows = val_rows[0][:8].long()
-        counts = np.load(self.data_dir / "token_counts.npy")
-        return Evaluator(self.accelerator, val_rows, counts, cfg.metrics.tail_buckets, cfg.metrics.tail_mode)
+        return Evaluator(self.accelerator, val_rows, self.data.counts(), cfg.metrics.tail_buckets,
+                         cfg.metrics.tail_mode)
 
     # -- the loop ---------------------------------------------------------------------------
 
