@@ -41,6 +41,10 @@ class Evaluator:
         self.n_buckets = n_buckets
         self.bucket_of = make_buckets(token_counts, k=n_buckets, mode=bucket_mode)
 
+    def fixed_batch(self, rows: int = 8) -> torch.Tensor:
+        """The first `rows` validation rows of this process: the fixed batch of `curvature/*`."""
+        return self.val_rows[0][:rows].long()
+
     @torch.no_grad()
     def loss_and_tail(self, model: torch.nn.Module) -> dict[str, float]:
         """`eval/loss` (mean over every validation token of every process) and `eval/tail/*`."""

@@ -38,6 +38,7 @@ from metrics.throughput import flops_per_token, mfu, peak_flops
 from model import ModelConfig, Transformer
 from model.presets import resolve_model_config
 from optim.build import build_optimizer
+from optim.combined import CombinedOptimizer
 from optim.groups import format_routing_table, group_of, routing_json
 from optim.routing import route_config
 from training.batching import BatchPlan
@@ -133,11 +134,10 @@ class Trainer:
         self.model_cfg = model_config_for(cfg, self.meta)
         set_seed(cfg.train.seed)
         self.model: nn.Module = Transformer(self.model_cfg)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.routing = routing_json(self.optimizer.routing)
+        self.route = route_config(self.model, cfg.optim)  # validated here; the optimizer is built by fit()
+        self.routing = routing_json(self.route)
         self.resume_from = start.checkpoint
         self.extended_from = start.extended_from  # recorded in the run's extension history
-        self.curvature_rows: torch.Tensor | None = None  # the fixed batch of `curvature/*` (set below)
         self.evaluator = self._evaluator()
         self.qa = QAEval.for_dataset(self.meta, self.data.path, cfg.metrics, acc.device)
         self.flops_per_token = flops_per_token(self.model_cfg, cfg.train.seq_len)
@@ -145,13 +145,13 @@ class Trainer:
         self.peak_flops = peak_flops(device_name, override=cfg.metrics.peak_flops)
         self.tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
         # Set up by fit():
+        self.optimizer: CombinedOptimizer | None = None  # built once, on the model that trains
         self.whole = WholeModel(None)
         self.train_forward: nn.Module = self.model  # compiled by _wrap_model when train.compile
         self.logger: MetricsLogger | None = None
         self.loader: TokenLoader | None = None
         self.state = LoopState()
         self.run_start = 0.0  # perf_counter() at the start of the run, earlier attempts included
-        self.weights_before: dict[str, torch.Tensor] | None = None  # for the next `spectra_update/*`
         self.stop = StopSignals()
 
     @property
@@ -167,7 +167,7 @@ class Trainer:
         """Print the routing table; write it as JSON (routing.json's format) to `out` if given. Nothing is
         written under the run directory: a dry run leaves no run-looking directory behind."""
         if self.is_main:
-            print(format_routing_table(self.optimizer.routing))
+            print(format_routing_table(self.route))
             print(f"the run would go to {self.run.path}")
             if out is not None:
                 out.parent.mkdir(parents=True, exist_ok=True)
@@ -238,12 +238,13 @@ class Trainer:
         other shapes and under no_grad, where the compiled one would recompile. Checkpoints hold the
         unwrapped weights whatever wraps them, so a run resumes with train.compile toggled.
 
-        Under FSDP2 the optimizer built in __init__ (which validated the routing) holds the parameters
-        that fully_shard replaces with DTensors, so it is rebuilt on the sharded model; the main process
-        keeps a whole copy for spectra and QA when they are on.
+        The optimizer is built here, once, on the parameters that train: the model's own (before a DDP
+        wrapper renames them), or under FSDP2 the sharded model's DTensors that fully_shard puts in their
+        place; the main process then keeps a whole copy for spectra and QA when they are on.
         """
         cfg, acc = self.cfg, self.accelerator
         if not self.sharded:
+            self.optimizer = build_optimizer(self.model, cfg.optim)
             # Compiled after prepare (DDP, autocast), as accelerate's own dynamo_backend does.
             self.model = acc.prepare(self.model)
             self.whole = WholeModel(acc.unwrap_model(self.model))
@@ -274,7 +275,6 @@ class Trainer:
         val_rows = list(val_batches(self.data.path, cfg.train.seq_len, cfg.train.eval_tokens,
                                     cfg.train.batch_size, self.rank, self.world,
                                     micro_batch_size=self.plan.micro))
-        self.curvature_rows = val_rows[0][:8].long()
         return Evaluator(self.accelerator, val_rows, self.data.counts(), cfg.metrics.tail_buckets,
                          cfg.metrics.tail_mode)
 
@@ -293,7 +293,7 @@ class Trainer:
             for step in range(start, steps):
                 done = step + 1
                 due = self.cadence.at(done)
-                grad_norm = self._step(step, loss_sum, snapshot=due.spectra)
+                grad_norm, before = self._step(step, loss_sum, snapshot=due.spectra)
                 state.step, window_steps = done, window_steps + 1
                 timer.step()
                 bar.update(1)
@@ -306,7 +306,7 @@ class Trainer:
                     window_steps = 0
                 timer.pause()  # evaluations and checkpoints are not training throughput
                 if due.eval:
-                    self._evaluate(done, due)
+                    self._evaluate(done, due, before)
                 if due.checkpoint:
                     self._checkpoint()
                 if done < steps and self.stop.agreed(self.accelerator):
@@ -314,11 +314,13 @@ class Trainer:
                     self._stop(loss_sum, window_steps, checkpointed=due.checkpoint)
                 timer.resume()
 
-    def _step(self, step: int, loss_sum: torch.Tensor, snapshot: bool = False) -> torch.Tensor:
+    def _step(self, step: int, loss_sum: torch.Tensor,
+              snapshot: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         """One optimizer step on the global batch at `step`; adds its loss to `loss_sum` (no sync).
 
-        snapshot: keep the hidden weights from before the update, for the next evaluation's
-        `spectra_update/*` (the spectrum of this step's update).
+        Returns the gradient norm and, with `snapshot`, on the main process, the hidden weights from
+        before the update (else None): this step's evaluation reads the update from them
+        (`spectra_update/*`, `curvature/*`).
         """
         cfg, acc, plan = self.cfg, self.accelerator, self.plan
         mult = self.schedule.multiplier(step)
@@ -336,13 +338,14 @@ class Trainer:
             loss_sum += loss.detach()
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip)
+        before = None
         if snapshot:
             self.whole.refresh()
             if self.is_main:
-                self.weights_before = snapshot_weights(self.whole.module)
+                before = snapshot_weights(self.whole.module)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return grad_norm, before
 
     def _log_train(self, step: int, mean_loss: torch.Tensor, grad_norm: torch.Tensor, tok_s: float) -> None:
         # The only host-device synchronisation of the loop: at logging and checkpoint steps.
@@ -361,29 +364,31 @@ class Trainer:
             metrics["perf/mfu"] = u
         self.logger.log(metrics, step)
 
-    def _evaluate(self, step: int, due: Due) -> None:
-        """Validation loss and tail buckets on every process; spectra and QA, when due, on the main one."""
+    def _evaluate(self, step: int, due: Due, before: dict[str, torch.Tensor] | None = None) -> None:
+        """Validation loss and tail buckets on every process; spectra and QA, when due, on the main one.
+
+        `before`: the weights from before the last step's update (`_step`'s snapshot; None at step 0)."""
         self.whole.refresh()
         metrics = self.evaluator.loss_and_tail(self.model) if self.evaluator else {}
         whole = self.whole.module
         if self.is_main and due.spectra:
             metrics.update(model_spectra(whole))
-            if self.weights_before is not None:  # the last step's update (none before the first step)
-                metrics.update(update_spectra(self.weights_before, whole))
+            if before is not None:  # the last step's update (none before the first step)
+                metrics.update(update_spectra(before, whole))
                 every = self.cfg.metrics.curvature_every
                 if every and step % every == 0:
-                    metrics.update(self._curvature(whole))
-                self.weights_before = None
+                    metrics.update(self._curvature(whole, before))
         if self.is_main and self.qa is not None and due.qa:
             metrics.update(self.qa(whole))
         self.state.eval_loss = metrics.get("eval/loss", self.state.eval_loss)
         self.logger.log(metrics, step)
 
-    def _curvature(self, whole: nn.Module) -> dict[str, float]:
-        """`curvature/<group>/*` of the last update on the fixed validation batch (main process)."""
-        rows = self.curvature_rows.to(self.accelerator.device)
+    def _curvature(self, whole: nn.Module, before: dict[str, torch.Tensor]) -> dict[str, float]:
+        """`curvature/<group>/*` of the update from `before` to `whole` on the fixed validation batch (main
+        process)."""
+        rows = self.evaluator.fixed_batch().to(self.accelerator.device)
         params = dict(whole.named_parameters())
-        update = {name: params[name].detach() - before for name, before in self.weights_before.items()}
+        update = {name: params[name].detach() - old for name, old in before.items()}
         return curvature_metrics(whole, rows[:, :-1], rows[:, 1:], update,
                                  {name: group_of(name) for name in update})
 
