@@ -2,11 +2,11 @@
 
 Runs are grouped by their setting (training.identity.setting_key: the keys that change what a run
 computes, without the seed, read with the schema defaults applied), so the seeds of one setting form
-one row, whichever version of train.py wrote them. Each row is compared with the AdamW row (optim.muon=none,
-optim.base=adamw) and the full-Muon row (optim.muon=hidden) of its family: the rows that differ
-from it only in routing, in optim keys an AdamW run does not read (Muon's variants, another
-optimizer's settings), in the tuned keys (each arm runs at its own chosen values) and in
-train.steps. The references are the family's rows at its most common step count (ties: the
+one row, whichever version of train.py wrote them. Each row is compared with the AdamW row
+(optim.muon=none, optim.base=adamw) and the full-Muon row (optim.muon=hidden) of its family: the
+rows that differ from it only in routing, in optim keys an AdamW run does not read (Muon's
+variants, another optimizer's settings), in the tuned keys (each arm runs at its own chosen values)
+and in train.steps. The references are the family's rows at its most common step count (ties: the
 fewest steps), so an arm trained k times longer is compared with the AdamW of the normal budget.
 """
 
@@ -23,14 +23,14 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ablations.grid import FFN_KEY, ROUTING_KEYS, SEED_KEY, STEPS_KEY, flatten, label_of
+from ablations.grid import FFN_KEY, ROUTING_KEYS, SEED_KEY, STEPS_KEY, flatten
 from ablations.metric_names import EVAL_LOSS, FINAL_METRICS, QA_TAIL, TAIL_GAP, TAIL_LOSS
 from ablations.stats import Comparison, Stat, compare, share_ci
 from common.errors import MissingFileError
 from common.rundir import RunDir
 from optim.config import ADAMW_RUN_KEYS
 from training.config import RunConfig, load_config
-from training.identity import identity_keys, setting_key
+from training.identity import identity_keys, run_label, setting_key
 
 # The reference rows: AdamW everywhere, and Muon on all hidden matrices (the paper's "full Muon").
 ADAMW, FULL_MUON = "adamw", "muon-hidden"
@@ -61,7 +61,7 @@ class RunData:
 
     @property
     def routing(self) -> str:
-        return label_of(self.config)
+        return run_label(self.resolved)
 
     @property
     def ffn_type(self) -> str:
@@ -159,7 +159,7 @@ def load_run(path: Path, entries: dict[str, dict[str, Any]]) -> RunData:
     seed = config.get(SEED_KEY)
     group = entry.get("group") or re.sub(rf"_s{seed}$", "", path.name)
     return RunData(path.name, path, config, summary, read_history(run), group,
-                   dict(entry.get("paper_ref") or {}), run.diverged(), entry.get("role", "final"),
+                   dict(entry.get("paper_ref") or {}), run.status() == "diverged", entry.get("role", "final"),
                    load_config([str(run.config)]))
 
 
