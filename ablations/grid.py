@@ -24,7 +24,7 @@ A grid YAML has these top-level keys (all dotted config keys, as on the train.py
       seeds: [100]                   # disjoint from `seeds` unless reuse_tuning_seeds: true
       method: coordinate             # optional; one key at a time (default) or grid (the product)
       extend_edges: true             # optional; try beyond a best value at a sweep edge (default)
-      metric: final/eval_loss        # optional; the summary.json loss to minimize
+      metric: final/eval_loss        # optional; the run summary's loss to minimize
 
 Each run is named from the settings that distinguish it (e.g. ``muon-vo+ffn_swiglu_s0``).
 docs/ablations.md describes the format in full.
@@ -47,6 +47,7 @@ from omegaconf import OmegaConf
 from ablations.cooldowns import Cooldowns
 from ablations.metric_names import DEFAULT_MARGINS
 from common.errors import UserError
+from optim.config import OptimConfig
 from optim.routing import routing_label
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,8 +63,8 @@ RUNNER_KEYS = ("run.dir", "run.name", "train.resume", "logging.wandb_group", "lo
 SEED_KEY = "train.seed"
 MUON_KEY, BASE_KEY, ROUTE_KEY, FFN_KEY = "optim.muon", "optim.base", "optim.route", "model.ffn_type"
 ROUTING_KEYS = (MUON_KEY, BASE_KEY, ROUTE_KEY)
-# train.py defaults for the keys that name a run (see the config section of INTERFACES/DESIGN).
-DEFAULTS = {MUON_KEY: "hidden", BASE_KEY: "adamw", ROUTE_KEY: None}
+# train.py's defaults (the schema's) for the keys that name a run.
+DEFAULTS = {key: getattr(OptimConfig(), key.removeprefix("optim.")) for key in ROUTING_KEYS}
 STEPS_KEY, EVAL_EVERY_KEY = "train.steps", "train.eval_every"
 _MISSING = object()
 
@@ -100,7 +101,7 @@ class Tune:
 
     keys: dict[str, list[Any]]
     seeds: list[int]
-    metric: str = "final/eval_loss"  # summary.json key the sweep minimizes
+    metric: str = "final/eval_loss"  # the run summary's key the sweep minimizes
     # Tuning seeds among the grid's evaluation seeds are an error unless this is set: the run the
     # choice was made on would then be counted in the result it chose (a winner's-curse bias).
     reuse_tuning_seeds: bool = False
@@ -311,9 +312,10 @@ def _tune(raw: Any, runs: list[Run]) -> Tune | None:
     allowed = {"keys", "seeds", "metric", "reuse_tuning_seeds", "method", "extend_edges"}
     if not isinstance(raw, dict) or not {"keys", "seeds"} <= set(raw) <= allowed:
         raise GridError("`tune` must be a mapping with `keys` (dotted key -> list of values), `seeds` and "
-                        "optionally `metric` (a summary.json key to minimize, default final/eval_loss), "
-                        "`method` (coordinate or grid), `extend_edges` and `reuse_tuning_seeds`, e.g. "
-                        "tune: {keys: {optim.adamw_lr: [3e-3, 1e-2]}, seeds: [100]}")
+                        "optionally `metric` (a key of the runs' summary to minimize, default "
+                        "final/eval_loss), `method` (coordinate or grid), `extend_edges` and "
+                        "`reuse_tuning_seeds`, e.g. tune: {keys: {optim.adamw_lr: [3e-3, 1e-2]}, "
+                        "seeds: [100]}")
     keys = _check_mapping(raw["keys"], "tune.keys")
     if not keys:
         raise GridError("tune.keys is empty; name at least one key to sweep, e.g. optim.adamw_lr")
@@ -329,7 +331,7 @@ def _tune(raw: Any, runs: list[Run]) -> Tune | None:
                             "(runs/axes/overrides); remove one")
     metric = str(raw.get("metric", Tune.metric))
     if not metric.startswith(("final/", "eval/", "qa/")) or "loss" not in metric:
-        raise GridError(f"tune.metric={metric} is not a final loss of summary.json; use final/eval_loss "
+        raise GridError(f"tune.metric={metric} is not a final loss of the runs' summary; use final/eval_loss "
                         "(default) or final/train_loss (data without a validation split, e.g. bios)")
     seeds, reuse = _seed_list(raw["seeds"], "tune.seeds"), raw.get("reuse_tuning_seeds", False)
     method, extend = raw.get("method", Tune.method), raw.get("extend_edges", Tune.extend_edges)

@@ -39,7 +39,7 @@ from ablations.stats import Comparison, Stat, compare
 
 @dataclass(frozen=True)
 class OverallLoss:
-    """The loss arms are matched on: its logged series and its summary.json final value."""
+    """The loss arms are matched on: its logged series and its summary's final value."""
 
     history: str
     final: str

@@ -1,4 +1,4 @@
-"""The final metrics an ablation report reads, as named in summary.json, and the equivalence margins a
+"""The final metrics an ablation report reads, as named in a run's summary, and the equivalence margins a
 grid file may set for them (`equivalence_margin:`)."""
 
 from __future__ import annotations

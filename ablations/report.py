@@ -1,7 +1,7 @@
 """`python -m ablations report RUNS_DIR`: table.md, table.csv, PNG plots and report.md from run directories.
 
-Only the files train.py writes are read (config.yaml, metrics.jsonl, summary.json) plus the runner's
-grid.json for paper references: wandb is never needed.
+Only the files train.py writes are read (its config, metrics log and summary, through RunDir) plus
+the runner's grid.json for paper references: wandb is never needed.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def report_markdown(runs_dir: Path, runs: list[RunData], rows: list[Row], images
     unfinished = [r.name for r in runs if r.summary is None and not r.diverged]
     if unfinished:
         parts += ["## Unfinished runs\n",
-                  "No summary.json yet (still running, failed or interrupted; rerunning the grid "
+                  "No summary yet (still running, failed or interrupted; rerunning the grid "
                   "resumes them): " + ", ".join(f"`{n}`" for n in unfinished) + "\n"]
     return "\n".join(p for p in parts if p)
 

@@ -1,11 +1,12 @@
-"""Read a grid's run directories (config.yaml, metrics.jsonl, summary.json) and aggregate seeds.
+"""Read a grid's run directories (config, metrics log and summary, through RunDir) and aggregate seeds.
 
-Runs are grouped by their resolved config minus seed, run name/dir and logging settings, so the
-seeds of one setting form one row. Each row is compared with the AdamW row (optim.muon=none,
-optim.base=adamw) and the full-Muon row (optim.muon=hidden) of its family: the rows that differ
-from it only in routing, in optim keys an AdamW run does not read (Muon's variants, another
-optimizer's settings), in the tuned keys (each arm runs at its own chosen values) and in
-train.steps. The references are the family's rows at its most common step count (ties: the
+Runs are grouped by their setting (training.identity.setting_key: the keys that change what a run
+computes, without the seed, read with the schema defaults applied), so the seeds of one setting form
+one row, whichever version of train.py wrote them. Each row is compared with the AdamW row
+(optim.muon=none, optim.base=adamw) and the full-Muon row (optim.muon=hidden) of its family: the
+rows that differ from it only in routing, in optim keys an AdamW run does not read (Muon's
+variants, another optimizer's settings), in the tuned keys (each arm runs at its own chosen values)
+and in train.steps. The references are the family's rows at its most common step count (ties: the
 fewest steps), so an arm trained k times longer is compared with the AdamW of the normal budget.
 """
 
@@ -22,16 +23,15 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ablations.grid import FFN_KEY, ROUTING_KEYS, SEED_KEY, STEPS_KEY, flatten, label_of
+from ablations.grid import FFN_KEY, ROUTING_KEYS, SEED_KEY, STEPS_KEY, flatten
 from ablations.metric_names import EVAL_LOSS, FINAL_METRICS, QA_TAIL, TAIL_GAP, TAIL_LOSS
 from ablations.stats import Comparison, Stat, compare, share_ci
 from common.errors import MissingFileError
 from common.rundir import RunDir
 from optim.config import ADAMW_RUN_KEYS
+from training.config import RunConfig, load_config
+from training.identity import identity_keys, run_label, setting_key
 
-# Config keys that do not change what a run computes (or that distinguish seeds of one setting).
-_IGNORED_PREFIXES = ("run.", "logging.")
-_IGNORED_KEYS = (SEED_KEY, "train.resume")
 # The reference rows: AdamW everywhere, and Muon on all hidden matrices (the paper's "full Muon").
 ADAMW, FULL_MUON = "adamw", "muon-hidden"
 
@@ -42,13 +42,14 @@ class RunData:
 
     name: str
     path: Path
-    config: dict[str, Any]  # flattened to dotted keys
+    config: dict[str, Any]  # config.yaml as written, flattened to dotted keys
     summary: dict[str, Any] | None  # None: the run has not completed
     history: dict[str, list[tuple[int, float]]]  # metric -> [(step, value)] sorted by step
     group: str
     paper_ref: dict[str, float] = field(default_factory=dict)
     diverged: bool = False
     role: str = "final"  # "tuning": a sweep run that is not one of the table's runs; "cooldown": a branch
+    resolved: RunConfig = field(default_factory=RunConfig)  # config.yaml with the schema defaults
     branch_of: str | None = None  # a cooldown branch: the final run it branched from
 
     @property
@@ -61,7 +62,7 @@ class RunData:
 
     @property
     def routing(self) -> str:
-        return label_of(self.config)
+        return run_label(self.resolved)
 
     @property
     def ffn_type(self) -> str:
@@ -120,7 +121,7 @@ class Row:
 
 
 def read_history(run: RunDir) -> dict[str, list[tuple[int, float]]]:
-    """A run's metrics.jsonl as metric -> [(step, value)]; a later line for a step wins (resumed runs)."""
+    """A run's metrics log as metric -> [(step, value)]; a later line for a step wins (resumed runs)."""
     by_key: dict[str, dict[int, float]] = {}
     for event in run.events():
         step = event.get("step")
@@ -162,8 +163,8 @@ def load_run(path: Path, entries: dict[str, dict[str, Any]]) -> RunData:
     seed = config.get(SEED_KEY)
     group = entry.get("group") or re.sub(rf"_s{seed}$", "", path.name)
     return RunData(path.name, path, config, summary, read_history(run), group,
-                   dict(entry.get("paper_ref") or {}), run.diverged(), entry.get("role", "final"),
-                   entry.get("branch_of"))
+                   dict(entry.get("paper_ref") or {}), run.status() == "diverged", entry.get("role", "final"),
+                   load_config([str(run.config)]), entry.get("branch_of"))
 
 
 def load_runs(runs_dir: Path) -> list[RunData]:
@@ -176,18 +177,12 @@ def load_runs(runs_dir: Path) -> list[RunData]:
     return [load_run(p, entries) for p in dirs]
 
 
-def _setting_key(config: dict[str, Any], *, drop: set[str] = frozenset()) -> str:
-    ignored = set(_IGNORED_KEYS) | drop
-    kept = {k: v for k, v in config.items() if k not in ignored and not k.startswith(_IGNORED_PREFIXES)}
-    return json.dumps(kept, sort_keys=True, default=str)
-
-
-def _family_key(config: dict[str, Any], tuned_keys: tuple[str, ...]) -> str:
-    """What rows of one family share: everything but routing, tuned keys, train.steps and the optim keys
-    an AdamW-only run does not read."""
-    not_adamw = {k for k in config
+def _family_key(cfg: RunConfig, tuned_keys: tuple[str, ...]) -> str:
+    """What rows of one family share: their setting but routing, tuned keys, train.steps and the optim
+    keys an AdamW-only run does not read."""
+    not_adamw = {k for k in identity_keys(cfg)
                  if k.startswith("optim.") and k.removeprefix("optim.") not in ADAMW_RUN_KEYS}
-    return _setting_key(config, drop={*ROUTING_KEYS, STEPS_KEY, *tuned_keys, *not_adamw})
+    return setting_key(cfg, drop={*ROUTING_KEYS, STEPS_KEY, *tuned_keys, *not_adamw})
 
 
 def _finals(runs: list[RunData], key: str) -> dict[int, float]:
@@ -203,11 +198,11 @@ def aggregate(runs: list[RunData], tuned_keys: tuple[str, ...] = ()) -> list[Row
     for run in runs:
         if run.summary is None or run.role != "final":  # the sweep and the branches have their sections
             continue
-        key = _setting_key(run.config)
+        key = setting_key(run.resolved)
         if key not in rows:
             rows[key] = Row(run.group, run.routing, run.ffn_type, [], {},
-                            family=_family_key(run.config, tuned_keys),
-                            lineage=_setting_key(run.config, drop={STEPS_KEY, *tuned_keys}))
+                            family=_family_key(run.resolved, tuned_keys),
+                            lineage=setting_key(run.resolved, drop={STEPS_KEY, *tuned_keys}))
         rows[key].runs.append(run)
     for row in rows.values():
         row.paper_ref = next((r.paper_ref for r in row.runs if r.paper_ref), {})

@@ -2,9 +2,9 @@
 
 Each run writes to <out>/<name>/ (train.py's run directory), its stdout/stderr go to
 <out>/logs/<name>.log, and <out>/grid.json records the grid (names, overrides, paper references,
-the tuning sweep's runs) for the report. A run whose summary.json (or diverged.json)
-exists is skipped; any other is started with train.resume=auto, so an interrupted run continues
-from its newest checkpoint. Two runners on one grid share the work: a run whose lock another
+the tuning sweep's runs) for the report. A run whose status (`RunDir.status`) is complete or
+diverged (DONE_STATUSES) is skipped; any other is started with train.resume=auto, so an interrupted
+run continues from its newest checkpoint. Two runners on one grid share the work: a run whose lock another
 process holds (train.py holds it while training) is skipped as 'held', so no run is trained twice.
 A grid with `tune:` runs its sweep first (in rounds: each coordinate step or edge extension is planned
 from the results before it), then the grid's seeds at each arm's chosen values (ablations/tuning.py).
@@ -33,7 +33,7 @@ from ablations.tuning import ArmTuning, arms, final_runs, grid_sweep, swept_keys
 from common.console import console as make_console
 from common.errors import UserError
 from common.lock import holder
-from common.rundir import RunDir
+from common.rundir import DONE_STATUSES, RunDir
 
 DEFAULT_TRAIN_CMD = (sys.executable, "train.py")
 
@@ -135,8 +135,8 @@ def choice_lines(tunings: list[ArmTuning]) -> list[str]:
 def _state(run_dir: RunDir) -> str:
     """The plan's word for a run: what the runner will do with it (a run with a checkpoint resumes)."""
     status = run_dir.status()
-    if status in ("complete", "diverged"):
-        return "finished" if status == "complete" else "diverged"
+    if status in DONE_STATUSES:
+        return "finished" if status == "complete" else status
     if status == "stopped" or run_dir.latest_checkpoint() is not None:
         return "interrupted, will resume"
     return "to run"
@@ -243,19 +243,31 @@ def exit_reason(returncode: int | None) -> str:
     """Why a run counts as failed, from its exit status (negative: killed by that signal)."""
     if returncode is not None and returncode < 0:
         return f"killed by signal {-returncode}"
-    return f"exit code {returncode}" if returncode else "exit code 0 but no summary.json"
+    return f"exit code {returncode}" if returncode else "exit code 0 but the run is not complete"
 
 
 def _taken(run: Run, out: Path) -> Outcome | None:
     """The outcome of a run that another process finished or is training (two runners on one grid share
     it this way: each run is trained by the one whose train.py holds its lock), else None."""
     run_dir, log = RunDir(out / run.name), out / "logs" / f"{run.name}.log"
-    if run_dir.is_finished():
+    status = run_dir.status()
+    if status == "complete":
         return Outcome(run.name, "skipped", None, log, 0.0)
-    if (who := holder(run_dir.lock)) is not None:
-        tqdm.write(f"run {run.name} is held by {who}: skipped here, not trained twice")
+    if status == "running":
+        tqdm.write(f"run {run.name} is held by {holder(run_dir.lock) or 'another process'}: skipped here, "
+                   "not trained twice")
         return Outcome(run.name, "held", None, log, 0.0)
     return None
+
+
+def ended_as(run_dir: RunDir, returncode: int) -> str:
+    """The outcome of a run this runner started, from its status: done, diverged, interrupted (stopped.json,
+    not the exit code: a launcher such as torchrun replaces train.py's code 75), held (refused: another
+    process trains it), skipped (another process finished it) or failed."""
+    status = run_dir.status()
+    if status == "complete":
+        return "done" if returncode == 0 else "skipped"
+    return {"diverged": "diverged", "stopped": "interrupted", "running": "held"}.get(status, "failed")
 
 
 def _run_one(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, float]:
@@ -315,9 +327,9 @@ def _run_stage(grid: Grid, stage: Stage, out: Path, slots: list[list[int]],
     todo = []
     for run in stage.runs:
         log = out / "logs" / f"{run.name}.log"
-        run_dir = RunDir(out / run.name)
-        if run_dir.is_finished() or run_dir.diverged():
-            outcomes[run.name] = Outcome(run.name, "skipped" if run_dir.is_finished() else "diverged",
+        status = RunDir(out / run.name).status()
+        if status in DONE_STATUSES:
+            outcomes[run.name] = Outcome(run.name, "skipped" if status == "complete" else status,
                                          None, log, 0.0)
         else:
             todo.append(run)
@@ -358,16 +370,7 @@ def _run_stage(grid: Grid, stage: Stage, out: Path, slots: list[list[int]],
         finally:
             running.discard(run.name)
             free.put(slot)
-        run_dir = RunDir(out / run.name)
-        if rc == 0 and run_dir.is_finished():
-            status = "done"
-        elif run_dir.diverged():
-            status = "diverged"
-        elif (taken := _taken(run, out)) is not None:  # refused: another process holds the run
-            status = taken.status
-        else:
-            # stopped.json, not the exit code: a launcher (torchrun) replaces train.py's code 75
-            status = "interrupted" if run_dir.stop_marker.is_file() else "failed"
+        status = ended_as(RunDir(out / run.name), rc)
         outcomes[run.name] = Outcome(run.name, status, rc, log, seconds)
         if status == "failed":
             why = exit_reason(rc)

@@ -1,10 +1,12 @@
 """A SLURM array job for a grid: one array task per run, each a multi-node torchrun launch.
 
 The script and a manifest (one line per run: its name and train.py arguments, shell-quoted) are
-written to <out>/slurm/. Array task i reads line i+1 of the manifest, skips the run if its
-summary.json exists and otherwise launches train.py on all nodes of the task with torchrun's c10d
+written to <out>/slurm/. Array task i reads line i+1 of the manifest, skips the run if its status
+(`RunDir.status`, read by `python -m training.runs --status`) is complete or diverged, as the local
+runner does, and otherwise launches train.py on all nodes of the task with torchrun's c10d
 rendezvous on the task's first node; train.resume=auto makes a resubmitted array continue
-interrupted runs. Paths are relative to the repository root: submit from there.
+interrupted runs, and a task whose run stopped on a signal requeues itself. Paths are relative to
+the repository root: submit from there.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from ablations.grid import Grid
 from ablations.runner import train_args
-from common.rundir import RunDir
+from common.rundir import DONE_STATUSES
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,11 @@ class SlurmOptions:
 def manifest_text(grid: Grid, out: Path) -> str:
     """One line per run: the run's name followed by its train.py arguments, shell-quoted."""
     return "".join(shlex.join([run.name, *train_args(grid, run, out)]) + "\n" for run in grid.runs)
+
+
+def status_line(run_dir: str) -> str:
+    """Bash that prints the status (RunDir.status) of `run_dir`, a shell word such as "$OUT/$RUN_NAME"."""
+    return f'"$(python -m training.runs --status {run_dir})"'
 
 
 def sbatch_script(grid: Grid, out: Path, manifest: Path, opts: SlurmOptions) -> str:
@@ -71,10 +78,12 @@ MANIFEST={shlex.quote(str(manifest))}
 eval "set -- $(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$MANIFEST")"
 RUN_NAME=$1
 shift
-if [ -f "{RunDir("$OUT/$RUN_NAME").summary}" ]; then
-    echo "run $RUN_NAME already finished; skipping"
-    exit 0
-fi
+STATUS={status_line('"$OUT/$RUN_NAME"')}
+case "$STATUS" in
+    {"|".join(DONE_STATUSES)})
+        echo "run $RUN_NAME already finished ($STATUS); skipping"
+        exit 0 ;;
+esac
 
 # Rendezvous on the first node of this task; the port varies per task so tasks sharing a node don't clash.
 # (An array, not `| head -n 1`: under pipefail head's early exit can kill the job with SIGPIPE.)
@@ -88,7 +97,7 @@ rc=0
 srun --kill-on-bad-exit=1 torchrun --nnodes {opts.nodes} --nproc_per_node {opts.gpus_per_node} \\
     --rdzv_id "$SLURM_JOB_ID" --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" \\
     train.py "$@" || rc=$?
-if [ -f "{RunDir("$OUT/$RUN_NAME").stop_marker}" ]; then
+if [ {status_line('"$OUT/$RUN_NAME"')} = stopped ]; then
     echo "run $RUN_NAME stopped by a signal after a checkpoint; requeueing it to resume"
     scontrol requeue "${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"
 fi

@@ -254,14 +254,14 @@ def final_runs(grid: Grid, chosen: dict[str, dict[str, Any]]) -> list[Run]:
 def ranking_loss(run: RunDir, metric: str) -> float | None:
     """What a sweep ranks a run by: its final `metric` (tune.metric), +inf if it diverged, None if
     unfinished. A finished run without the metric is an error: the sweep could not rank it."""
-    if run.diverged():
+    status = run.status()
+    if status == "diverged":
         return math.inf
-    summary = run.read_summary()
-    if summary is None:
+    if status != "complete":
         return None
-    loss = summary.get(metric)
+    loss = run.read_summary().get(metric)
     if loss is None:
-        raise GridError(f"{run.path}/summary.json has no {metric} to rank the tuning sweep by; set "
+        raise GridError(f"{run.summary} has no {metric} to rank the tuning sweep by; set "
                         "tune.metric to a loss the runs log (final/train_loss for data without a "
                         "validation split, such as bios)")
     return float(loss) if math.isfinite(loss) else math.inf

@@ -12,7 +12,6 @@ last digits.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import environment, print_table, write_results
+from common.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def run_batch(seeds: list[int], jobs: int, steps: int, work: Path) -> tuple[floa
             raise RuntimeError(f"train.py exited with {running[0].returncode}: {' '.join(running[0].args)}")
         running.pop(0)
     wall = time.perf_counter() - start
-    return wall, {s: json.loads((work / f"s{s}" / "summary.json").read_text()) for s in seeds}
+    return wall, {s: RunDir(work / f"s{s}").read_summary() for s in seeds}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,6 +36,9 @@ from common.lock import holder
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 RUN_STATUSES = ("missing", "running", "stopped", "diverged", "failed", "complete")
+# The statuses of a run that is not trained again (the grid runner, its sbatch script, a tuning sweep):
+# a diverged run would diverge again; its outcome is an outcome of the sweep.
+DONE_STATUSES = ("complete", "diverged")
 CHECKPOINT_MARKER = "loop_state.json"  # written last into a checkpoint: its presence makes it complete
 WEIGHTS_FILE = "model.safetensors"  # accelerate.save_state's file name for the first model
 
@@ -141,21 +144,22 @@ class RunDir:
     def status(self) -> str:
         """The run's state, one of RUN_STATUSES, from its files alone (the one classification).
 
-        The markers first, whatever else is there: complete (summary.json), diverged (diverged.json),
-        stopped (stopped.json: resumable). Then missing (no config.yaml: nothing was started here).
-        Else running if a live process holds the run's lock (train.py holds it while it trains; the
-        kernel frees it when that process dies), failed if not (it died without a marker: a crash, a
-        kill); a failed run resumes from its last checkpoint.
+        complete (summary.json, written last) whatever else is there. Then running if a live process
+        holds the run's lock: train.py takes it before it reads or writes the directory (so before
+        config.yaml exists) and removes an earlier attempt's markers only later; the kernel frees it
+        when that process dies. Then the markers: diverged (diverged.json), stopped (stopped.json:
+        resumable). Then missing (no config.yaml: nothing was started here), else failed (it died
+        without a marker: a crash, a kill); a failed run resumes from its last checkpoint.
         """
         if self.is_finished():
             return "complete"
+        if holder(self.lock):
+            return "running"
         if self.diverged():
             return "diverged"
         if self.stop_marker.is_file():
             return "stopped"
-        if not self.exists():
-            return "missing"
-        return "running" if holder(self.lock) else "failed"
+        return "failed" if self.exists() else "missing"
 
     def modified(self) -> float:
         """When the run last wrote its config or a metric (a time.time() timestamp; 0 if neither exists)."""

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from common.errors import UserError
 from common.files import write_with
+from data.dataset import DatasetDir
 from data.encode import EncoderPool, batches, usable_cpus
 from data.manifest import FORMAT, read_meta, write_meta
 from data.settings import Settings
@@ -187,7 +188,7 @@ class _Run:
             )
         self.train.finish(self.out, self.dtype)
         self.val.finish(self.out, self.dtype)
-        write_with(self.out / "token_counts.npy", lambda f: np.save(f, self.counts))
+        write_with(DatasetDir(self.out).token_counts, lambda f: np.save(f, self.counts))
         meta = {
             "format": FORMAT,
             "source": self.s.source,

@@ -3,22 +3,28 @@
 ``python -m data.prepare --source SRC --out DIR [--tokenizer NAME|PATH] [--vocab-size N]
 [--tokens N] [--val-tokens N] [--workers N] [--shard-tokens N] [--text-field F] [--seed S]``
 
-The Python entry points: ``prepare`` (into a given directory), ``ensure_prepared`` (what train.py
-calls: a finished directory as it is, else prepared there or in the cache) and ``dataset_dir_for``
-(the cache directory of a set of settings). How a run works: ``data.pipeline``.
+The Python entry points: ``prepare`` (into a given directory), ``prepare_data`` (what train.py and
+evaluation call with a run's ``data`` section: its dataset, prepared first where needed),
+``ensure_prepared`` (a finished directory as it is, else prepared there or in the cache) and
+``dataset_dir_for`` (the cache directory of a set of settings). How a run works: ``data.pipeline``;
+the directory's files: ``data.dataset``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from common.cli import ExitCode
 from common.errors import UserError
+from data.dataset import DatasetDir
 from data.manifest import read_meta
 from data.pipeline import prepare_dataset
 from data.settings import (
@@ -28,6 +34,23 @@ from data.settings import (
     Settings,
     make_settings,
 )
+
+# The keys of a run's `data` config section that are dataset settings (``make_settings``'s keywords).
+CONFIG_SETTINGS = ("vocab_size", "tokenizer", "tokens", "val_tokens", "text_field", "bios")
+
+
+def config_settings(data: Mapping[str, Any]) -> Settings:
+    """The dataset settings of a run's `data` section (as a mapping: source and CONFIG_SETTINGS; a key
+    it lacks takes ``make_settings``' default)."""
+    return make_settings(data["source"], **{k: data[k] for k in CONFIG_SETTINGS if k in data})
+
+
+def prepare_data(data: Mapping[str, Any], first: AbstractContextManager[Any] | None = None) -> DatasetDir:
+    """The prepared dataset of a run's `data` section: `data.dir` when it holds a finished dataset, else
+    prepared there or in the cache first. `first` wraps the preparation (accelerate's
+    `main_process_first()`: the main process prepares, the others then reuse it)."""
+    with first or contextlib.nullcontext():
+        return DatasetDir(ensure_prepared(config_settings(data), data.get("dir")))
 
 
 def dataset_dir_for(source: str, **settings: Any) -> Path:

@@ -1,7 +1,7 @@
 """``python -m metrics.spectra``: spectral metrics of checkpoints, written as JSON and plotted.
 
 Inputs are run directories (their latest checkpoint, plus the ``spectra/*`` and ``spectra_update/*``
-curves of metrics.jsonl), checkpoint directories (``checkpoints/step_<N>``) or ``.safetensors`` files.
+curves of its metrics log), checkpoint directories (``checkpoints/step_<N>``) or ``.safetensors`` files.
 Only the 2-D weights of the chosen groups are read from the safetensors file, so no model is built.
 Several inputs are compared in the same plots (e.g. a Muon and an AdamW run).
 """
@@ -60,7 +60,7 @@ def resolve(path: Path) -> Source:
         ckpt = run.latest_checkpoint()
         if ckpt is None and not run.metrics.is_file():
             raise MissingFileError(f"{path} has neither checkpoints/step_<N>/{WEIGHTS_FILE} nor "
-                                   "metrics.jsonl; pass a run directory, a checkpoint directory or a "
+                                   f"{run.metrics.name}; pass a run directory, a checkpoint directory or a "
                                    ".safetensors file")
         weights, step = (ckpt / WEIGHTS_FILE, checkpoint_step(ckpt)) if ckpt else (None, None)
         return Source(path.name, weights, step, run if run.metrics.is_file() else None)
@@ -152,13 +152,13 @@ def plot_singular_values(src: Source, groups: tuple[str, ...], out: Path) -> Pat
     return _save(fig, out / f"singular_values_{_safe(src.label)}.png")
 
 
-# metrics.jsonl prefix -> (figure file prefix, title): the weights' spectra and their updates'.
+# metrics log prefix -> (figure file prefix, title): the weights' spectra and their updates'.
 CURVES = {"spectra": ("over_steps", "spectra over training"),
           "spectra_update": ("update_over_steps", "spectra of the last step's update over training")}
 
 
 def plot_over_steps(src: Source, groups: tuple[str, ...], out: Path, prefix: str = "spectra") -> Path | None:
-    """The mean-over-layers ``<prefix>/<group>/<metric>`` curves logged in a run's metrics.jsonl
+    """The mean-over-layers ``<prefix>/<group>/<metric>`` curves logged in a run's metrics log
     (prefix ``spectra``: the weights; ``spectra_update``: each eval's last update)."""
     rows = list(src.run.events())
     fig, axes = plt.subplots(2, 2, figsize=(12, 7))

@@ -34,11 +34,11 @@ def _check_counts(counts: np.ndarray, k: int) -> np.ndarray:
     counts = np.asarray(counts)
     if counts.ndim != 1 or counts.size == 0:
         raise ValueError(f"token counts must be a non-empty 1-D array (one count per token id), got shape "
-                         f"{counts.shape}; pass the dataset's token_counts.npy")
+                         f"{counts.shape}; pass the prepared dataset's (DatasetDir.counts)")
     if not np.issubdtype(counts.dtype, np.integer):
         raise ValueError(f"token counts must be integers, got dtype {counts.dtype}")
     if (counts < 0).any():
-        raise ValueError("token counts must be non-negative; token_counts.npy looks corrupted, "
+        raise ValueError("token counts must be non-negative; the dataset's counts look corrupted, "
                          "re-prepare the data")
     if counts.sum() == 0:
         raise ValueError("token counts are all zero; the training split is empty, re-prepare the data")

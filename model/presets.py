@@ -54,7 +54,7 @@ def get_preset(name: str, **overrides: Any) -> ModelConfig:
 def resolve_model_config(model_section: Mapping[str, Any], vocab_size: int | None = None) -> ModelConfig:
     """ModelConfig from a config file's `model` section: `preset` plus non-null field overrides.
 
-    vocab_size is the tokenizer's (the dataset's meta.json); it replaces the preset's vocabulary
+    vocab_size is the tokenizer's (the prepared dataset's manifest); it replaces the preset's vocabulary
     unless the section sets model.vocab_size explicitly, which must then be at least as large
     (a larger embedding table is allowed, e.g. padded to a multiple of 64).
     """

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ablations.__main__ import main
-from ablations.grid import GridError, load_grid
+from ablations.grid import REPO_ROOT, GridError, load_grid
 from ablations.report import build_report
 from ablations.results import read_history
 from ablations.runner import LaunchError, gpu_slots, run_grid
@@ -169,7 +169,7 @@ def fake_slurm_bin(tmp_path: Path) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     scripts = {
-        "scontrol": 'printf "gpu-node-07\\ngpu-node-08\\n"',
+        "scontrol": 'echo "$@" >> "${SCONTROL_LOG:-/dev/null}"; printf "gpu-node-07\\ngpu-node-08\\n"',
         "srun": 'while [[ $1 == --* ]]; do shift; done; exec "$@"',
         "torchrun": 'printf "%s\\n" "$@" > "$TORCHRUN_ARGS"',
     }
@@ -200,7 +200,8 @@ def test_slurm_array_script_for_two_nodes_of_eight_gpus(tmp_path, base, capsys):
     # Execute array task 2 with stand-in SLURM tools: it must launch muon-vo+ffn_s0 on the first node.
     env = {**os.environ, "PATH": f"{fake_slurm_bin(tmp_path)}:{os.environ['PATH']}",
            "SLURM_ARRAY_TASK_ID": "2", "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "gpu-node-[07-08]",
-           "SLURM_SUBMIT_DIR": str(tmp_path), "TORCHRUN_ARGS": str(tmp_path / "torchrun.txt")}
+           "SLURM_SUBMIT_DIR": str(tmp_path), "TORCHRUN_ARGS": str(tmp_path / "torchrun.txt"),
+           "PYTHONPATH": str(REPO_ROOT)}  # the script's `python -m training.runs --status`
     subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True)
     args = (tmp_path / "torchrun.txt").read_text().splitlines()
     assert args[:4] == ["--nnodes", "2", "--nproc_per_node", "8"]
@@ -216,6 +217,35 @@ def test_slurm_array_script_for_two_nodes_of_eight_gpus(tmp_path, base, capsys):
     (out / "muon-vo+ffn_s0" / "summary.json").write_text("{}")
     done = subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True, text=True)
     assert "already finished" in done.stdout and not (tmp_path / "torchrun.txt").exists()
+
+
+@pytest.mark.parametrize("status", ["complete", "diverged", "missing", "failed", "stopped"])
+def test_the_sbatch_script_skips_a_run_as_the_local_runner_does(tmp_path, base, status):
+    """The script asks RunDir.status: a complete or diverged run is skipped (a diverged sweep run is not
+    trained again), any other is launched, and one that stopped on a signal is requeued."""
+    path = grid_file(tmp_path, base, "runs: [{optim.muon: none}]\n")
+    out = tmp_path / "runs" / "g"
+    assert main(["run", str(path), "--launcher", "slurm", "--out", str(out)]) == 0
+    run = RunDir(out / "adamw")
+    marker = {"complete": run.summary, "diverged": run.divergence_marker, "failed": run.config,
+              "stopped": run.stop_marker}.get(status)
+    if marker is not None:
+        run.path.mkdir(parents=True)
+        run.config.write_text("{}")
+        marker.write_text("{}")
+    assert run.status() == status
+    env = {**os.environ, "PATH": f"{fake_slurm_bin(tmp_path)}:{os.environ['PATH']}",
+           "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "77", "SLURM_ARRAY_JOB_ID": "76",
+           "SLURM_JOB_NODELIST": "gpu-node-[07-08]", "SLURM_SUBMIT_DIR": str(REPO_ROOT),
+           "TORCHRUN_ARGS": str(tmp_path / "torchrun.txt"), "SCONTROL_LOG": str(tmp_path / "scontrol.txt")}
+    task = subprocess.run(["bash", str(out / "slurm" / "g.sbatch")], env=env, check=True, capture_output=True,
+                          text=True)
+    skipped = status in ("complete", "diverged")
+    assert (f"already finished ({status}); skipping" in task.stdout) == skipped
+    assert (tmp_path / "torchrun.txt").exists() != skipped
+    calls = tmp_path / "scontrol.txt"
+    requeued = calls.is_file() and "requeue 76_0" in calls.read_text()
+    assert requeued == (status == "stopped")
 
 
 # ---------------------------------------------------------------- local runner

@@ -16,8 +16,9 @@ from ablations.__main__ import main as ablations_main
 from common.cli import ExitCode, StoppedBySignal, run_main
 from common.errors import UserError
 from train import main as train_main
-from training.config import ConfigError, load_config, run_dir, schema_leaves
+from training.config import ConfigError, load_config, schema_leaves
 from training.config_text import config_keys_help, key_docs, resolved_config_yaml
+from training.identity import run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

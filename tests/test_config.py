@@ -3,7 +3,8 @@
 import pytest
 
 from training.batching import BatchPlan
-from training.config import ConfigError, config_hash, load_config, resume_conflicts, run_dir, run_name
+from training.config import ConfigError, load_config
+from training.identity import config_hash, resume_conflicts, run_dir, run_name
 
 
 def test_defaults_are_the_embedded_default():

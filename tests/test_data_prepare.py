@@ -12,13 +12,15 @@ from test_data_corpus import make_docs, write_jsonl, write_parquet
 import data.pipeline as prep
 from common.errors import MissingFileError, UserError
 from data.bios import BiosConfig, documents
+from data.dataset import DatasetDir
 from data.loader import TokenLoader
 from data.manifest import load_meta
 from data.pipeline import STATE_FILE
-from data.prepare import dataset_dir_for, ensure_prepared, main, prepare
+from data.prepare import config_settings, dataset_dir_for, ensure_prepared, main, prepare, prepare_data
 from data.settings import make_settings
 from data.shards import read_shard
 from data.tokenizer import load_tokenizer
+from training.config import DataSection
 
 DOCS = make_docs(120)
 SETTINGS = {"vocab_size": 320, "val_tokens": 600, "shard_tokens": 1500}
@@ -170,6 +172,21 @@ def test_bad_settings_are_errors(corpus, tmp_path):
         prepare(str(tmp_path / "missing.jsonl"), tmp_path / "y")
     with pytest.raises(KeyError, match="'body'.*set --text-field"):
         prepare(str(corpus["parquet"]), tmp_path / "z", text_field="body", **SETTINGS)
+
+
+def test_prepare_data_of_a_run_data_section_and_the_files_dataset_dir_names(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("MUONLAB_CACHE", str(tmp_path / "cache"))
+    src = str(corpus["jsonl"])
+    section = asdict(DataSection(source=src, vocab_size=320, val_tokens=600))
+    dataset = prepare_data(section)
+    assert dataset.path == config_settings(section).dataset_dir() == dataset_dir_for(src, vocab_size=320,
+                                                                                     val_tokens=600)
+    assert {p.name for p in (dataset.manifest, dataset.tokenizer, dataset.token_counts)} == {
+        "meta.json", "tokenizer.json", "token_counts.npy"}
+    assert dataset.read_meta() == dataset.load_meta() == load_meta(dataset.path)
+    np.testing.assert_array_equal(dataset.counts(), np.load(dataset.path / "token_counts.npy"))
+    assert prepare_data({**section, "dir": str(dataset.path)}) == DatasetDir(dataset.path)  # used as it is
+    assert DatasetDir(tmp_path / "none").read_meta() is None
 
 
 def test_ensure_prepared_uses_the_cache_dir_keyed_by_settings(corpus, tmp_path, monkeypatch):

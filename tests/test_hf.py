@@ -8,6 +8,7 @@ import yaml
 from safetensors.torch import save_model
 from transformers import AutoModelForCausalLM, LlamaForCausalLM, Qwen3ForCausalLM
 
+from data.manifest import FORMAT
 from model import Transformer, get_preset
 from model.hf import from_hf, to_hf
 from training.export import main
@@ -131,7 +132,7 @@ def write_dataset(data_dir) -> None:
     tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(SMALL["vocab_size"])}, unk_token="t0"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.save(str(data_dir / "tokenizer.json"))
-    (data_dir / "meta.json").write_text(json.dumps({"eos_id": 3, "bos_id": None}))
+    (data_dir / "meta.json").write_text(json.dumps({"format": FORMAT, "eos_id": 3, "bos_id": None}))
 
 
 def set_data_config(run_dir, **data) -> None:

@@ -10,7 +10,8 @@ from optim.build import build_optimizer
 from optim.config import OptimConfig
 from optim.groups import RoutingError, format_routing_table, route
 from optim.routing import optimizers_used, parse_route, route_config, routing_label
-from training.config import ConfigError, load_config, run_name
+from training.config import ConfigError, load_config
+from training.identity import run_name
 
 
 def _model(n_layers: int = 4) -> Transformer:

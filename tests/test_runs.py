@@ -61,6 +61,17 @@ def test_status_classifies_every_state(runs: Path):
     assert live.status() == "failed"
 
 
+def test_a_live_holder_is_running_before_its_config_or_over_an_earlier_attempts_marker(runs: Path, capsys):
+    """train.py takes the lock before it writes config.yaml and removes the markers later: running."""
+    for name in ("not-yet", "nan", "grid/stopped"):
+        run = RunDir(runs / name)
+        with hold(run.lock, str(run.path)):
+            assert run.status() == "running"
+            assert main(["--status", str(run.path)]) == 0
+            assert capsys.readouterr().out == "running\n"
+    assert main(["--status", str(runs / "done")]) == 0 and capsys.readouterr().out == "complete\n"
+
+
 def test_listing_json_has_every_run_and_field(runs: Path, capsys):
     assert main([str(runs), "--json", "--sort", "name"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}

@@ -27,7 +27,8 @@ from test_train import (  # noqa: F401  (fixtures)
 )
 
 from common.errors import UserError
-from training.config import load_config, run_dir
+from training.config import load_config
+from training.identity import run_dir
 from training.stop import STOPPED_EXIT_CODE
 
 pytestmark = pytest.mark.slow

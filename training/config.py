@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import re
 import typing
 from collections.abc import Iterator, Sequence
@@ -25,7 +23,6 @@ from common.errors import UserError
 from metrics.tail import MODES as TAIL_MODES
 from model import ModelConfig
 from optim.config import OptimConfig
-from optim.groups import spec_tokens
 from optim.muon import ADJUST_LR_FNS, MOMENTUM_ORDERS
 from optim.newton_schulz import METHODS, NS_COEFFICIENTS
 from optim.registry import NS_DTYPES, bases, checked_keys, sections
@@ -173,7 +170,7 @@ class RunSection:
 
 @dataclass
 class LoggingSection:
-    """Experiment tracking (metrics.jsonl is always written).
+    """Experiment tracking (the run directory's metrics log is always written).
 
     Keys:
         wandb: also log to Weights & Biases
@@ -351,37 +348,6 @@ def schedule_of(cfg: RunConfig | DictConfig) -> Schedule:
     return Schedule(cfg.train.steps, o.schedule, o.warmup_steps, o.min_lr_ratio, o.decay_fraction)
 
 
-def run_name(cfg: RunConfig) -> str:
-    """The run's name: `run.name`, or one derived from preset, FFN, routing and seed."""
-    if cfg.run.name:
-        return cfg.run.name
-    ffn = f"_{cfg.model.ffn_type}" if cfg.model.ffn_type else ""
-    if cfg.optim.route is not None:  # "vo,ffn:muon default:adamw" -> route-vo+ffn=muon_default=adamw
-        routing = "_".join(r.text.replace(",", "+").replace(":", "=") for r in routing_of(cfg.optim).rules)
-        return f"{cfg.model.preset}{ffn}_route-{routing}_s{cfg.train.seed}"
-    routing = "+".join(spec_tokens(cfg.optim.muon))
-    return f"{cfg.model.preset}{ffn}_muon-{routing or 'none'}_s{cfg.train.seed}"
-
-
-def run_dir(cfg: RunConfig) -> Path:
-    """`run.dir`, or runs/<name>-<hash of what the run computes>: distinct configs never share one."""
-    if cfg.run.dir:
-        return Path(cfg.run.dir)
-    return Path("runs") / f"{run_name(cfg)}-{config_hash(cfg)}"
-
-
-def config_hash(cfg: RunConfig) -> str:
-    """8 hex digits of the keys that change what a run computes (not logging, run.*, RESUMABLE_KEYS).
-
-    A key of LATER_KEYS counts only when set away from its default, so that the runs from before it
-    existed keep their directory (and resume)."""
-    defaults = _flatten(as_dict(RunConfig()))
-    kept = {k: v for k, v in _flatten(as_dict(cfg)).items()
-            if not k.startswith("logging.") and k not in RESUMABLE_KEYS
-            and not (k.startswith(LATER_KEYS) and v == defaults.get(k))}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
 # Keys (and key prefixes) added after run directories were first named by config_hash: every
 # optimizer's section (optim.<name>.*) among them, so that adding an optimizer keeps every hash.
 LATER_KEYS = (
@@ -395,22 +361,3 @@ RESUMABLE_KEYS = (
     "train.resume", "train.extend_to", "train.micro_batch_size", "train.compile", "train.log_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.fsdp", "run.dir", "run.name",
 )
-
-
-def resume_conflicts(saved: RunConfig, current: RunConfig) -> list[str]:
-    """Dotted keys whose values differ between a saved run config and the current one."""
-    a, b = _flatten(as_dict(saved)), _flatten(as_dict(current))
-    keys = sorted(set(a) | set(b))
-    return [
-        k for k in keys
-        if a.get(k) != b.get(k) and not k.startswith("logging.") and k not in RESUMABLE_KEYS
-    ]
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
-    return out

@@ -17,7 +17,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from model.presets import resolve_model_config
-from training.config import RunConfig, run_dir, run_name, schema_leaves
+from training.config import RunConfig, schema_leaves
+from training.identity import run_dir, run_name
 
 _KEY_LINE = re.compile(r"^\s+(\w+): (.+)$")
 

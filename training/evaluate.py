@@ -5,6 +5,7 @@ and `python -m training.evaluate RUN_OR_CHECKPOINT`, which also reports spectra 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -22,6 +23,7 @@ from common.errors import UserError
 from common.files import write_json
 from common.rundir import checkpoint_id, checkpoint_step, locate
 from data.loader import val_batches
+from data.prepare import prepare_data
 from metrics.spectra import model_spectra
 from metrics.tail import TailAccumulator, make_buckets
 from training.checkpoint import load_weights
@@ -38,6 +40,10 @@ class Evaluator:
         self.val_rows = val_rows
         self.n_buckets = n_buckets
         self.bucket_of = make_buckets(token_counts, k=n_buckets, mode=bucket_mode)
+
+    def fixed_batch(self, rows: int = 8) -> torch.Tensor:
+        """The first `rows` validation rows of this process: the fixed batch of `curvature/*`."""
+        return self.val_rows[0][:rows].long()
 
     @torch.no_grad()
     def loss_and_tail(self, model: torch.nn.Module) -> dict[str, float]:
@@ -74,7 +80,6 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, tokens: i
     returned as it is ("already": True); one of another checkpoint of that step is an error.
     """
     from training.config import load_config
-    from training.trainer import prepare_data
 
     run, ckpt = locate(path)
     cfg = load_config([str(run.config)])
@@ -91,16 +96,16 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, tokens: i
     if data_dir is not None:
         cfg.data.dir = data_dir
     accelerator = make_accelerator(cfg.train.precision, wandb=False)
-    data = prepare_data(cfg.data, accelerator)
-    meta = json.loads((data / "meta.json").read_text())
+    dataset = prepare_data(dataclasses.asdict(cfg.data), accelerator.main_process_first())
+    data, meta = dataset.path, dataset.load_meta()
     model = accelerator.prepare_model(model, evaluation_mode=True)
     results: dict[str, float] = {}
     if meta["val_tokens"]:
         t = cfg.train
         rows = list(val_batches(data, t.seq_len, budget, t.batch_size, 0, 1,
                                 micro_batch_size=t.micro_batch_size))
-        counts = np.load(data / "token_counts.npy")
-        evaluator = Evaluator(accelerator, rows, counts, cfg.metrics.tail_buckets, cfg.metrics.tail_mode)
+        evaluator = Evaluator(accelerator, rows, dataset.counts(), cfg.metrics.tail_buckets,
+                              cfg.metrics.tail_mode)
         results |= evaluator.loss_and_tail(model)
     whole = accelerator.unwrap_model(model)
     results |= model_spectra(whole)

@@ -18,13 +18,14 @@ from tqdm import tqdm
 
 from common.cli import ExitCode, run_main
 from common.rundir import RunDir
-from data.prepare import dataset_dir_for
+from data.dataset import DatasetDir
+from data.prepare import config_settings
 from model.hf import to_hf
 from training.checkpoint import load_weights
 
 
 def run_tokenizer(run: RunDir, run_cfg: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
-    """(tokenizer.json, dataset manifest) of a run: the copies in its run directory, else those of
+    """(tokenizer file, dataset manifest) of a run: the copies in its run directory, else those of
     `data.dir` or of the cache directory train.py derived from the data settings (runs made before
     run directories kept them); None when none has one."""
     if run.tokenizer.is_file():
@@ -33,23 +34,20 @@ def run_tokenizer(run: RunDir, run_cfg: dict[str, Any]) -> tuple[Path, dict[str,
     data = run_cfg.get("data") or {}
     candidates = []
     if data.get("dir"):
-        candidates.append(Path(data["dir"]))
+        candidates.append(DatasetDir(data["dir"]))
     elif data.get("source"):
-        settings = ("vocab_size", "tokenizer", "tokens", "val_tokens", "text_field", "bios")
-        # Same keywords as train.py's ensure_prepared call; settings this version of data/ does not
-        # understand mean exporting without the tokenizer, not failing the export.
+        # Settings this version of data/ does not understand mean exporting without the tokenizer, not
+        # failing the export.
         with contextlib.suppress(TypeError, ValueError):
-            candidates.append(dataset_dir_for(data["source"], **{k: data[k] for k in settings if k in data}))
-    for data_dir in candidates:
-        if (data_dir / "tokenizer.json").is_file():
-            meta_file = data_dir / "meta.json"
-            meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-            return data_dir / "tokenizer.json", meta
+            candidates.append(DatasetDir(config_settings(data).dataset_dir()))
+    for dataset in candidates:
+        if dataset.tokenizer.is_file():
+            return dataset.tokenizer, dataset.read_meta() or {}
     return None
 
 
 def _save_tokenizer(tokenizer_file: Path, meta: dict[str, Any], out_dir: Path) -> None:
-    """Save the run's tokenizer for AutoTokenizer, with its BOS/EOS tokens named when meta.json has them."""
+    """Save the run's tokenizer for AutoTokenizer, its BOS/EOS tokens named where the manifest has them."""
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))

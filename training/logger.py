@@ -1,6 +1,7 @@
-"""Metric logging: `metrics.jsonl` always, wandb (through accelerate's tracker) when enabled.
+"""Metric logging: the run directory's metrics log (`RunDir.metrics`) always, wandb (through
+accelerate's tracker) when enabled.
 
-The same metric names go to both sinks, so a report built from metrics.jsonl shows what the
+The same metric names go to both sinks, so a report built from the metrics log shows what the
 wandb dashboard shows. Only the main process writes.
 """
 
@@ -19,9 +20,8 @@ from accelerate import Accelerator
 
 from common.files import write_errors
 from common.rundir import RunDir
-from optim.groups import spec_tokens
-from optim.routing import routing_label
 from training.config import RunConfig, as_dict
+from training.identity import wandb_names
 
 
 def wandb_mode(cfg_mode: str | None) -> str:
@@ -45,7 +45,7 @@ def wandb_run_id(run_dir: Path) -> str:
 
 
 class MetricsLogger:
-    """Appends one JSON object per event to metrics.jsonl and mirrors it to wandb when enabled.
+    """Appends one JSON object per event to the metrics log and mirrors it to wandb when enabled.
 
     On wandb: `train/tokens` is the x axis of every metric, eval/loss keeps its minimum as summary,
     per-layer spectra go to one table per evaluation (the per-group means stay scalars), and the
@@ -74,31 +74,13 @@ class MetricsLogger:
             self.wandb.log(_for_wandb(clean, step * self.tokens_per_step), step=step)
 
 
-def wandb_names(run: RunDir, cfg: RunConfig) -> dict[str, Any]:
-    """name (run.name or the run directory's name), group and tags (given, else derived from the config)."""
-    ffn = cfg.model.ffn_type or "preset-ffn"
-    if cfg.optim.route is None:
-        routing = "+".join(spec_tokens(cfg.optim.muon)) or "none"
-        tag, group = f"muon:{routing}", f"muon-{routing}_{cfg.optim.base}"
-    else:
-        routing = routing_label(route=cfg.optim.route, base=cfg.optim.base)
-        tag, group = f"route:{routing}", f"route-{routing}"
-    derived_tags = [tag, f"base:{cfg.optim.base}", f"preset:{cfg.model.preset}", f"ffn:{ffn}",
-                    f"seed:{cfg.train.seed}"]
-    return {
-        "name": cfg.run.name or run.name,
-        "group": cfg.logging.wandb_group or f"{cfg.model.preset}_{ffn}_{group}",
-        "tags": list(cfg.logging.wandb_tags) or derived_tags,
-    }
-
-
 def _init_wandb(accelerator: Accelerator, run: RunDir, cfg: RunConfig) -> Any:
     """The wandb run (through accelerate's tracker), with the x axis and summaries defined."""
     accelerator.init_trackers(
         cfg.logging.wandb_project,
         config=as_dict(cfg),
         init_kwargs={"wandb": {
-            **wandb_names(run, cfg),
+            **wandb_names(cfg, run.name),
             "mode": wandb_mode(cfg.logging.wandb_mode),
             "dir": str(run.path),
             # One wandb run per run directory: a resumed run continues it, while runs of the
@@ -117,7 +99,7 @@ def _init_wandb(accelerator: Accelerator, run: RunDir, cfg: RunConfig) -> Any:
     return wb
 
 
-TOKENS = "train/tokens"  # wandb's x axis (metrics.jsonl has `step`; tokens = step * batch * seq_len)
+TOKENS = "train/tokens"  # wandb's x axis (the metrics log has `step`; tokens = step * batch * seq_len)
 
 
 def _for_wandb(metrics: dict[str, Any], tokens: int) -> dict[str, Any]:

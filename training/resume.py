@@ -22,7 +22,8 @@ from pathlib import Path
 from common.errors import MissingFileError, UserError
 from common.rundir import RunDir, checkpoint_step, is_complete_checkpoint
 from training.checkpoint import checkpoint_problem
-from training.config import ConfigError, RunConfig, load_config, resume_conflicts, schedule_of
+from training.config import ConfigError, RunConfig, load_config, schedule_of
+from training.identity import resume_conflicts
 
 
 @dataclass(frozen=True)

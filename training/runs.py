@@ -1,7 +1,8 @@
 """`python -m training.runs [DIR]`: the runs under DIR (default runs/), one line each.
 
 Status (`RunDir.status`), steps done/total, routing label, learning rate, the latest eval loss and the
-age of the last write; `--sort` orders them, `--json` prints the same as JSON for scripts. Every
+age of the last write; `--sort` orders them, `--json` prints the same as JSON for scripts;
+`--status RUN_DIR` prints that one run's status word alone (the grid's sbatch script reads it). Every
 directory holding a config.yaml (a started run) or a routing.json is listed, at any depth (a grid's
 runs are under runs/<grid>/).
 """
@@ -20,9 +21,10 @@ from omegaconf import OmegaConf
 
 from common.cli import ExitCode, run_main
 from common.errors import MissingFileError, UserError
-from common.rundir import RunDir
+from common.rundir import RUN_STATUSES, RunDir
 from common.text_table import text_table
-from optim.routing import routing_label
+from training.config import load_config
+from training.identity import run_label
 
 SORT_KEYS = ("age", "name", "status", "steps", "loss")
 
@@ -47,8 +49,8 @@ def read_row(run: RunDir, root: Path, now: float) -> RunRow:
     cfg: dict[str, Any] = OmegaConf.to_container(OmegaConf.load(run.config)) if run.exists() else {}
     optim, train = cfg.get("optim", {}), cfg.get("train", {})
     try:
-        routing = routing_label(optim["muon"], optim["base"], optim.get("route")) if optim else None
-    except (KeyError, UserError):  # a config from an older version: the rest of the row still helps
+        routing = run_label(load_config([str(run.config)])) if optim else None
+    except UserError:  # a config this version cannot read: the rest of the row still helps
         routing = None
     lr = None
     if "adamw_lr" in optim:
@@ -106,7 +108,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="age (newest first, the default), name, status, steps (most first), "
                              "loss (lowest first)")
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    parser.add_argument("--status", action="store_true",
+                        help="print only the status of the run directory DIR (one of "
+                             f"{', '.join(RUN_STATUSES)})")
     args = parser.parse_args(argv)
+    if args.status:
+        if args.dir is None:
+            parser.error("--status needs the run directory DIR")
+        print(RunDir(Path(args.dir)).status())
+        return ExitCode.OK
     return run_main(lambda: _list(Path(args.dir or "runs"), args.sort, args.json, default=args.dir is None))
 
 

@@ -1,4 +1,4 @@
-"""The end of a run: `summary.json` and a short human summary on the terminal."""
+"""The end of a run: its summary file (`RunDir.summary`) and a short human summary on the terminal."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from common.rundir import RunDir
 
 
 def write_summary(run: RunDir, summary: dict) -> None:
-    """summary.json, whose presence marks the run as finished."""
+    """The run's summary (`RunDir.summary`), whose presence marks the run as finished."""
     with write_errors(run.summary):
         write_json(run.summary, summary)
 

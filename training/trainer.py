@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import shutil
 import sys
@@ -22,7 +21,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -33,14 +31,14 @@ from common.errors import UserError
 from common.files import write_bytes, write_json, write_text
 from common.rundir import RunDir, checkpoint_step
 from data.loader import TokenLoader, check_vocab, val_batches
-from data.prepare import ensure_prepared
-from data.settings import make_settings
+from data.prepare import prepare_data
 from metrics.curvature import curvature_metrics
 from metrics.spectra import model_spectra, snapshot_weights, update_spectra
 from metrics.throughput import flops_per_token, mfu, peak_flops
 from model import ModelConfig, Transformer
 from model.presets import resolve_model_config
 from optim.build import build_optimizer
+from optim.combined import CombinedOptimizer
 from optim.groups import format_routing_table, group_of, routing_json
 from optim.routing import route_config
 from training.batching import BatchPlan
@@ -55,15 +53,13 @@ from training.checkpoint import (
 )
 from training.config import (
     ConfigError,
-    DataSection,
     RunConfig,
     config_yaml,
-    run_dir,
-    run_name,
     schedule_of,
 )
 from training.evaluate import Evaluator
 from training.fsdp import WholeModel, autocast_forward, fsdp_requested, shard_model
+from training.identity import run_dir, run_name
 from training.logger import MetricsLogger
 from training.qa_eval import QAEval
 from training.resume import Start, plan_start
@@ -108,15 +104,6 @@ class LoopState:
                    window_loss_sums=window.get("loss_sums", []) if same_world else [])
 
 
-def prepare_data(data: DataSection, accelerator: Accelerator) -> Path:
-    """The prepared dataset directory (the main process prepares it first, the others reuse it)."""
-    with accelerator.main_process_first():
-        settings = make_settings(data.source, vocab_size=data.vocab_size, tokenizer=data.tokenizer,
-                                 tokens=data.tokens, val_tokens=data.val_tokens, text_field=data.text_field,
-                                 bios=dict(data.bios))
-        return ensure_prepared(settings, data.dir)
-
-
 def model_config_for(cfg: RunConfig, meta: dict) -> ModelConfig:
     # The embedding table is padded to a multiple of 64 (GPT-2's 50257 -> 50304) for fast matmuls.
     vocab = -(-meta["vocab_size"] // 64) * 64
@@ -142,30 +129,29 @@ class Trainer:
         self.plan = BatchPlan.of(cfg.train.batch_size, cfg.train.micro_batch_size, self.world)
         self.cadence = Cadence(cfg.train, cfg.metrics)
         self.schedule = schedule_of(cfg)
-        self.data_dir = prepare_data(cfg.data, acc)
-        self.meta = json.loads((self.data_dir / "meta.json").read_text())
+        self.data = prepare_data(dataclasses.asdict(cfg.data), acc.main_process_first())
+        self.meta = self.data.load_meta()
         self.model_cfg = model_config_for(cfg, self.meta)
         set_seed(cfg.train.seed)
         self.model: nn.Module = Transformer(self.model_cfg)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.routing = routing_json(self.optimizer.routing)
+        self.route = route_config(self.model, cfg.optim)  # validated here; the optimizer is built by fit()
+        self.routing = routing_json(self.route)
         self.resume_from = start.checkpoint
         self.extended_from = start.extended_from  # recorded in the run's extension history
-        self.curvature_rows: torch.Tensor | None = None  # the fixed batch of `curvature/*` (set below)
         self.evaluator = self._evaluator()
-        self.qa = QAEval.for_dataset(self.meta, self.data_dir, cfg.metrics, acc.device)
+        self.qa = QAEval.for_dataset(self.meta, self.data.path, cfg.metrics, acc.device)
         self.flops_per_token = flops_per_token(self.model_cfg, cfg.train.seq_len)
         device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         self.peak_flops = peak_flops(device_name, override=cfg.metrics.peak_flops)
         self.tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
         # Set up by fit():
+        self.optimizer: CombinedOptimizer | None = None  # built once, on the model that trains
         self.whole = WholeModel(None)
         self.train_forward: nn.Module = self.model  # compiled by _wrap_model when train.compile
         self.logger: MetricsLogger | None = None
         self.loader: TokenLoader | None = None
         self.state = LoopState()
         self.run_start = 0.0  # perf_counter() at the start of the run, earlier attempts included
-        self.weights_before: dict[str, torch.Tensor] | None = None  # for the next `spectra_update/*`
         self.stop = StopSignals()
 
     @property
@@ -181,7 +167,7 @@ class Trainer:
         """Print the routing table; write it as JSON (routing.json's format) to `out` if given. Nothing is
         written under the run directory: a dry run leaves no run-looking directory behind."""
         if self.is_main:
-            print(format_routing_table(self.optimizer.routing))
+            print(format_routing_table(self.route))
             print(f"the run would go to {self.run.path}")
             if out is not None:
                 out.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +188,7 @@ class Trainer:
         start = self.state.step
         self.logger = MetricsLogger(acc, self.run, cfg, self.routing, fresh=start == 0,
                                     tokens_per_step=self.tokens_per_step)
-        self.loader = TokenLoader(self.data_dir, "train", cfg.train.seq_len, cfg.train.batch_size,
+        self.loader = TokenLoader(self.data.path, "train", cfg.train.seq_len, cfg.train.batch_size,
                                   cfg.train.seed, rank=self.rank, world_size=self.world,
                                   aligned=cfg.data.bos_aligned)
         self.run_start = time.perf_counter() - self.state.wall_before_s
@@ -226,7 +212,7 @@ class Trainer:
             write_text(run.config, config_yaml(self.cfg))
             write_json(run.routing, self.routing)
             # Self-contained: export, evaluation and resume need nothing from the data cache.
-            write_bytes(run.tokenizer, (self.data_dir / "tokenizer.json").read_bytes())
+            write_bytes(run.tokenizer, self.data.tokenizer.read_bytes())
             write_json(run.data_manifest, self.meta)
             run.summary.unlink(missing_ok=True)
             run.stop_marker.unlink(missing_ok=True)
@@ -252,12 +238,13 @@ class Trainer:
         other shapes and under no_grad, where the compiled one would recompile. Checkpoints hold the
         unwrapped weights whatever wraps them, so a run resumes with train.compile toggled.
 
-        Under FSDP2 the optimizer built in __init__ (which validated the routing) holds the parameters
-        that fully_shard replaces with DTensors, so it is rebuilt on the sharded model; the main process
-        keeps a whole copy for spectra and QA when they are on.
+        The optimizer is built here, once, on the parameters that train: the model's own (before a DDP
+        wrapper renames them), or under FSDP2 the sharded model's DTensors that fully_shard puts in their
+        place; the main process then keeps a whole copy for spectra and QA when they are on.
         """
         cfg, acc = self.cfg, self.accelerator
         if not self.sharded:
+            self.optimizer = build_optimizer(self.model, cfg.optim)
             # Compiled after prepare (DDP, autocast), as accelerate's own dynamo_backend does.
             self.model = acc.prepare(self.model)
             self.whole = WholeModel(acc.unwrap_model(self.model))
@@ -282,15 +269,14 @@ class Trainer:
         if not self.meta["val_tokens"]:
             if cfg.metrics.curvature_every:
                 raise ConfigError("metrics.curvature_every needs a validation split for its fixed batch, and "
-                                  f"{self.data_dir} has none; set metrics.curvature_every=0 or prepare the "
+                                  f"{self.data.path} has none; set metrics.curvature_every=0 or prepare the "
                                   "data with validation tokens (data.val_tokens)")
             return None
-        val_rows = list(val_batches(self.data_dir, cfg.train.seq_len, cfg.train.eval_tokens,
+        val_rows = list(val_batches(self.data.path, cfg.train.seq_len, cfg.train.eval_tokens,
                                     cfg.train.batch_size, self.rank, self.world,
                                     micro_batch_size=self.plan.micro))
-        self.curvature_rows = val_rows[0][:8].long()
-        counts = np.load(self.data_dir / "token_counts.npy")
-        return Evaluator(self.accelerator, val_rows, counts, cfg.metrics.tail_buckets, cfg.metrics.tail_mode)
+        return Evaluator(self.accelerator, val_rows, self.data.counts(), cfg.metrics.tail_buckets,
+                         cfg.metrics.tail_mode)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -307,7 +293,7 @@ class Trainer:
             for step in range(start, steps):
                 done = step + 1
                 due = self.cadence.at(done)
-                grad_norm = self._step(step, loss_sum, snapshot=due.spectra)
+                grad_norm, before = self._step(step, loss_sum, snapshot=due.spectra)
                 state.step, window_steps = done, window_steps + 1
                 timer.step()
                 bar.update(1)
@@ -320,7 +306,7 @@ class Trainer:
                     window_steps = 0
                 timer.pause()  # evaluations and checkpoints are not training throughput
                 if due.eval:
-                    self._evaluate(done, due)
+                    self._evaluate(done, due, before)
                 if due.checkpoint:
                     self._checkpoint()
                 if done < steps and self.stop.agreed(self.accelerator):
@@ -328,11 +314,13 @@ class Trainer:
                     self._stop(loss_sum, window_steps, checkpointed=due.checkpoint)
                 timer.resume()
 
-    def _step(self, step: int, loss_sum: torch.Tensor, snapshot: bool = False) -> torch.Tensor:
+    def _step(self, step: int, loss_sum: torch.Tensor,
+              snapshot: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         """One optimizer step on the global batch at `step`; adds its loss to `loss_sum` (no sync).
 
-        snapshot: keep the hidden weights from before the update, for the next evaluation's
-        `spectra_update/*` (the spectrum of this step's update).
+        Returns the gradient norm and, with `snapshot`, on the main process, the hidden weights from
+        before the update (else None): this step's evaluation reads the update from them
+        (`spectra_update/*`, `curvature/*`).
         """
         cfg, acc, plan = self.cfg, self.accelerator, self.plan
         mult = self.schedule.multiplier(step)
@@ -350,13 +338,14 @@ class Trainer:
             loss_sum += loss.detach()
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip)
+        before = None
         if snapshot:
             self.whole.refresh()
             if self.is_main:
-                self.weights_before = snapshot_weights(self.whole.module)
+                before = snapshot_weights(self.whole.module)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return grad_norm, before
 
     def _log_train(self, step: int, mean_loss: torch.Tensor, grad_norm: torch.Tensor, tok_s: float) -> None:
         # The only host-device synchronisation of the loop: at logging and checkpoint steps.
@@ -375,29 +364,31 @@ class Trainer:
             metrics["perf/mfu"] = u
         self.logger.log(metrics, step)
 
-    def _evaluate(self, step: int, due: Due) -> None:
-        """Validation loss and tail buckets on every process; spectra and QA, when due, on the main one."""
+    def _evaluate(self, step: int, due: Due, before: dict[str, torch.Tensor] | None = None) -> None:
+        """Validation loss and tail buckets on every process; spectra and QA, when due, on the main one.
+
+        `before`: the weights from before the last step's update (`_step`'s snapshot; None at step 0)."""
         self.whole.refresh()
         metrics = self.evaluator.loss_and_tail(self.model) if self.evaluator else {}
         whole = self.whole.module
         if self.is_main and due.spectra:
             metrics.update(model_spectra(whole))
-            if self.weights_before is not None:  # the last step's update (none before the first step)
-                metrics.update(update_spectra(self.weights_before, whole))
+            if before is not None:  # the last step's update (none before the first step)
+                metrics.update(update_spectra(before, whole))
                 every = self.cfg.metrics.curvature_every
                 if every and step % every == 0:
-                    metrics.update(self._curvature(whole))
-                self.weights_before = None
+                    metrics.update(self._curvature(whole, before))
         if self.is_main and self.qa is not None and due.qa:
             metrics.update(self.qa(whole))
         self.state.eval_loss = metrics.get("eval/loss", self.state.eval_loss)
         self.logger.log(metrics, step)
 
-    def _curvature(self, whole: nn.Module) -> dict[str, float]:
-        """`curvature/<group>/*` of the last update on the fixed validation batch (main process)."""
-        rows = self.curvature_rows.to(self.accelerator.device)
+    def _curvature(self, whole: nn.Module, before: dict[str, torch.Tensor]) -> dict[str, float]:
+        """`curvature/<group>/*` of the update from `before` to `whole` on the fixed validation batch (main
+        process)."""
+        rows = self.evaluator.fixed_batch().to(self.accelerator.device)
         params = dict(whole.named_parameters())
-        update = {name: params[name].detach() - before for name, before in self.weights_before.items()}
+        update = {name: params[name].detach() - old for name, old in before.items()}
         return curvature_metrics(whole, rows[:, :-1], rows[:, 1:], update,
                                  {name: group_of(name) for name in update})
 

@@ -53,7 +53,7 @@ def real_run(ctx: Context) -> dict[str, Any]:
     if code != 0:
         raise failure("train.py", code, log)
     run = RunDir(ctx.work / "full")
-    shutil.copy(run.metrics, ctx.records / "real_run.metrics.jsonl")
+    shutil.copy(run.metrics, ctx.records / f"real_run.{run.metrics.name}")
     events = [e for e in run.events() if "perf/tokens_per_s" in e]
     loss = logged_losses(run)
     first, last = loss[min(loss)], loss[max(loss)]
@@ -73,7 +73,7 @@ def real_run(ctx: Context) -> dict[str, Any]:
         from metrics.throughput import peak_flops
 
         if peak_flops(torch.cuda.get_device_name()) is not None:
-            raise RuntimeError("perf/mfu is missing from metrics.jsonl on a GPU with a known peak")
+            raise RuntimeError("perf/mfu is missing from the run's metrics log on a GPU with a known peak")
     params = parameter_count(run)
     return {
         "command": " ".join(cmd), "params": params, "loss_first": first, "loss_last": last,
@@ -136,7 +136,7 @@ def stop_resume(ctx: Context) -> dict[str, Any]:
     code = run_logged(ctx, cmd, resumed_log)
     if code != 0:
         raise failure("the rerun after the stop", code, resumed_log)
-    shutil.copy(run.metrics, ctx.records / "stop_resume.metrics.jsonl")
+    shutil.copy(run.metrics, ctx.records / f"stop_resume.{run.metrics.name}")
     resumed = logged_losses(run)
     common = sorted(set(reference) & set(resumed))
     # The checkpoint keeps the open logging window, so every log step after the stop must match.
