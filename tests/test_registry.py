@@ -22,7 +22,8 @@ from optim.registry import (
     spec_of,
 )
 from optim.routing import optimizers_used, parse_route, resolve_routing, routing_label, routing_of
-from training.config import LATER_KEYS, config_hash, config_yaml, load_config, run_name
+from training.config import LATER_KEYS, config_yaml, load_config
+from training.identity import config_hash, run_name
 
 
 def _model() -> Transformer:
