@@ -7,10 +7,10 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from ablations.grid import load_grid, with_overrides
-from ablations.report import build_report
-from ablations.runner import next_stage, plan_lines, print_outcomes, run_grid, write_manifest
-from ablations.slurm import SlurmOptions, manifest_text, sbatch_script, write_slurm
+from ablations.reading.report import build_report
+from ablations.running.grid import load_grid, with_overrides
+from ablations.running.runner import next_stage, plan_lines, print_outcomes, run_grid, write_manifest
+from ablations.running.slurm import SlurmOptions, manifest_text, sbatch_script, write_slurm
 from common.cli import ExitCode, StoppedBySignal, run_main
 
 

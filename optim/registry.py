@@ -5,7 +5,7 @@ Each spec says how its optimizer is built, its default lr, whether it orthogonal
 keys it reads. From the table come the route grammar's names (optim.routing), the `optim.<name>`
 sections of the config schema and their checks (optim.config, training.config), the keys added after
 the first run directories (training.config.LATER_KEYS), the tuned keys that act on an arm
-(ablations.tuning) and the parts of the combined optimizer (optim.build). A name that is not in the
+(ablations.running.tuning) and the parts of the combined optimizer (optim.build). A name that is not in the
 table is an error wherever it appears.
 
 Adding an optimizer is one entry in `SPECS` (its section and builder beside it) plus its tests.

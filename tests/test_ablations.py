@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from ablations.__main__ import main
-from ablations.grid import REPO_ROOT, GridError, load_grid
-from ablations.report import build_report
-from ablations.results import read_history
-from ablations.runner import LaunchError, gpu_slots, run_grid
+from ablations.reading.report import build_report
+from ablations.reading.rows import read_history
+from ablations.running.grid import REPO_ROOT, GridError, load_grid
+from ablations.running.runner import LaunchError, gpu_slots, run_grid
 from common.rundir import RunDir
 
 

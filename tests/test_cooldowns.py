@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from scipy import stats as scipy_stats
 
-from ablations.annealed import lineages
-from ablations.cooldowns import Cooldowns
-from ablations.grid import GridError, load_grid
 from ablations.metric_names import EVAL_LOSS, TAIL_LOSS
-from ablations.report import build_report
-from ablations.results import aggregate, load_runs
-from ablations.runner import run_grid
+from ablations.reading.annealed import lineages
+from ablations.reading.report import build_report
+from ablations.reading.rows import aggregate, load_runs
+from ablations.running.cooldowns import Cooldowns
+from ablations.running.grid import GridError, load_grid
+from ablations.running.runner import run_grid
 from common.rundir import RunDir
 from optim.schedules import Schedule
 from tests.test_train import base_args, corpus, read_metrics, run_train, without_perf  # noqa: F401

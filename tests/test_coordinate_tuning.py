@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from scipy import stats as scipy_stats
 
-from ablations.grid import Run, Tune, load_grid
-from ablations.report import build_report
-from ablations.runner import run_grid
-from ablations.tuning import beyond, grid_sweep, tune_arm
+from ablations.reading.report import build_report
+from ablations.running.grid import Run, Tune, load_grid
+from ablations.running.runner import run_grid
+from ablations.running.tuning import beyond, grid_sweep, tune_arm
 from tests.toy_train import toy_loss
 
 ARM = Run(name="muon-hidden", overrides={"optim.muon": "hidden"})

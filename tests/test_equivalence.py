@@ -8,7 +8,7 @@ import math
 import pytest
 from scipy import stats
 
-from ablations.stats import PAIRED, WELCH, difference, share_fieller, tost
+from ablations.reading.stats import PAIRED, WELCH, difference, share_fieller, tost
 
 A = {0: 4.81, 1: 4.79, 2: 4.83, 3: 4.80}
 B = {0: 4.78, 1: 4.77, 2: 4.82, 3: 4.76}

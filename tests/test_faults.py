@@ -27,10 +27,10 @@ from safetensors.torch import load_file
 from test_ablations import synthetic_run
 from test_train import ROOT, base_args, corpus, read_metrics, without_perf  # noqa: F401  (fixtures)
 
-from ablations.grid import load_grid
-from ablations.report import build_report
-from ablations.results import read_history
-from ablations.runner import run_grid
+from ablations.reading.report import build_report
+from ablations.reading.rows import read_history
+from ablations.running.grid import load_grid
+from ablations.running.runner import run_grid
 from common.checksums import record_files
 from common.errors import UserError
 from common.lock import holder
@@ -154,8 +154,8 @@ FAKE_TRAIN = """
 RUNNER = """
     import json, sys
     from pathlib import Path
-    from ablations.grid import load_grid
-    from ablations.runner import run_grid
+    from ablations.running.grid import load_grid
+    from ablations.running.runner import run_grid
     outcomes = run_grid(load_grid(sys.argv[1]), Path(sys.argv[2]), num_gpus=0,
                         train_cmd=[sys.executable, sys.argv[3]])
     print(json.dumps({o.name: o.status for o in outcomes}))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ablations.grid import load_grid
-from ablations.results import aggregate, load_runs
-from ablations.runner import train_args
+from ablations.reading.rows import aggregate, load_runs
+from ablations.running.grid import load_grid
+from ablations.running.runner import train_args
 from common.files import write_text
 from common.rundir import RunDir
 from training.config import config_yaml, load_config

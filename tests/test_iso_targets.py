@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from scipy import stats as scipy_stats
 
-from ablations.grid import GridError, load_grid
-from ablations.matched_loss import EVAL, iso_loss
-from ablations.report import build_report
-from ablations.results import aggregate, load_runs
+from ablations.reading.matched_loss import EVAL, iso_loss
+from ablations.reading.report import build_report
+from ablations.reading.rows import aggregate, load_runs
+from ablations.running.grid import GridError, load_grid
 from tests.test_tuning import two_seed_adamw_and_muon
 
 
@@ -91,7 +91,7 @@ def test_directional_sharpness_is_read_and_tested_at_the_targets(tmp_path):
 def test_a_training_loss_match_is_smoothed_and_read_at_the_eval_cadence(tmp_path):
     """bios-like runs: a noisy training loss every 10 steps, QA every 50; the crossing is read on the
     centred 5-window mean at the QA steps, so loss and QA share one cadence."""
-    from ablations.matched_loss import TRAIN, TRAIN_SMOOTHING
+    from ablations.reading.matched_loss import TRAIN, TRAIN_SMOOTHING
 
     d = tmp_path / "adamw_s0"
     d.mkdir()

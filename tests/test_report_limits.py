@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ablations import plots
-from ablations.grid import load_grid, with_overrides
-from ablations.report import build_report
-from ablations.runner import Outcome, plan_lines, print_outcomes
+from ablations.reading import plots
+from ablations.reading.report import build_report
+from ablations.running.grid import load_grid, with_overrides
+from ablations.running.runner import Outcome, plan_lines, print_outcomes
 from common.console import console
 from common.rundir import RunDir
 

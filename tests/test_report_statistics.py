@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from scipy import stats as scipy_stats
 
-from ablations.grid import GridError, load_grid
-from ablations.report import build_report
-from ablations.stats import share_fieller, tost
+from ablations.reading.report import build_report
+from ablations.reading.stats import share_fieller, tost
+from ablations.running.grid import GridError, load_grid
 from tests.test_tuning import synthetic
 
 

@@ -17,14 +17,14 @@ import yaml
 from scipy import stats as scipy_stats
 
 from ablations.__main__ import main
-from ablations.analysis_tables import final_pair_tests, iso_pair_tests, pairs_table, study_adjusted
-from ablations.curves import NO_BRACKET, NOT_REACHED, REACHED, first_crossing, value_at
-from ablations.grid import GridError, load_grid, with_overrides
-from ablations.matched_loss import EVAL, TRAIN, iso_loss, longer_adamw, overall_loss, steps_to_target
-from ablations.results import aggregate, load_runs
-from ablations.runner import next_stage
-from ablations.stats import PAIRED, WELCH, Stat, compare, share_interval
-from ablations.tuning import final_runs, grid_sweep
+from ablations.reading.curves import NO_BRACKET, NOT_REACHED, REACHED, first_crossing, value_at
+from ablations.reading.matched_loss import EVAL, TRAIN, iso_loss, longer_adamw, overall_loss, steps_to_target
+from ablations.reading.rows import aggregate, load_runs
+from ablations.reading.stats import PAIRED, WELCH, Stat, compare, share_interval
+from ablations.reading.tables import final_pair_tests, iso_pair_tests, pairs_table, study_adjusted
+from ablations.running.grid import GridError, load_grid, with_overrides
+from ablations.running.runner import next_stage
+from ablations.running.tuning import final_runs, grid_sweep
 from common.rundir import RunDir
 from tests.test_train import ROOT, base_args, corpus  # noqa: F401  (fixtures)
 

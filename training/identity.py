@@ -9,7 +9,7 @@ an identical new run:
   run.name/dir), and a key of LATER_KEYS only when set away from its default;
 - `config_hash`: 8 hex digits of them, the suffix of the run directory's name;
 - `setting_key`: the same keys without the seed: the seeds of one setting share it (the report's
-  rows, ablations/results.py);
+  rows, ablations/reading/rows.py);
 - `run_name`, `run_label` (the routing label of grid names and reports), `run_dir`, `wandb_names`.
 """
 

@@ -8,7 +8,7 @@
 - **Longer AdamW**: an AdamW arm trained k× longer, read at the step where it reaches a Muon
   arm's final loss: does AdamW given more steps catch up on the tail?
 
-Every value at a target is interpolated between two logged evals (ablations/curves.py); a run
+Every value at a target is interpolated between two logged evals (ablations/reading/curves.py); a run
 that never reaches the target, or is already below it at its first eval, is reported as such. Runs
 with fewer than MIN_EVALS logged points make these reads straight lines between a few points: the
 report warns (`too_few_evals`).
@@ -22,7 +22,6 @@ import re
 import statistics
 from dataclasses import dataclass
 
-from ablations.curves import NO_BRACKET, NOT_REACHED, REACHED, Crossing, first_crossing, value_at
 from ablations.metric_names import (
     CURVATURE_NDS,
     EVAL_LOSS,
@@ -33,8 +32,9 @@ from ablations.metric_names import (
     TAIL_LOSS,
     TRAIN_LOSS,
 )
-from ablations.results import Row, RunData
-from ablations.stats import Comparison, Stat, compare
+from ablations.reading.curves import NO_BRACKET, NOT_REACHED, REACHED, Crossing, first_crossing, value_at
+from ablations.reading.rows import Row, RunData
+from ablations.reading.stats import Comparison, Stat, compare
 
 
 @dataclass(frozen=True)

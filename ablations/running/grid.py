@@ -44,14 +44,14 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ablations.cooldowns import Cooldowns
 from ablations.metric_names import DEFAULT_MARGINS
+from ablations.running.cooldowns import Cooldowns
 from common.errors import UserError
 from optim.config import OptimConfig
 from optim.routing import routing_label
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-GRIDS_DIR = Path(__file__).resolve().parent / "grids"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GRIDS_DIR = REPO_ROOT / "ablations" / "grids"
 TOP_LEVEL_KEYS = ("name", "description", "base", "overrides", "runs", "axes", "seeds", "exclude", "tune",
                   "equivalence_margin", "analysis", "budgets", "cooldowns")
 ANALYSIS_KEYS = ("iso_loss",)
@@ -83,7 +83,7 @@ class Run:
     paper_ref: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     arm: str | None = None  # set on tuned runs: the grid run (without seed) whose values they try
-    branch_of: str | None = None  # a cooldown branch: the final run it branches from (ablations/cooldowns.py)
+    branch_of: str | None = None  # a cooldown branch: the final run it branches from (cooldowns.py)
     branch_at: int | None = None  # ... at this step of it
 
     @property
@@ -97,7 +97,7 @@ class Run:
 @dataclass(frozen=True)
 class Tune:
     """A grid's `tune:` section: each arm is tuned on `keys` with `seeds` first (one key at a time, or
-    their full product), and the grid's own seeds then run at its chosen values (ablations/tuning.py)."""
+    their full product), and the grid's own seeds then run at its chosen values (tuning.py)."""
 
     keys: dict[str, list[Any]]
     seeds: list[int]
@@ -105,8 +105,8 @@ class Tune:
     # Tuning seeds among the grid's evaluation seeds are an error unless this is set: the run the
     # choice was made on would then be counted in the result it chose (a winner's-curse bias).
     reuse_tuning_seeds: bool = False
-    method: str = "coordinate"  # or "grid": the full product of the keys' values (ablations/tuning.py)
-    extend_edges: bool = True  # a best value at a sweep edge is tried beyond it (ablations/tuning.py)
+    method: str = "coordinate"  # or "grid": the full product of the keys' values (tuning.py)
+    extend_edges: bool = True  # a best value at a sweep edge is tried beyond it (tuning.py)
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class Grid:
     equivalence_margin: dict[str, float] = dataclasses.field(default_factory=dict)
     # the report's pre-registered analyses: {"iso_loss": [target losses]}, declared before any result
     analysis: dict[str, list[float]] = dataclasses.field(default_factory=dict)
-    cooldowns: Cooldowns | None = None  # annealed branches of every final run (ablations/cooldowns.py)
+    cooldowns: Cooldowns | None = None  # annealed branches of every final run (cooldowns.py)
 
 
 def label_of(config: dict[str, Any]) -> str:

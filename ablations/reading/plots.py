@@ -12,10 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ablations.annealed import Lineage  # noqa: E402
-from ablations.matched_loss import ArmAtTarget, OverallLoss, StepsToTarget  # noqa: E402
-from ablations.results import Row, RunData  # noqa: E402
-from ablations.tuning import ArmTuning, profile  # noqa: E402
+from ablations.reading.annealed import Lineage  # noqa: E402
+from ablations.reading.matched_loss import ArmAtTarget, OverallLoss, StepsToTarget  # noqa: E402
+from ablations.reading.rows import Row, RunData  # noqa: E402
+from ablations.running.tuning import ArmTuning, profile  # noqa: E402
 from common.plotting import legend_beside  # noqa: E402
 
 SPECTRA_GROUPS = ("v", "o", "ffn_out")

@@ -7,7 +7,7 @@ diverged (DONE_STATUSES) is skipped; any other is started with train.resume=auto
 run continues from its newest checkpoint. Two runners on one grid share the work: a run whose lock another
 process holds (train.py holds it while training) is skipped as 'held', so no run is trained twice.
 A grid with `tune:` runs its sweep first (in rounds: each coordinate step or edge extension is planned
-from the results before it), then the grid's seeds at each arm's chosen values (ablations/tuning.py).
+from the results before it), then the grid's seeds at each arm's chosen values (ablations/running/tuning.py).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from ablations.grid import REPO_ROOT, Grid, Run, branch_runs, config_diff
-from ablations.tuning import ArmTuning, arms, final_runs, grid_sweep, swept_keys
+from ablations.running.grid import REPO_ROOT, Grid, Run, branch_runs, config_diff
+from ablations.running.tuning import ArmTuning, arms, final_runs, grid_sweep, swept_keys
 from common.console import console as make_console
 from common.errors import UserError
 from common.lock import holder

@@ -5,7 +5,7 @@ stable phase) into a run of `a + L` steps whose decay takes the last fraction F 
 F), rounded). Up to `a` the branch's schedule is its parent's, so it starts from the parent's
 checkpoint at step `a` as an exact resume with a shorter total (like `train.extend_to`): the same as a
 fresh run of `a + L` steps, computed in L. The report compares arms at matched loss across these
-annealed points (ablations/annealed.py), where every compared model has finished its schedule.
+annealed points (ablations/reading/annealed.py), where every compared model has finished its schedule.
 """
 
 from __future__ import annotations

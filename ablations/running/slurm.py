@@ -15,8 +15,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablations.grid import Grid
-from ablations.runner import train_args
+from ablations.running.grid import Grid
+from ablations.running.runner import train_args
 from common.rundir import DONE_STATUSES
 
 

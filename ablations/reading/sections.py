@@ -1,5 +1,5 @@
 """The report's statistics, tuning and "speed or inductive bias" sections: their CSV files, plots
-and markdown (ablations/report.py places them after the main table)."""
+and markdown (ablations/reading/report.py places them after the main table)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,28 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ablations import plots
-from ablations.analysis_tables import (
+from ablations.metric_names import DEFAULT_MARGINS, EVAL_LOSS, QA_MEAN, QA_TAIL, TAIL_LOSS, TRAIN_LOSS
+from ablations.reading import plots
+from ablations.reading.annealed import AnnealedRead, Lineage, annealed_reads, lineages
+from ablations.reading.matched_loss import (
+    MIN_EVALS,
+    TRAIN,
+    TRAIN_SMOOTHING,
+    ArmAtTarget,
+    OverallLoss,
+    StepsToTarget,
+    iso_loss,
+    iso_targets,
+    iso_tests,
+    longer_adamw,
+    overall_loss,
+    steps_to_target,
+    tail_metrics,
+    too_few_evals,
+)
+from ablations.reading.rows import Row, RunData
+from ablations.reading.stats import ALPHA, BOOTSTRAP_MIN_SEEDS, BOOTSTRAP_RESAMPLES
+from ablations.reading.tables import (
     Table,
     annealed_pair_tests,
     annealed_table,
@@ -26,28 +46,8 @@ from ablations.analysis_tables import (
     tuning_table,
     write_table,
 )
-from ablations.annealed import AnnealedRead, Lineage, annealed_reads, lineages
-from ablations.grid import SEED_KEY, Run, Tune
-from ablations.matched_loss import (
-    MIN_EVALS,
-    TRAIN,
-    TRAIN_SMOOTHING,
-    ArmAtTarget,
-    OverallLoss,
-    StepsToTarget,
-    iso_loss,
-    iso_targets,
-    iso_tests,
-    longer_adamw,
-    overall_loss,
-    steps_to_target,
-    tail_metrics,
-    too_few_evals,
-)
-from ablations.metric_names import DEFAULT_MARGINS, EVAL_LOSS, QA_MEAN, QA_TAIL, TAIL_LOSS, TRAIN_LOSS
-from ablations.results import Row, RunData
-from ablations.stats import ALPHA, BOOTSTRAP_MIN_SEEDS, BOOTSTRAP_RESAMPLES
-from ablations.tuning import MAX_EXTENSIONS, ArmTuning, sweep_of
+from ablations.running.grid import SEED_KEY, Run, Tune
+from ablations.running.tuning import MAX_EXTENSIONS, ArmTuning, sweep_of
 
 
 def _image(path: Path | None, out: Path, title: str) -> str:

@@ -1,8 +1,9 @@
 """Matched loss between fully annealed models: speed told apart from bias without the schedule confound.
 
-A read at a target loss mid-run (ablations/matched_loss.py) compares arms at different phases of their
+A read at a target loss mid-run (matched_loss.py) compares arms at different phases of their
 schedules. Here every point is a model that finished its schedule: a final run, each of its cooldown
-branches (ablations/cooldowns.py) and the final runs of the same setting at other budgets (`budgets:`).
+branches (ablations/running/cooldowns.py) and the final runs of the same setting at other budgets
+(`budgets:`).
 Per arm (a lineage: rows that differ only in steps and tuned values) and seed, the tail metrics are
 interpolated linearly in the final loss between the two annealed points around a target (never
 extrapolated); arms are then compared there over seeds like any other metric.
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ablations.metric_names import HEADLINE
-from ablations.results import Row, RunData
+from ablations.reading.rows import Row, RunData
 
 Point = tuple[float, dict[str, float]]  # (final loss, the final tail metrics and "loss" itself)
 
@@ -94,7 +95,7 @@ def default_target(family: list[Lineage]) -> float | None:
     return (low + high) / 2 if low <= high else None
 
 
-# How a target was chosen when the grid registers none (ablations/matched_loss.py names the others).
+# How a target was chosen when the grid registers none (ablations/reading/matched_loss.py names the others).
 ANNEALED_DEFAULT = "default (the middle of the range every seed's annealed points cover)"
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from scipy import stats
 
-from ablations.annealed import AnnealedRead
-from ablations.matched_loss import (
+from ablations.metric_names import FINAL_METRICS, HEADLINE
+from ablations.reading.annealed import AnnealedRead
+from ablations.reading.matched_loss import (
     DEFAULT_TARGET,
     ArmAtTarget,
     LongerVsMuon,
@@ -20,10 +21,9 @@ from ablations.matched_loss import (
     column,
     curvature_metrics,
 )
-from ablations.metric_names import FINAL_METRICS, HEADLINE
-from ablations.results import Row
-from ablations.stats import ALPHA, Comparison, Difference, compare, difference
-from ablations.tuning import ArmTuning, profile
+from ablations.reading.rows import Row
+from ablations.reading.stats import ALPHA, Comparison, Difference, compare, difference
+from ablations.running.tuning import ArmTuning, profile
 
 
 class PValue(float):

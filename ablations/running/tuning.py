@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ablations.grid import (
+from ablations.running.grid import (
     BASE_KEY,
     DEFAULTS,
     MUON_KEY,

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ablations import plots
-from ablations.analysis_report import analyses
-from ablations.analysis_tables import PValue, Table, markdown, md_cell, write_table
-from ablations.grid import EVAL_EVERY_KEY, STEPS_KEY
 from ablations.metric_names import EVAL_LOSS
-from ablations.results import ADAMW, FULL_MUON, Row, RunData, aggregate, load_runs, read_manifest
-from ablations.stats import Stat
+from ablations.reading import plots
+from ablations.reading.rows import ADAMW, FULL_MUON, Row, RunData, aggregate, load_runs, read_manifest
+from ablations.reading.sections import analyses
+from ablations.reading.stats import Stat
+from ablations.reading.tables import PValue, Table, markdown, md_cell, write_table
+from ablations.running.grid import EVAL_EVERY_KEY, STEPS_KEY
 from common.errors import MissingFileError
 from common.rundir import RunDir
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ablations.grid import FFN_KEY, ROUTING_KEYS, SEED_KEY, STEPS_KEY, flatten
 from ablations.metric_names import EVAL_LOSS, FINAL_METRICS, QA_TAIL, TAIL_GAP, TAIL_LOSS
-from ablations.stats import Comparison, Stat, compare, share_ci
+from ablations.reading.stats import Comparison, Stat, compare, share_ci
+from ablations.running.grid import FFN_KEY, ROUTING_KEYS, SEED_KEY, STEPS_KEY, flatten
 from common.errors import MissingFileError
 from common.rundir import RunDir
 from optim.config import ADAMW_RUN_KEYS
@@ -82,7 +82,7 @@ class Row:
     delta_vs_adamw: float | None = None
     share_recovered: float | None = None
     share_ci95: tuple[float, float] | None = None
-    share_ci_method: str | None = None  # "fieller" or "bootstrap" (ablations.stats.share_ci)
+    share_ci_method: str | None = None  # "fieller" or "bootstrap" (ablations.reading.stats.share_ci)
     vs_adamw: dict[str, Comparison] = field(default_factory=dict)  # metric -> test against the AdamW row
     vs_muon: dict[str, Comparison] = field(default_factory=dict)  # ... against the full-Muon row
     tuned: dict[str, object] = field(default_factory=dict)  # the arm's chosen values of a tuned grid
