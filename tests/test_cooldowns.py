@@ -49,6 +49,7 @@ def grid_yaml(tmp_path: Path, cooldowns: str, extra: dict) -> Path:
     ("{at: [12], length: 0.2}", {}, "cooldowns.at [12] is outside the stable phase [2, 10]"),
     ("{at: [5], length: 0.2}", {}, "must be multiples of train.checkpoint_every=2"),
     ("{at: [4], length: 0.2}", {"train.keep_checkpoints": 3}, "set train.keep_checkpoints >= 9"),
+    ("{at: [10], length: 0.5}", {}, "cooldowns.at [10]: that branch is the 20-step run itself"),
 ])
 def test_a_cooldown_the_runs_cannot_branch_is_a_grid_error(tmp_path, cooldowns, extra, message):
     with pytest.raises(GridError, match=re.escape(message)):

@@ -49,6 +49,10 @@ class Cooldowns:
         if late:
             return (f"cooldowns.at {late} is outside the stable phase [{warmup}, {parent.decay_start}] of a "
                     f"{steps}-step run; branch between warmup and decay")
+        same = [a for a in self.at if self.branch(a)[0] == steps]
+        if same:
+            return (f"cooldowns.at {same}: that branch is the {steps}-step run itself (it decays from the "
+                    "same step); the final run is already that annealed point, drop it from cooldowns.at")
         if every <= 0 or any(a % every for a in self.at):
             return (f"cooldowns.at {self.at} must be multiples of train.checkpoint_every={every}: a branch "
                     "starts from its parent's checkpoint at that step")
