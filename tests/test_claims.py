@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 # (file, headings whose sections hold results; a section ends at the next heading of its level or above)
 SECTIONS = (("README.md", ("Ablations you can trust", "The theory's optimizers")),
-            ("docs/ablations.md", ("Measured: seeds", "Measured: the theory")))
-STUDIES = ("study_tiny", "study_bios", "theory_lm")
+            ("docs/ablations.md", ("Measured: the v2 pilot", "Measured: seeds", "Measured: the theory")))
+STUDIES = ("study_tiny_v2_pilot", "study_tiny", "study_bios", "theory_lm")
 # A decimal number, with an optional sign (ASCII or Unicode minus) and percent sign.
 NUMBER = re.compile(r"(?<![\w.])[−-]?\d+\.\d+%?")
 # Quantities no study CSV holds: durations and sizes (what a closing note reports from the clock).
