@@ -3,9 +3,10 @@ grid file may set for them (`equivalence_margin:`)."""
 
 from __future__ import annotations
 
-EVAL_LOSS, TAIL_LOSS, TAIL_GAP = "final/eval_loss", "eval/tail/tail_loss", "eval/tail/gap"
-TRAIN_LOSS = "final/train_loss"
-QA_TAIL, QA_MEAN = "qa/fta/tail", "qa/fta/mean"
+from metrics.names import FINAL_EVAL_LOSS, FINAL_TRAIN_LOSS, QA_MEAN, QA_TAIL, TAIL_GAP, TAIL_LOSS
+
+# The report's names for the final losses (the other metrics' names are the logged ones, metrics/names.py).
+EVAL_LOSS, TRAIN_LOSS = FINAL_EVAL_LOSS, FINAL_TRAIN_LOSS
 # The final metrics each row gets statistics and tests for.
 FINAL_METRICS = (EVAL_LOSS, TAIL_LOSS, TAIL_GAP, QA_TAIL, QA_MEAN, TRAIN_LOSS)
 # The tail metrics compared at matched loss (iso-loss, annealed, longer AdamW).

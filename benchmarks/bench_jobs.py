@@ -24,6 +24,7 @@ import torch
 
 from benchmarks.common import environment, print_table, write_results
 from common.rundir import RunDir
+from metrics.names import FINAL_EVAL_LOSS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="muonlab_bench_jobs_") as tmp:
         for jobs in (1, args.jobs):
             wall, summaries = run_batch(seeds, jobs, args.steps, Path(tmp) / f"jobs{jobs}")
-            rows.append({"jobs": jobs, "wall_s": wall, "eval_loss": {s: summaries[s]["final/eval_loss"]
+            rows.append({"jobs": jobs, "wall_s": wall, "eval_loss": {s: summaries[s][FINAL_EVAL_LOSS]
                                                                      for s in seeds}})
     ratio = rows[0]["wall_s"] / rows[1]["wall_s"]
     path = write_results("bench_jobs", {"environment": environment(torch.device("cpu")), "runs": args.runs,

@@ -23,6 +23,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from metrics.names import QA_HEAD, QA_MEAN, QA_TAIL, qa_group
+
 
 class _Item(Protocol):
     prompt: str
@@ -70,8 +72,8 @@ def first_token_accuracy(
         for item, hit in zip(items[start : start + batch_size], hits, strict=True):
             correct[item.group] += int(hit)
             total[item.group] += 1
-    out = {f"qa/fta/g{g}": correct[g] / total[g] for g in sorted(total)}
-    out["qa/fta/head"] = out[f"qa/fta/g{min(total)}"]
-    out["qa/fta/tail"] = out[f"qa/fta/g{max(total)}"]
-    out["qa/fta/mean"] = sum(correct[g] / total[g] for g in total) / len(total)
+    out = {qa_group(g): correct[g] / total[g] for g in sorted(total)}
+    out[QA_HEAD] = out[qa_group(min(total))]
+    out[QA_TAIL] = out[qa_group(max(total))]
+    out[QA_MEAN] = sum(correct[g] / total[g] for g in total) / len(total)
     return out

@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from metrics.names import HEAD_LOSS, TAIL_GAP, TAIL_LOSS, tail_bucket
+
 MODES = ("share", "log")
 
 
@@ -132,13 +134,13 @@ class TailAccumulator:
     def metrics(self) -> dict[str, float]:
         """Mean loss per non-empty bucket plus head/tail/gap (entries whose bucket is empty are omitted)."""
         sums, counts = self.sums.cpu().tolist(), self.counts.cpu().tolist()
-        out = {f"eval/tail/loss_b{b}": s / c for b, (s, c) in enumerate(zip(sums, counts, strict=True))
+        out = {tail_bucket(b): s / c for b, (s, c) in enumerate(zip(sums, counts, strict=True))
                if c > 0}
-        head, tail = out.get("eval/tail/loss_b0"), out.get(f"eval/tail/loss_b{self.k - 1}")
+        head, tail = out.get(tail_bucket(0)), out.get(tail_bucket(self.k - 1))
         if head is not None:
-            out["eval/tail/head_loss"] = head
+            out[HEAD_LOSS] = head
         if tail is not None:
-            out["eval/tail/tail_loss"] = tail
+            out[TAIL_LOSS] = tail
         if head is not None and tail is not None and self.k > 1:
-            out["eval/tail/gap"] = tail - head
+            out[TAIL_GAP] = tail - head
         return out

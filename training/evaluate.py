@@ -24,6 +24,7 @@ from common.files import write_json
 from common.rundir import checkpoint_id, checkpoint_step, locate
 from data.loader import val_batches
 from data.prepare import prepare_data
+from metrics.names import EVAL_LOSS, HEAD_LOSS, QA_HEAD, QA_TAIL, TAIL_GAP, TAIL_LOSS
 from metrics.spectra import model_spectra
 from metrics.tail import TailAccumulator, make_buckets
 from training.checkpoint import load_weights
@@ -64,7 +65,7 @@ class Evaluator:
         total = self.accelerator.reduce(total, reduction="sum")
         tail.sums = self.accelerator.reduce(tail.sums, reduction="sum")
         tail.counts = self.accelerator.reduce(tail.counts, reduction="sum")
-        return {"eval/loss": (total[0] / total[1]).item(), **tail.metrics()}
+        return {EVAL_LOSS: (total[0] / total[1]).item(), **tail.metrics()}
 
 
 # -- `python -m training.evaluate`: score any checkpoint -----------------------------------------
@@ -149,8 +150,7 @@ def _evaluate_and_print(args: argparse.Namespace) -> int:
     # evaluations written before the budget was recorded lack it
     budget = f", {out['eval_tokens']:,} validation tokens" if "eval_tokens" in out else ""
     table = Table(title=f"step {out['step']}{budget}", show_header=False)
-    shown = ("eval/loss", "eval/tail/head_loss", "eval/tail/tail_loss", "eval/tail/gap", "qa/fta/head",
-             "qa/fta/tail")
+    shown = (EVAL_LOSS, HEAD_LOSS, TAIL_LOSS, TAIL_GAP, QA_HEAD, QA_TAIL)
     for key in shown:
         if key in out["metrics"]:
             table.add_row(key, f"{out['metrics'][key]:.4f}")

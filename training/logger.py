@@ -20,6 +20,7 @@ from accelerate import Accelerator
 
 from common.files import write_errors
 from common.rundir import RunDir
+from metrics.names import EVAL_LOSS, QA_FAMILY, TAIL_BUCKET, TAIL_FAMILY
 from training.config import RunConfig, as_dict
 from training.identity import wandb_names
 
@@ -93,9 +94,9 @@ def _init_wandb(accelerator: Accelerator, run: RunDir, cfg: RunConfig) -> Any:
     wb.define_metric(TOKENS)
     for prefix in ("train", "perf", "eval", "spectra", "spectra_update", "qa"):
         wb.define_metric(f"{prefix}/*", step_metric=TOKENS)
-    wb.define_metric("eval/loss", summary="min")
-    wb.define_metric("eval/tail/*", summary="last")
-    wb.define_metric("qa/fta/*", summary="last")
+    wb.define_metric(EVAL_LOSS, summary="min")
+    wb.define_metric(f"{TAIL_FAMILY}*", summary="last")
+    wb.define_metric(f"{QA_FAMILY}*", summary="last")
     return wb
 
 
@@ -113,21 +114,20 @@ def _for_wandb(metrics: dict[str, Any], tokens: int) -> dict[str, Any]:
             layers.append([m["prefix"], m["group"], int(m["layer"]), m["metric"], value])
         else:
             out[key] = value
-            if (b := _BUCKET.match(key)) is not None:
-                buckets.append([int(b["bucket"]), value])
+            if (b := TAIL_BUCKET.fullmatch(key)) is not None:
+                buckets.append([int(b[1]), value])
     if layers:
         columns = ["kind", "group", "layer", "metric", "value"]
         out["spectra_per_layer"] = wandb.Table(columns=columns, data=layers)
     if buckets:
         table = wandb.Table(columns=["bucket (0 = most frequent)", "loss"], data=sorted(buckets))
-        out["eval/tail/buckets"] = wandb.plot.bar(table, "bucket (0 = most frequent)", "loss",
+        out[f"{TAIL_FAMILY}buckets"] = wandb.plot.bar(table, "bucket (0 = most frequent)", "loss",
                                                   title="eval loss by token-frequency bucket")
     return out
 
 
 _PER_LAYER = re.compile(
     r"^(?P<prefix>spectra(?:_update)?)/(?P<group>\w+)/layer(?P<layer>\d+)/(?P<metric>\w+)$")
-_BUCKET = re.compile(r"^eval/tail/loss_b(?P<bucket>\d+)$")
 
 
 def _routing_table(rows: list[dict]) -> Any:

@@ -23,6 +23,7 @@ from common.cli import ExitCode, run_main
 from common.errors import MissingFileError, UserError
 from common.rundir import RUN_STATUSES, RunDir
 from common.text_table import text_table
+from metrics.names import EVAL_LOSS
 from training.config import load_config
 from training.identity import run_label
 
@@ -57,7 +58,7 @@ def read_row(run: RunDir, root: Path, now: float) -> RunRow:
         muon_lr = optim.get("muon_lr")
         lr = f"{optim['adamw_lr']:g}" + ("" if muon_lr in (None, optim["adamw_lr"]) else f"/{muon_lr:g}")
     events = list(run.events())
-    evals = [e["eval/loss"] for e in events if "eval/loss" in e]
+    evals = [e[EVAL_LOSS] for e in events if EVAL_LOSS in e]
     written = run.modified() or run.path.stat().st_mtime  # a directory with only routing.json: its own
     return RunRow(
         name=str(run.path.relative_to(root)), path=str(run.path), status=run.status(),

@@ -33,6 +33,7 @@ from common.rundir import RunDir, checkpoint_step
 from data.loader import TokenLoader, check_vocab, val_batches
 from data.prepare import prepare_data
 from metrics.curvature import curvature_metrics
+from metrics.names import EVAL_LOSS, FINAL_EVAL_LOSS, FINAL_TRAIN_LOSS, QA_TAIL, TRAIN_LOSS
 from metrics.spectra import model_spectra, snapshot_weights, update_spectra
 from metrics.throughput import flops_per_token, mfu, peak_flops
 from model import ModelConfig, Transformer
@@ -358,7 +359,7 @@ class Trainer:
                 f"training loss is {self.state.train_loss} at step {step}; last good checkpoint: "
                 f"{good or 'none'}. Lower optim.adamw_lr/optim.muon_lr or set optim.grad_clip, then rerun "
                 "(train.resume=auto)")
-        metrics = {"train/loss": self.state.train_loss, "train/lr": self.optimizer.param_groups[0]["lr"],
+        metrics = {TRAIN_LOSS: self.state.train_loss, "train/lr": self.optimizer.param_groups[0]["lr"],
                    "train/grad_norm": grad_norm.item(), "perf/tokens_per_s": tok_s}
         if (u := mfu(tok_s, self.flops_per_token, self.world, self.peak_flops)) is not None:
             metrics["perf/mfu"] = u
@@ -380,7 +381,7 @@ class Trainer:
                     metrics.update(self._curvature(whole, before))
         if self.is_main and self.qa is not None and due.qa:
             metrics.update(self.qa(whole))
-        self.state.eval_loss = metrics.get("eval/loss", self.state.eval_loss)
+        self.state.eval_loss = metrics.get(EVAL_LOSS, self.state.eval_loss)
         self.logger.log(metrics, step)
 
     def _curvature(self, whole: nn.Module, before: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -429,14 +430,14 @@ class Trainer:
         if self.is_main:
             # The final figures as logged (also by earlier attempts), never from an empty window.
             events = list(self.run.events())
-            train = [e for e in events if e.get("train/loss") is not None]
-            evals = [e for e in events if "eval/loss" in e or "qa/fta/tail" in e]
+            train = [e for e in events if e.get(TRAIN_LOSS) is not None]
+            evals = [e for e in events if EVAL_LOSS in e or QA_TAIL in e]
             last_eval = {k: v for k, v in (evals[-1] if evals else {}).items() if k != "step"}
             summary |= {
-                "final/train_loss": train[-1]["train/loss"] if train else None,
-                "final/eval_loss": last_eval.get("eval/loss"),
+                FINAL_TRAIN_LOSS: train[-1][TRAIN_LOSS] if train else None,
+                FINAL_EVAL_LOSS: last_eval.get(EVAL_LOSS),
                 **{k: v for k, v in last_eval.items() if "/layer" not in k},
-                "initial/eval_loss": next((e["eval/loss"] for e in evals if "eval/loss" in e), None),
+                "initial/eval_loss": next((e[EVAL_LOSS] for e in evals if EVAL_LOSS in e), None),
             }
             write_summary(self.run, summary)
             print_summary(self.run.path, summary)

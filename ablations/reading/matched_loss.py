@@ -35,6 +35,7 @@ from ablations.metric_names import (
 from ablations.reading.curves import NO_BRACKET, NOT_REACHED, REACHED, Crossing, first_crossing, value_at
 from ablations.reading.rows import Row, RunData
 from ablations.reading.stats import Comparison, Stat, compare
+from metrics import names
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ class OverallLoss:
         return [(step, v) for step, v in smoothed if step in evals] if evals else smoothed
 
 
-EVAL, TRAIN = (OverallLoss("eval/loss", EVAL_LOSS, "eval loss"),
-               OverallLoss("train/loss", TRAIN_LOSS, "training loss"))
+EVAL, TRAIN = (OverallLoss(names.EVAL_LOSS, EVAL_LOSS, "eval loss"),
+               OverallLoss(names.TRAIN_LOSS, TRAIN_LOSS, "training loss"))
 # Logged training-loss windows a centred mean smooths over before a training-loss crossing is read.
 TRAIN_SMOOTHING = 5
 
@@ -71,7 +72,7 @@ def overall_loss(rows: list[Row]) -> OverallLoss:
     """The eval loss, or the training loss when no run logs an eval loss."""
     return EVAL if any(EVAL.history in r.history for row in rows for r in row.runs) else TRAIN
 # The tail metrics read at a target loss: the summary's headline ones, then every bucket and group.
-_PER_BUCKET = re.compile(r"eval/tail/loss_b\d+|qa/fta/g\d+")
+_PER_BUCKET = (names.TAIL_BUCKET, names.QA_GROUP)
 
 
 def curvature_metrics(logged: set[str] | list[str]) -> list[str]:
@@ -83,7 +84,7 @@ def tail_metrics(runs: list[RunData]) -> list[str]:
     """The metrics read at a target loss that any of `runs` logged over training: the headline tail
     ones, then every bucket and group, then each group's directional sharpness."""
     logged = {k for r in runs for k in r.history}
-    per_bucket = sorted((k for k in logged if _PER_BUCKET.fullmatch(k)),
+    per_bucket = sorted((k for k in logged if any(p.fullmatch(k) for p in _PER_BUCKET)),
                         key=lambda k: (k.split("/")[0], int(re.sub(r"\D", "", k.rsplit("/", 1)[1]))))
     return [k for k in HEADLINE if k in logged] + per_bucket + curvature_metrics(logged)
 
@@ -91,7 +92,7 @@ def tail_metrics(runs: list[RunData]) -> list[str]:
 def column(metric: str) -> str:
     """A metric as a CSV column name: 'eval/tail/loss_b3' -> 'loss_b3', 'qa/fta/g2' -> 'qa_fta_g2'."""
     short = {TAIL_LOSS: "tail_loss", TAIL_GAP: "tail_gap", QA_TAIL: "qa_tail_fta", QA_MEAN: "qa_mean_fta"}
-    return short.get(metric) or metric.removeprefix("eval/tail/").replace("/", "_")
+    return short.get(metric) or metric.removeprefix(names.TAIL_FAMILY).replace("/", "_")
 
 
 # Below this many evals a run's loss curve is a few straight segments: a crossing read from it is

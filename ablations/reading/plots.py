@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +16,8 @@ from ablations.reading.matched_loss import ArmAtTarget, OverallLoss, StepsToTarg
 from ablations.reading.rows import Row, RunData  # noqa: E402
 from ablations.running.tuning import ArmTuning, profile  # noqa: E402
 from common.plotting import legend_beside  # noqa: E402
+from metrics import names  # noqa: E402
+from metrics.names import QA_GROUP, QA_MEAN, QA_TAIL, TAIL_BUCKET, TAIL_GAP, TAIL_LOSS  # noqa: E402
 
 SPECTRA_GROUPS = ("v", "o", "ffn_out")
 SPECTRA_METRICS = ("svd_entropy", "effective_rank", "top10_energy", "q75_q25")
@@ -38,15 +39,15 @@ def _save(fig: plt.Figure, path: Path, rect: tuple[float, float, float, float] =
 def loss_curves(runs: list[RunData], rows: list[Row], out: Path) -> Path | None:
     """Eval loss over steps of every run (left) and over the second half of training (right, zoomed:
     the early loss drop would otherwise hide the differences); seeds of one setting share a color."""
-    runs = [r for r in runs if r.history.get("eval/loss")]
+    runs = [r for r in runs if r.history.get(names.EVAL_LOSS)]
     if not runs:
         return None
     color = colors(rows)
-    last = max(step for r in runs for step, _ in r.history["eval/loss"])
+    last = max(step for r in runs for step, _ in r.history[names.EVAL_LOSS])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     labelled = set()
     for run in runs:
-        series = run.history["eval/loss"]
+        series = run.history[names.EVAL_LOSS]
         label = None if run.group in labelled else run.group
         labelled.add(run.group)
         style = {"color": color.get(run.group, "gray"), "lw": 1.3, "ls": "-" if run.summary else ":"}
@@ -85,7 +86,7 @@ def final_loss_bars(rows: list[Row], out: Path) -> Path | None:
 def _buckets(run: RunData) -> dict[int, float]:
     summary = run.summary or {}
     return {int(m.group(1)): float(v) for k, v in summary.items()
-            if (m := re.fullmatch(r"eval/tail/loss_b(\d+)", k)) and isinstance(v, (int, float))}
+            if (m := TAIL_BUCKET.fullmatch(k)) and isinstance(v, (int, float))}
 
 
 def tail_buckets(rows: list[Row], out: Path) -> Path | None:
@@ -166,10 +167,10 @@ def qa_fta(runs: list[RunData], rows: list[Row], out: Path) -> Path | None:
     """QA first-token accuracy by frequency group at the end, and on the rarest group over steps."""
     def groups_of(run: RunData) -> dict[int, float]:
         return {int(m.group(1)): float(v) for k, v in (run.summary or {}).items()
-                if (m := re.fullmatch(r"qa/fta/g(\d+)", k)) and isinstance(v, (int, float))}
+                if (m := QA_GROUP.fullmatch(k)) and isinstance(v, (int, float))}
 
     finals = {row.group: [groups_of(r) for r in row.runs] for row in rows}
-    over_time = [r for r in runs if r.history.get("qa/fta/tail")]
+    over_time = [r for r in runs if r.history.get(QA_TAIL)]
     if not any(any(f) for f in finals.values()) and not over_time:
         return None
     color = colors(rows)
@@ -185,7 +186,7 @@ def qa_fta(runs: list[RunData], rows: list[Row], out: Path) -> Path | None:
     axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     labelled = set()
     for run in over_time:
-        steps, values = zip(*run.history["qa/fta/tail"], strict=True)
+        steps, values = zip(*run.history[QA_TAIL], strict=True)
         label = None if run.group in labelled else run.group
         labelled.add(run.group)
         axes[1].plot(steps, values, color=color.get(run.group, "gray"), label=label)
@@ -231,9 +232,9 @@ def tuning_curves(tunings: list[ArmTuning], sweep: dict[str, list], rows: list[R
     return _save(fig, out / "tuning.png")
 
 
-_ISO_PANELS = (("eval/tail/tail_loss", "tail-bucket loss"), ("eval/tail/gap", "tail − head gap"),
-               ("qa/fta/tail", "QA first-token accuracy, rarest group"),
-               ("qa/fta/mean", "QA first-token accuracy, mean over groups"))
+_ISO_PANELS = ((TAIL_LOSS, "tail-bucket loss"), (TAIL_GAP, "tail − head gap"),
+               (QA_TAIL, "QA first-token accuracy, rarest group"),
+               (QA_MEAN, "QA first-token accuracy, mean over groups"))
 
 
 def iso_loss_trajectories(rows: list[Row], arms: list[ArmAtTarget], loss: OverallLoss,
@@ -280,13 +281,13 @@ def steps_to_target_bars(results: list[StepsToTarget], loss: OverallLoss, out: P
     if not shown:
         return None
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(shown) + 1.5))
-    names = [r.arm.row.group for r in shown]
+    labels = [r.arm.row.group for r in shown]
     stats = [r.arm.steps for r in shown]
     means = [s.mean for s in stats]
     # one seed has no interval: a zero-length error bar
     errors = [[s.mean - (s.ci95_low if s.ci95_low is not None else s.mean) for s in stats],
               [(s.ci95_high if s.ci95_high is not None else s.mean) - s.mean for s in stats]]
-    ax.barh(names, means, xerr=errors, color="tab:blue", alpha=0.7)
+    ax.barh(labels, means, xerr=errors, color="tab:blue", alpha=0.7)
     for y, r in enumerate(shown):
         note = f" {r.speedup:.2f}x" if r.speedup else ""
         ax.text(r.arm.steps.mean, y, note + f"  ({len(r.arm.reached)}/{len(r.arm.runs)} seeds)",

@@ -19,6 +19,7 @@ from ablations.reading.tables import PValue, Table, markdown, md_cell, write_tab
 from ablations.running.grid import EVAL_EVERY_KEY, STEPS_KEY
 from common.errors import MissingFileError
 from common.rundir import RunDir
+from metrics import names
 
 
 def _p(row: Row, vs: str) -> PValue | None:
@@ -27,8 +28,8 @@ def _p(row: Row, vs: str) -> PValue | None:
 
 
 def _tests(row: Row) -> str | None:
-    names = {t.test for t in (row.vs_adamw.get(EVAL_LOSS), row.vs_muon.get(EVAL_LOSS)) if t}
-    return " / ".join(sorted(names)) or None
+    kinds = {t.test for t in (row.vs_adamw.get(EVAL_LOSS), row.vs_muon.get(EVAL_LOSS)) if t}
+    return " / ".join(sorted(kinds)) or None
 
 
 def _tuned(row: Row) -> str | None:
@@ -183,7 +184,7 @@ def as_run(runs: list[RunData], overrides: dict[str, Any]) -> str:
 
     steps = span({r.steps for r in runs})
     every = span({int(r.config[EVAL_EVERY_KEY]) for r in runs if EVAL_EVERY_KEY in r.config})
-    evals = span({len(r.history.get("eval/loss", [])) for r in runs})
+    evals = span({len(r.history.get(names.EVAL_LOSS, [])) for r in runs})
     cadence = f", an eval every {every} steps" if every else ""
     text = f"As run: {steps} steps{cadence}, {evals} evals per run."
     if overrides:

@@ -44,7 +44,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ablations.metric_names import DEFAULT_MARGINS
+from ablations.metric_names import DEFAULT_MARGINS, EVAL_LOSS
 from ablations.running.cooldowns import Cooldowns
 from common.errors import UserError
 from optim.config import OptimConfig
@@ -101,7 +101,7 @@ class Tune:
 
     keys: dict[str, list[Any]]
     seeds: list[int]
-    metric: str = "final/eval_loss"  # the run summary's key the sweep minimizes
+    metric: str = EVAL_LOSS  # the run summary's key the sweep minimizes
     # Tuning seeds among the grid's evaluation seeds are an error unless this is set: the run the
     # choice was made on would then be counted in the result it chose (a winner's-curse bias).
     reuse_tuning_seeds: bool = False

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from ablations.metric_names import EVAL_LOSS
 from ablations.running.grid import REPO_ROOT, Grid, Run, branch_runs, config_diff
 from ablations.running.tuning import ArmTuning, arms, final_runs, grid_sweep, swept_keys
 from common.console import console as make_console
@@ -409,7 +410,7 @@ def print_outcomes(outcomes: list[Outcome], out: Path, console: Console | None =
     table.add_column("log", overflow="fold")
     for o in outcomes:
         summary = RunDir(out / o.name).read_summary()
-        loss = summary.get("final/eval_loss") if summary else None
+        loss = summary.get(EVAL_LOSS) if summary else None
         status = o.status if o.status != "failed" else f"failed ({exit_reason(o.returncode)})"
         table.add_row(o.name, status, f"{o.seconds:.0f} s" if o.seconds else "-",
                       "-" if loss is None else f"{loss:.4f}", _log_cell(o, out))

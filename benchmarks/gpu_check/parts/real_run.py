@@ -21,6 +21,7 @@ from typing import Any
 
 from benchmarks.gpu_check.context import ROOT, Context, child_env, failure, part, run_logged, tail
 from common.rundir import RunDir
+from metrics.names import TRAIN_LOSS
 
 
 def train_overrides(ctx: Context, run: str) -> list[str]:
@@ -33,7 +34,7 @@ def logged_losses(run: RunDir) -> dict[int, float]:
     """train/loss by step, as logged so far (a line being written is skipped)."""
     with warnings.catch_warnings():  # RunDir warns of the half-written line a live run may have
         warnings.simplefilter("ignore")
-        return {e["step"]: e["train/loss"] for e in run.events() if "train/loss" in e}
+        return {e["step"]: e[TRAIN_LOSS] for e in run.events() if TRAIN_LOSS in e}
 
 
 def parameter_count(run: RunDir) -> int:
