@@ -210,3 +210,28 @@ def test_acceptance_a_coordinate_tuned_grid_reproduces_scipy_from_its_run_direct
                  scipy_stats.ttest_1samp(diffs, 0.02, alternative="less").pvalue)
     assert float(verdict["p_tost"]) == pytest.approx(p_tost, abs=1e-6)
     assert verdict["verdict"] == ("equivalent within ±0.02" if p_tost < 0.05 else "inconclusive")
+
+
+def test_the_report_replays_an_older_grid_json_without_tuning_arms(tmp_path):
+    """A grid.json from before `tune.method` (no tuning_arms, no method, no extend_edges) replays as the
+    full product, never extended: each arm rebuilt from its first sweep run without its tuned values."""
+    from ablations.reading.sections import recorded_sweep
+    from ablations.running.runner import next_stage, write_manifest
+
+    path = tmp_path / "old.yaml"
+    path.write_text("name: old\nruns: [{optim.muon: none}, {optim.muon: hidden}]\nseeds: [0]\n"
+                    "tune: {keys: {optim.adamw_lr: [1.0e-3, 1.0e-2], optim.muon_lr: [1.0e-2, 3.0e-2]}, "
+                    "seeds: [100], method: grid, extend_edges: false}\n")
+    grid, out = load_grid(path), tmp_path / "out"
+    for run in grid_sweep(grid, out).runs:
+        (out / run.name).mkdir(parents=True)
+        (out / run.name / "summary.json").write_text(json.dumps({"final/eval_loss": toy(run)}))
+    write_manifest(grid, out, next_stage(grid, out))
+    manifest = json.loads((out / "grid.json").read_text())
+    _, current = recorded_sweep(manifest, out)
+    old = {k: v for k, v in manifest.items() if k != "tuning_arms"}
+    old["tune"] = {k: v for k, v in manifest["tune"].items() if k not in ("method", "extend_edges")}
+    _, replayed = recorded_sweep(old, out)
+    assert [(t.arm, t.chosen, t.method) for t in replayed] == [(t.arm, t.chosen, t.method) for t in current]
+    assert {t.arm: t.chosen for t in replayed} == {"adamw": {ADAMW: 1e-2},
+                                                   "muon-hidden": {ADAMW: 1e-3, MUON: 3e-2}}

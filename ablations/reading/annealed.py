@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ablations.metric_names import HEADLINE
 from ablations.reading.rows import Row, RunData
 
-Point = tuple[float, dict[str, float]]  # (final loss, the final tail metrics and "loss" itself)
+Point = tuple[float, dict[str, float]]  # (final loss, the final tail metrics)
 
 
 @dataclass
@@ -59,8 +59,7 @@ def _point(run: RunData, loss_key: str) -> Point | None:
     loss = summary.get(loss_key)
     if not isinstance(loss, int | float):
         return None
-    values = {m: float(summary[m]) for m in HEADLINE if isinstance(summary.get(m), int | float)}
-    return float(loss), {**values, "loss": float(loss)}
+    return float(loss), {m: float(summary[m]) for m in HEADLINE if isinstance(summary.get(m), int | float)}
 
 
 def lineages(rows: list[Row], branches: list[RunData], loss_key: str) -> list[Lineage]:
@@ -112,8 +111,8 @@ class AnnealedRead:
 
     @property
     def n_reached(self) -> int:
-        """Seeds whose annealed points bracket the target (on the final loss itself)."""
-        return len(self.lineage.at(self.target, "loss"))
+        """Seeds whose annealed points bracket the target (their points are sorted by loss)."""
+        return sum(points[0][0] <= self.target <= points[-1][0] for points in self.lineage.points.values())
 
 
 def annealed_reads(found: list[Lineage], targets: list[tuple[float | None, str]]) -> list[AnnealedRead]:

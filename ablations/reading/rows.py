@@ -25,12 +25,12 @@ from omegaconf import OmegaConf
 
 from ablations.metric_names import EVAL_LOSS, FINAL_METRICS, QA_TAIL, TAIL_GAP, TAIL_LOSS
 from ablations.reading.stats import Comparison, Stat, compare, share_ci
-from ablations.running.grid import FFN_KEY, ROUTING_KEYS, SEED_KEY, STEPS_KEY, flatten
+from ablations.running.grid import FFN_KEY, ROUTING_KEYS, SEED_KEY, STEPS_KEY
 from common.errors import MissingFileError
 from common.rundir import RunDir
 from optim.config import ADAMW_RUN_KEYS
 from training.config import RunConfig, load_config
-from training.identity import identity_keys, run_label, setting_key
+from training.identity import flatten_config, identity_keys, run_label, setting_key
 
 # The reference rows: AdamW everywhere, and Muon on all hidden matrices (the paper's "full Muon").
 ADAMW, FULL_MUON = "adamw", "muon-hidden"
@@ -157,7 +157,7 @@ def run_dirs(runs_dir: Path) -> list[Path]:
 def load_run(path: Path, entries: dict[str, dict[str, Any]]) -> RunData:
     """Read one run directory; `entries` (grid.json's runs by name) supply group, paper_ref and role."""
     run = RunDir(path)
-    config = flatten(OmegaConf.to_container(OmegaConf.load(run.config), resolve=True))
+    config = flatten_config(OmegaConf.to_container(OmegaConf.load(run.config), resolve=True))
     summary = run.read_summary()
     entry = entries.get(path.name, {})
     seed = config.get(SEED_KEY)

@@ -46,8 +46,8 @@ from ablations.reading.tables import (
     tuning_table,
     write_table,
 )
-from ablations.running.grid import SEED_KEY, Run, Tune
-from ablations.running.tuning import MAX_EXTENSIONS, ArmTuning, sweep_of
+from ablations.running.grid import Run, Tune
+from ablations.running.tuning import MAX_EXTENSIONS, ArmTuning, arm_of, sweep_of
 
 
 def _image(path: Path | None, out: Path, title: str) -> str:
@@ -110,11 +110,8 @@ def recorded_sweep(manifest: dict[str, Any], runs_dir: Path) -> tuple[Tune, list
         firsts: dict[str, Run] = {}
         for entry in manifest.get("tuning_runs", []):
             firsts.setdefault(entry["group"], _run_of(entry))
-        arm_keys = [(dataclasses.replace(
-            run, name=group, seed=None, arm=None,
-            overrides={k: v for k, v in run.overrides.items() if k not in tune.keys and k != SEED_KEY},
-            labels={k: v for k, v in run.labels.items() if k != "seed"}),
-            [k for k in tune.keys if k in run.overrides]) for group, run in firsts.items()]
+        arm_keys = [(arm_of(run, list(tune.keys)), [k for k in tune.keys if k in run.overrides])
+                    for run in firsts.values()]
     return tune, sweep_of(arm_keys, tune, runs_dir).tunings
 
 

@@ -49,6 +49,8 @@ from ablations.running.cooldowns import Cooldowns
 from common.errors import UserError
 from optim.config import OptimConfig
 from optim.routing import routing_label
+from training.config import RunConfig, TrainSection, load_config
+from training.identity import flatten_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GRIDS_DIR = REPO_ROOT / "ablations" / "grids"
@@ -154,17 +156,7 @@ def load_base(base: str | None) -> dict[str, Any]:
     if not path.is_file():
         raise GridError(f"base config {base} not found (paths are relative to the repository root "
                         f"{REPO_ROOT})")
-    return flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{'optim': {'muon': 'qk'}} -> {'optim.muon': 'qk'}; lists are leaves."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
+    return flatten_config(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
 
 
 def _token_value(value: Any) -> str:
@@ -387,8 +379,6 @@ def _budgets(raw: Any, runs: list[Run], base: dict[str, Any], path: Path) -> lis
             isinstance(b, bool) or not isinstance(b, int | float) or b <= 0 for b in raw):
         raise GridError(f"{path}: budgets must be a list of distinct positive multiples of train.steps, "
                         f"e.g. budgets: [1, 2, 4], got {raw!r}")
-    from training.config import TrainSection  # the default step count, for runs that do not set it
-
     out = []
     for run in runs:
         steps = {**base, **run.overrides}.get(STEPS_KEY, TrainSection.steps)
@@ -406,9 +396,7 @@ def _budgets(raw: Any, runs: list[Run], base: dict[str, Any], path: Path) -> lis
 
 def resolved(base: dict[str, Any], run: Run) -> dict[str, Any]:
     """A run's flat config with train.py's defaults filled in."""
-    from training.config import RunConfig  # the schema's defaults
-
-    return {**flatten(dataclasses.asdict(RunConfig())), **base, **run.overrides}
+    return {**flatten_config(dataclasses.asdict(RunConfig())), **base, **run.overrides}
 
 
 def _cooldowns(raw: Any, runs: list[Run], base: dict[str, Any], path: Path) -> Cooldowns | None:
@@ -522,10 +510,8 @@ def with_overrides(grid: Grid, items: list[str]) -> Grid:
     """
     if not items:
         return grid
-    from training.config import TrainSection, load_config  # validates the keys and values now, before any run
-
-    load_config(overrides=items)
-    extra = flatten(OmegaConf.to_container(OmegaConf.from_dotlist(items)))
+    load_config(overrides=items)  # validates the keys and values now, before any run
+    extra = flatten_config(OmegaConf.to_container(OmegaConf.from_dotlist(items)))
     tuned = sorted(set(extra) & set(grid.tune.keys if grid.tune else ()))
     if tuned:
         raise GridError(f"{', '.join(tuned)} is tuned by the grid (tune.keys); edit the sweep in the grid "

@@ -142,15 +142,20 @@ def acts_on(key: str, grid: Grid, arm: Run) -> bool:
     return keys_acting_on(optimizers_used(config[MUON_KEY], config[BASE_KEY], config[ROUTE_KEY]))(key)
 
 
+def arm_of(run: Run, tuned: tuple[str, ...] | list[str] = ()) -> Run:
+    """The arm a run belongs to, as a template: named by its group, without its seed and without the
+    `tuned` values a sweep run set."""
+    drop = {SEED_KEY, *tuned}
+    return dataclasses.replace(run, name=run.group, seed=None, arm=None,
+                               overrides={k: v for k, v in run.overrides.items() if k not in drop},
+                               labels={k: v for k, v in run.labels.items() if k != "seed"})
+
+
 def arms(grid: Grid) -> list[Run]:
-    """One template run per arm (the first of its seeds, without its seed), in the grid's order."""
+    """One template run per arm (the first of its seeds), in the grid's order."""
     seen: dict[str, Run] = {}
     for run in grid.runs:
-        if run.group not in seen:
-            overrides = {k: v for k, v in run.overrides.items() if k != SEED_KEY}
-            labels = {k: v for k, v in run.labels.items() if k != "seed"}
-            seen[run.group] = dataclasses.replace(run, name=run.group, overrides=overrides, seed=None,
-                                                  labels=labels)
+        seen.setdefault(run.group, arm_of(run))
     return list(seen.values())
 
 
@@ -229,8 +234,15 @@ def tune_arm(arm: Run, keys: list[str], tune: Tune, loss_of: LossOf) -> tuple[li
 
 def sweep_of(arm_keys: list[tuple[Run, list[str]]], tune: Tune, runs_dir: Path) -> Sweep:
     """The sweep of these arms (each with its swept keys) from the run directories under `runs_dir`."""
+    finished: dict[str, float] = {}  # each finished run's directory is read once per replay
+
     def loss_of(run: Run) -> float | None:
-        return ranking_loss(RunDir(runs_dir / run.name), tune.metric)
+        if run.name not in finished:
+            loss = ranking_loss(RunDir(runs_dir / run.name), tune.metric)
+            if loss is None:
+                return None
+            finished[run.name] = loss
+        return finished[run.name]
 
     runs, tunings = [], []
     for arm, keys in arm_keys:
@@ -250,6 +262,7 @@ def grid_sweep(grid: Grid, runs_dir: Path) -> Sweep:
 def final_runs(grid: Grid, chosen: dict[str, dict[str, Any]]) -> list[Run]:
     """The grid's runs (all its seeds) at each arm's chosen values."""
     return [at_values(run, chosen[run.group], run.seed) for run in grid.runs]
+
 
 def ranking_loss(run: RunDir, metric: str) -> float | None:
     """What a sweep ranks a run by: its final `metric` (tune.metric), +inf if it diverged, None if
