@@ -24,6 +24,11 @@ pairs, and FTA measures whether a fact has been stored: the head is learned quic
 question. With ``qa_in_train=False`` the model sees biographies only and must extract the answers
 from them, which small models learn poorly (Allen-Zhu & Li, "Physics of Language Models 3.1").
 
+**Held-out biographies** (``heldout``, default 0): that many further biographies of every person, rendered
+apart from the training ones and never trained on, are the validation split: a held-out loss on the same
+facts, for matching arms on loss at the QA's cadence. The training documents (and so the tokenizer and
+the training tokens) are the same with or without them.
+
 Everything is a pure function of the config: the same ``BiosConfig`` always yields the same people,
 documents (in the same order) and QA items.
 """
@@ -170,9 +175,10 @@ class BiosConfig:
     qa_in_train: bool = True  # add QA documents to the training text (see the module docstring)
     shuffle_sentences: bool = True  # permute the six sentences of each biography
     seed: int = 0
+    heldout: int = 0  # held-out biographies per person: the validation split (0: none)
 
     def __post_init__(self) -> None:
-        ints = ("n_people", "n_groups", "max_exposures", "min_exposures", "n_templates", "seed")
+        ints = ("n_people", "n_groups", "max_exposures", "min_exposures", "n_templates", "seed", "heldout")
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -188,6 +194,9 @@ class BiosConfig:
         if not 1 <= self.min_exposures <= self.max_exposures:
             raise UserError(f"data.bios needs 1 <= min_exposures ({self.min_exposures}) <= max_exposures "
                             f"({self.max_exposures})")
+        if self.heldout < 0:
+            raise UserError(f"data.bios.heldout must be >= 0 (held-out biographies per person), "
+                            f"got {self.heldout}")
         if not 1 <= self.n_templates <= len(TEMPLATES["birth_date"]):
             raise UserError(f"data.bios.n_templates must be in 1..{len(TEMPLATES['birth_date'])}, "
                             f"got {self.n_templates}")
@@ -292,6 +301,17 @@ def documents(cfg: BiosConfig) -> Iterator[str]:
         rng = random.Random(f"{cfg.seed}:{kind}:{pid}:{exposure}")
         person = everyone[pid]
         yield render_bio(person, cfg, rng) if kind == "bio" else render_qa(person, rng)
+
+
+def heldout_documents(cfg: BiosConfig) -> Iterator[str]:
+    """The validation split: ``heldout`` fresh biographies of every person, in shuffled order. They state
+    the facts the training documents state, in renderings drawn apart from theirs (never trained on), so
+    their loss measures what was memorized, on every frequency group alike."""
+    everyone = people(cfg)
+    jobs = [(p.id, k) for p in everyone for k in range(cfg.heldout)]
+    random.Random(f"{cfg.seed}:heldout-order").shuffle(jobs)
+    for pid, k in jobs:
+        yield render_bio(everyone[pid], cfg, random.Random(f"{cfg.seed}:heldout:{pid}:{k}"))
 
 
 def qa_items(cfg: BiosConfig) -> list[QAItem]:

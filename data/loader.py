@@ -52,8 +52,9 @@ class _Windows:
         total = sum(t.size for t in self.shards)
         if total == 0:
             raise UserError(
-                f"{data_dir} has no {split} tokens (source {self.meta['source']!r}; `bios` alone is "
-                "training-only); add a source with text to validate on, e.g. builtin:shakespeare+bios"
+                f"{data_dir} has no {split} tokens (source {self.meta['source']!r}; `bios` has a validation "
+                "split only with data.bios.heldout > 0); set data.bios.heldout=1 or add a source with text "
+                "to validate on, e.g. builtin:shakespeare+bios"
             )
         if self.starts.size == 0:
             raise UserError(

@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="vocab of the trained BPE")
     p.add_argument("--tokens", type=_count, help="training-token budget (default: the whole source)")
     val_help = (f"validation budget of path/hf sources (default {DEFAULT_VAL_TOKENS:.0e}); "
-                "builtin:shakespeare has its own validation works, bios is training-only")
+                "builtin:shakespeare has its own validation works, bios its held-out biographies "
+                "(--bios heldout=N)")
     p.add_argument("--val-tokens", type=_count, help=val_help)
     p.add_argument("--workers", type=int, help="tokenizer processes (default: all cores)")
     p.add_argument("--shard-tokens", type=_count, default=DEFAULT_SHARD_TOKENS, help="tokens per shard")

@@ -6,7 +6,8 @@ Specs (several may be joined with ``+``):
 - a local file, directory or glob of ``.txt`` (one document per file), ``.jsonl`` / ``.jsonl.gz``
   (one document per line, field ``text_field``) or ``.parquet`` (column ``text_field``).
 - ``hf:NAME[:CONFIG]``: a Hugging Face dataset, split ``train``, streamed through ``datasets``.
-- ``bios``: the synthetic biographies of ``data.bios`` (training only: every person must be seen).
+- ``bios``: the synthetic biographies of ``data.bios``; their validation split is the held-out
+  biographies of ``data.bios.heldout`` (none by default: every fact must be trained on).
 
 Each document carries a destination: ``VAL`` (a source's own validation split), ``TRAIN``, or
 ``AUTO`` (the first ones fill the validation budget, the rest are training).
@@ -148,8 +149,10 @@ def _bios_config(settings: dict[str, Any]) -> Any:
 
 
 def _bios(config: Any) -> Iterator[Document]:
-    from data.bios import documents
+    from data.bios import documents, heldout_documents
 
+    for text in heldout_documents(config):  # validation first, like the other sources
+        yield VAL, text
     for text in documents(config):
         yield TRAIN, text
 

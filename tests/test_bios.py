@@ -15,6 +15,7 @@ from data.bios import (
     BiosConfig,
     documents,
     group_exposures,
+    heldout_documents,
     people,
     qa_items,
 )
@@ -48,6 +49,18 @@ def test_every_person_appears_as_often_as_its_group_says():
         assert qas[name] == exposures[p.group]
     assert not any(d.startswith("Question:") for d in documents(BiosConfig(n_people=8, n_groups=2,
                                                                           qa_in_train=False)))
+
+
+def test_heldout_biographies_cover_everyone_and_are_never_trained_on():
+    everyone = {p.name for p in people(SMALL)}
+    assert list(heldout_documents(SMALL)) == []  # the default: no validation split
+    cfg = BiosConfig(**{**SMALL.__dict__, "heldout": 2})
+    heldout = list(heldout_documents(cfg))
+    assert Counter(_person_of(doc, everyone) for doc in heldout) == {name: 2 for name in everyone}
+    assert not set(heldout) & set(documents(cfg))
+    assert list(documents(cfg)) == list(documents(SMALL))  # the training documents do not change
+    assert heldout == list(heldout_documents(cfg))
+    assert heldout != list(heldout_documents(BiosConfig(**{**cfg.__dict__, "seed": 4})))
 
 
 def test_uneven_groups_differ_by_at_most_one():
@@ -123,6 +136,7 @@ def test_attribute_values_are_distinct():
         ({"min_exposures": 5, "max_exposures": 4}, "min_exposures"),
         ({"n_templates": 7}, "n_templates"),
         ({"qa_in_train": "yes"}, "qa_in_train"),
+        ({"heldout": -1}, "heldout"),
         ({"n_people": 10**7}, "distinct names"),
     ],
 )

@@ -11,7 +11,7 @@ from test_data_corpus import make_docs, write_jsonl, write_parquet
 
 import data.pipeline as prep
 from common.errors import MissingFileError, UserError
-from data.bios import BiosConfig, documents
+from data.bios import BiosConfig, documents, heldout_documents
 from data.dataset import DatasetDir
 from data.loader import TokenLoader
 from data.manifest import load_meta
@@ -209,6 +209,21 @@ def test_bios_source_is_training_only(tmp_path):
     tok = load_tokenizer(out)
     texts = [tok.decode(d[:-1].tolist()) for d in split_docs(split_tokens(out, "train"), meta["eos_id"])]
     assert texts == list(documents(BiosConfig(**bios)))
+
+
+def test_bios_heldout_biographies_are_the_validation_split_and_leave_training_unchanged(tmp_path):
+    bios = {"n_people": 8, "n_groups": 2, "max_exposures": 2, "seed": 3}
+    plain = prepare("bios", tmp_path / "plain", workers=1, vocab_size=300, bios=bios)
+    out = prepare("bios", tmp_path / "heldout", workers=1, vocab_size=300, bios={**bios, "heldout": 2})
+    meta = load_meta(out)
+    assert meta["val_documents"] == 16 and meta["val_tokens"] > 0
+    tok = load_tokenizer(out)
+    texts = [tok.decode(d[:-1].tolist()) for d in split_docs(split_tokens(out, "val"), meta["eos_id"])]
+    assert texts == list(heldout_documents(BiosConfig(**bios, heldout=2)))
+    # the tokenizer is fit on training text only, so the training tokens are those of the plain dataset
+    assert (out / "tokenizer.json").read_bytes() == (plain / "tokenizer.json").read_bytes()
+    assert np.array_equal(split_tokens(out, "train"), split_tokens(plain, "train"))
+    assert TokenLoader(out, "val", seq_len=16, batch_size=2, seed=0).batch(0).shape == (2, 17)
 
 
 def test_bos_starts_every_document(corpus, tmp_path):

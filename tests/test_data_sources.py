@@ -7,7 +7,7 @@ import gzip
 import pytest
 from test_data_corpus import make_docs, write_jsonl, write_parquet, write_txt_dir
 
-from data.sources import AUTO, TRAIN, iter_documents, parse_source
+from data.sources import AUTO, TRAIN, VAL, iter_documents, parse_source
 
 DOCS = make_docs(12)
 
@@ -67,6 +67,12 @@ def test_bios_documents_are_training_only():
     assert kinds == {TRAIN}
     with pytest.raises(ValueError, match="unknown bios settings.*n_people"):
         parse_source("bios", bios={"people": 8})
+
+
+def test_bios_heldout_documents_come_first_as_validation():
+    bios = {"n_people": 8, "n_groups": 2, "max_exposures": 2, "heldout": 1}
+    kinds = [kind for kind, _ in iter_documents(parse_source("bios", bios=bios))]
+    assert kinds[:8] == [VAL] * 8 and set(kinds[8:]) == {TRAIN}
 
 
 def test_bad_specs_are_clear_errors(tmp_path):
