@@ -115,6 +115,7 @@ def test_shipped_grids_expand():
     ("study_tiny_v2", {"adamw": 300, "muon-hidden": 300, "muon-vo+ffn": 300, "muon-qk": 300, "adamw-2x": 600},
      [0, 1, 2, 3, 4]),
     ("study_bios_v2", {"adamw": 800, "muon-hidden": 800, "muon-vo+ffn": 800, "adamw-2x": 1600}, [0, 1, 2]),
+    ("study_wide_v2", {"adamw": 300, "muon-hidden": 300, "muon-vo+ffn": 300, "muon-qk": 300}, [0, 1, 2]),
     ("study_160m_v2", {"adamw": 5000, "muon-hidden": 5000, "muon-vo+ffn": 5000, "muon-qk": 5000,
                        "adamw-2x": 10000}, [0, 1, 2]),
 ])
