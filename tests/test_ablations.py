@@ -127,7 +127,9 @@ def test_the_v2_study_grids_tune_every_rate_on_seeds_of_their_own(name, steps, s
     arms = {r.group: {**grid.base_config, **r.overrides}["train.steps"] for r in grid.runs}
     assert arms == steps and sorted({r.seed for r in grid.runs}) == seeds
     tune = grid.tune
-    assert list(tune.keys) == ["optim.adamw_lr", "optim.muon_lr", "optim.embed_lr", "optim.head_lr"]
+    every_rate = ["optim.adamw_lr", "optim.muon_lr", "optim.embed_lr", "optim.head_lr"]
+    # study_tiny_v2 cut the head's own rate for the CPU budget (its grid file says so)
+    assert list(tune.keys) == (every_rate[:3] if name == "study_tiny_v2" else every_rate)
     assert tune.method == "coordinate" and tune.extend_edges and not tune.reuse_tuning_seeds
     assert not set(tune.seeds) & set(seeds)
     assert len(grid.cooldowns.at) >= (4 if name == "study_tiny_v2" else 3) and grid.analysis["iso_loss"]
