@@ -22,6 +22,12 @@ def _lr_for(group: str, optimizer: str, cfg: OptimConfig) -> float:
     return optimizer_lr(optimizer, cfg)
 
 
+def parameter_rates(model: nn.Module, cfg: OptimConfig) -> dict[str, tuple[str, float]]:
+    """Each parameter's optimizer and learning rate, as build_optimizer gives them: two configs with the
+    same rates (a tied rate set to the value it ties to) train the same model."""
+    return {e.name: (e.optimizer, _lr_for(e.group, e.optimizer, cfg)) for e in route_config(model, cfg)}
+
+
 def _heads_of(model: nn.Module, group: str) -> int | None:
     """Heads to split a q/k/v matrix into for per-head orthogonalization (needs `model.config`)."""
     if group not in ("q", "k", "v"):

@@ -279,6 +279,18 @@ def optimizer_lr(name: str, cfg: Any) -> float:
     return float(own if own is not None else spec.default_lr(cfg))
 
 
+# The `optim` keys that only set learning rates (with optim.<name>.lr): what optim.build.parameter_rates
+# resolves, ties included (muon_lr null is adamw_lr, a sign method's null lr 0.2 x adamw_lr, ...).
+RATE_KEYS = ("adamw_lr", "muon_lr", "embed_lr", "head_lr")
+
+
+def is_rate_key(key: str) -> bool:
+    """Whether the dotted key `optim.<...>` only sets learning rates (optim.muon_lr, optim.signum.lr...)."""
+    name, _, rest = key.removeprefix("optim.").partition(".")
+    return key.startswith("optim.") and (key.removeprefix("optim.") in RATE_KEYS
+                                         or (rest == "lr" and name in SPECS))
+
+
 def keys_acting_on(used: Iterable[str]) -> Callable[[str], bool]:
     """Whether a dotted config key changes a run whose routing uses the optimizers `used`: every key but
     an optimizer's own (optim.muon_lr, optim.<name>.*, ...) when no optimizer reading it is used."""

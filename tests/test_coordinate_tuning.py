@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from ablations.reading.report import build_report
 from ablations.running.grid import Run, Tune, load_grid
 from ablations.running.runner import run_grid
 from ablations.running.tuning import beyond, grid_sweep, tune_arm
+from tests.test_tuning import finish
 from tests.toy_train import toy_loss
 
 ARM = Run(name="muon-hidden", overrides={"optim.muon": "hidden"})
@@ -121,7 +123,10 @@ def test_the_runner_tunes_in_rounds_and_the_report_replays_the_sweep(tmp_path):
         f"{arm}_{values}_s{seed}" for arm, values in (("adamw", "adamw_lr-0.01"),
                                                      ("muon-hidden", "adamw_lr-0.01_muon_lr-0.03"))
         for seed in (0, 1, 2)]
-    assert len(manifest["tuning_runs"]) == len(sweep.runs) == 2 * (4 + 8)
+    # muon-hidden's muon_lr=1e-2 at adamw_lr=1e-2 trains what its tied point (muon_lr: null) trained:
+    # ranked by that point's runs, not run again (4 + 3 of step 2's 4 points)
+    assert len(manifest["tuning_runs"]) == len(sweep.runs) == 2 * (4 + 4 + 3)
+    assert "muon-hidden_adamw_lr-0.01_muon_lr-0.01_s100" not in {o.name for o in outcomes}
     assert {o.name for o in outcomes} == {r.name for r in sweep.runs} | {r["name"] for r in manifest["runs"]}
 
     build_report(out)
@@ -161,13 +166,21 @@ def test_acceptance_a_coordinate_tuned_grid_reproduces_scipy_from_its_run_direct
     with (report / "tuning.csv").open() as f:
         tuning = list(csv.DictReader(f))
     keys = [ADAMW, MUON]
+    chosen_adamw = {r["arm"]: float(r["value"]) for r in tuning if (r["chosen"], r["key"]) == ("True", ADAMW)}
     for row in (r for r in tuning if r["chosen"] == "True"):
         later = keys[keys.index(row["key"]) + 1:]
         losses: dict[float, list[float]] = {}
         for run in manifest["tuning_runs"]:  # the runs of this key's step, read from their directories
-            if run["group"] == row["arm"] and row["key"] in run["overrides"] and not set(later) & set(
-                    run["overrides"]):
-                losses.setdefault(run["overrides"][row["key"]], []).append(final(run["name"]))
+            overrides = run["overrides"]
+            if run["group"] != row["arm"] or set(later) & set(overrides):
+                continue
+            if row["key"] in overrides:
+                value = overrides[row["key"]]
+            elif row["key"] == MUON and overrides[ADAMW] == chosen_adamw[row["arm"]]:
+                value = overrides[ADAMW]  # the tied run (muon_lr: null) is the point muon_lr = adamw_lr
+            else:
+                continue
+            losses.setdefault(value, []).append(final(run["name"]))
         means = {v: statistics.fmean(x) for v, x in losses.items()}
         assert {len(x) for x in losses.values()} == {2}  # both tuning seeds
         assert float(row["value"]) == min(means, key=means.get)
@@ -235,3 +248,30 @@ def test_the_report_replays_an_older_grid_json_without_tuning_arms(tmp_path):
     assert [(t.arm, t.chosen, t.method) for t in replayed] == [(t.arm, t.chosen, t.method) for t in current]
     assert {t.arm: t.chosen for t in replayed} == {"adamw": {ADAMW: 1e-2},
                                                    "muon-hidden": {ADAMW: 1e-3, MUON: 3e-2}}
+
+
+def test_a_point_that_trains_what_an_earlier_point_trained_is_not_run_again(tmp_path):
+    """muon_lr and embed_lr default to adamw_lr: set to the adamw_lr chosen, they train the tied point's
+    model (optim.build.parameter_rates), which ranks them; any other value is a run of its own."""
+    path = tmp_path / "tied.yaml"
+    path.write_text("name: tied\nruns: [{optim.muon: hidden}]\nseeds: [0]\n"
+                    "tune: {keys: {optim.adamw_lr: [1.0e-3, 1.0e-2], optim.muon_lr: [1.0e-3, 1.0e-2], "
+                    "optim.embed_lr: [1.0e-3, 1.0e-2]}, seeds: [100], extend_edges: false}\n")
+    grid, out = load_grid(path), tmp_path / "out"
+
+    def loss(overrides: dict) -> float:  # best at adamw 1e-2 (tied), then muon 1e-3, embed 1e-2
+        lr = overrides[ADAMW]
+        muon, embed = overrides.get(MUON, lr), overrides.get("optim.embed_lr", lr)
+        return 3 + (math.log10(lr) + 2) ** 2 + (math.log10(muon) + 3) ** 2 + (math.log10(embed) + 2) ** 2
+
+    while (sweep := grid_sweep(grid, out)).tunings is None:
+        for run in sweep.pending:
+            finish(out, run.name, loss(run.overrides))
+    assert [r.name for r in sweep.runs] == [
+        "muon-hidden_adamw_lr-0.001_s100", "muon-hidden_adamw_lr-0.01_s100",
+        "muon-hidden_adamw_lr-0.01_muon_lr-0.001_s100",  # muon_lr=0.01: the run above
+        "muon-hidden_adamw_lr-0.01_muon_lr-0.001_embed_lr-0.001_s100"]  # embed_lr=0.01: the one above
+    (tuning,) = sweep.tunings
+    assert tuning.chosen == {ADAMW: 1e-2, MUON: 1e-3, "optim.embed_lr": 1e-2}
+    muon_step = {t.values[MUON]: t.loss for t in tuning.step_of(MUON).trials}
+    assert muon_step == {1e-3: 3.0, 1e-2: 4.0}  # 1e-2 ranked by the tied run's loss

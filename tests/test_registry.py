@@ -7,13 +7,14 @@ import torch
 
 from common.errors import UserError
 from model import ModelConfig, Transformer
-from optim.build import build_optimizer
+from optim.build import build_optimizer, parameter_rates
 from optim.config import OptimConfig
 from optim.registry import (
     SPECS,
     OptimizerSpec,
     bases,
     checked_keys,
+    is_rate_key,
     keys_acting_on,
     optimizer_lr,
     orthogonalizing,
@@ -138,3 +139,30 @@ def test_run_identity_is_unchanged_by_the_registry(overrides, digest, name):
 def test_the_saved_config_keeps_the_keys_as_given():
     saved = config_yaml(load_config(["configs/smoke.yaml"], ["optim.muon=vo,ffn"]))
     assert "  muon: vo,ffn\n  route: null\n" in saved
+
+
+@pytest.mark.parametrize("route", ["optim.muon=hidden", "optim.route=vo:signum qk:normuon"])
+def test_parameter_rates_are_the_built_optimizers_and_resolve_the_ties(route):
+    """parameter_rates gives each parameter the lr of its group in the built optimizer; a tied rate set to
+    the value it ties to (muon_lr = adamw_lr, signum.lr = 0.2 x adamw_lr, embed_lr = its optimizer's)
+    gives the same rates, which is what lets a sweep skip a point it has already run."""
+    model = _model()
+    tied = load_config(overrides=[route, "optim.adamw_lr=0.01"]).optim
+    built = build_optimizer(model, tied)
+    lrs = {id(p): g["lr"] for part in built.parts.values() for g in part.param_groups for p in g["params"]}
+    rates = parameter_rates(model, tied)
+    assert {name: lrs[id(p)] for name, p in model.named_parameters()} == {n: r[1] for n, r in rates.items()}
+    embed = "model.embed_tokens.weight"
+    assert rates[embed][1] == 0.01 and {opt for opt, _ in rates.values()} == built.parts.keys()
+    spelled_out = ["optim.muon_lr=0.01", "optim.embed_lr=0.01", "optim.head_lr=0.01", "optim.signum.lr=0.002"]
+    spelled = load_config(overrides=[route, "optim.adamw_lr=0.01", *spelled_out]).optim
+    assert parameter_rates(model, spelled) == rates
+    other = load_config(overrides=[route, "optim.adamw_lr=0.01", "optim.embed_lr=0.03"]).optim
+    assert parameter_rates(model, other)[embed] == ("adamw", 0.03) != rates[embed]
+
+
+def test_rate_keys_are_the_learning_rates_of_the_table():
+    assert all(is_rate_key(k) for k in ("optim.adamw_lr", "optim.muon_lr", "optim.embed_lr", "optim.head_lr",
+                                        "optim.signum.lr", "optim.normuon.lr"))
+    assert not any(is_rate_key(k) for k in ("optim.momentum", "optim.signum.momentum", "optim.weight_decay",
+                                            "train.lr", "optim.adafactor.lr", "adamw_lr"))

@@ -63,6 +63,7 @@ from training.fsdp import WholeModel, autocast_forward, fsdp_requested, shard_mo
 from training.identity import run_dir, run_name
 from training.logger import MetricsLogger
 from training.qa_eval import QAEval
+from training.rates import meta_model
 from training.resume import Start, plan_start
 from training.run_lock import run_lock
 from training.runtime import make_accelerator
@@ -487,12 +488,11 @@ def _train(cfg: RunConfig, accelerator: Accelerator, run: RunDir, dry_run: bool,
 
 def check_model_and_routing(cfg: RunConfig) -> None:
     """The model config and the routing spec, checked on a meta-device model (no memory, no data)."""
-    model_cfg = resolve_model_config(dataclasses.asdict(cfg.model), vocab_size=64)
-    if cfg.train.seq_len > model_cfg.max_seq_len:
+    model = meta_model(cfg)
+    if cfg.train.seq_len > model.config.max_seq_len:
         raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds model.max_seq_len="
-                          f"{model_cfg.max_seq_len}; lower train.seq_len or raise model.max_seq_len")
-    with torch.device("meta"):
-        route_config(Transformer(model_cfg), cfg.optim)
+                          f"{model.config.max_seq_len}; lower train.seq_len or raise model.max_seq_len")
+    route_config(model, cfg.optim)
 
 
 def device_label(device: torch.device) -> str:

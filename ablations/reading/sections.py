@@ -112,7 +112,7 @@ def recorded_sweep(manifest: dict[str, Any], runs_dir: Path) -> tuple[Tune, list
             firsts.setdefault(entry["group"], _run_of(entry))
         arm_keys = [(arm_of(run, list(tune.keys)), [k for k in tune.keys if k in run.overrides])
                     for run in firsts.values()]
-    return tune, sweep_of(arm_keys, tune, runs_dir).tunings
+    return tune, sweep_of(arm_keys, tune, runs_dir, manifest.get("base")).tunings
 
 
 def tuning_section(runs_dir: Path, manifest: dict[str, Any], rows: list[Row], out: Path) -> list[str]:

@@ -535,6 +535,27 @@ def with_overrides(grid: Grid, items: list[str]) -> Grid:
                                overrides=extra)
 
 
+def format_value(value: Any) -> str:
+    """A value as train.py's dotted override syntax (OmegaConf dotlist) expects it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def override_items(run: Run) -> list[str]:
+    """The run's overrides as train.py's `key=value` arguments."""
+    return [f"{k}={format_value(v)}" for k, v in run.overrides.items()]
+
+
+def run_config(base: str | None, run: Run) -> RunConfig:
+    """The config train.py loads for a run of a grid with this base file (Grid.base)."""
+    return load_config([str(REPO_ROOT / base)] if base else [], override_items(run))
+
+
 def config_diff(grid: Grid, run: Run) -> dict[str, Any]:
     """The run's overrides that change the base config's value (what the plan shows)."""
     return {k: v for k, v in run.overrides.items() if grid.base_config.get(k, _MISSING) != v}

@@ -29,7 +29,15 @@ from rich.table import Table
 from tqdm import tqdm
 
 from ablations.metric_names import EVAL_LOSS
-from ablations.running.grid import REPO_ROOT, Grid, Run, branch_runs, config_diff
+from ablations.running.grid import (
+    REPO_ROOT,
+    Grid,
+    Run,
+    branch_runs,
+    config_diff,
+    format_value,
+    override_items,
+)
 from ablations.running.tuning import ArmTuning, arms, final_runs, grid_sweep, swept_keys
 from common.console import console as make_console
 from common.errors import UserError
@@ -57,17 +65,6 @@ class Outcome:
     seconds: float
 
 
-def format_value(value: Any) -> str:
-    """A value as train.py's dotted override syntax (OmegaConf dotlist) expects it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(format_value(v) for v in value) + "]"
-    return str(value)
-
-
 def wandb_tags(run: Run) -> list[str]:
     """Tags shared with wandb so runs can be filtered by routing, FFN type and seed."""
     tags = [run.labels["routing"], f"ffn-{run.labels['ffn_type']}"]
@@ -86,7 +83,7 @@ def resume_arg(run: Run, out: Path) -> str:
 def train_args(grid: Grid, run: Run, out: Path) -> list[str]:
     """train.py's arguments for one run (after the train command itself)."""
     args = ["--config", grid.base] if grid.base else []
-    args += [f"{k}={format_value(v)}" for k, v in run.overrides.items()]
+    args += override_items(run)
     args += [
         f"run.dir={out / run.name}",
         f"run.name={run.name}",

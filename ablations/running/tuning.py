@@ -19,6 +19,11 @@ key in the order of `tune.keys`): the more conservative learning rate.
 was tried at, the next value beyond it (at the ratio of the two values at that edge, 3 significant
 digits) is tried too, up to MAX_EXTENSIONS times per key; a best still at an edge is reported.
 
+**One computation, one run**: a point that trains exactly what an earlier point of the arm's sweep
+trained (every other setting equal and every parameter at the same learning rate, ties resolved: e.g.
+optim.muon_lr=3e-3 after optim.adamw_lr chose 3e-3, muon_lr's default being "adamw_lr") is not run
+again; it is ranked by the earlier point's runs.
+
 The sweep is a pure function of the run directories: which runs come next is recomputed from what has
 finished, so an interrupted sweep resumes and two runners (or SLURM rounds) agree. Tuned runs are
 named `<arm>_<key>-<value>..._s<seed>`; a tuning run at the chosen values whose seed is an evaluation
@@ -28,10 +33,12 @@ seed (only with `tune.reuse_tuning_seeds: true`) is that final run, trained once
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import json
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,11 +54,15 @@ from ablations.running.grid import (
     Run,
     Tune,
     join_name,
+    run_config,
     setting_token,
 )
 from common.rundir import RunDir
-from optim.registry import keys_acting_on
+from optim.registry import is_rate_key, keys_acting_on
 from optim.routing import optimizers_used
+from training.config import as_dict
+from training.identity import flatten_config
+from training.rates import config_rates
 
 # Values added beyond a sweep's edge per key, at most: two steps of the sweep's own ratio (e.g. 3e-3 ->
 # 1e-3 -> 3e-4 for a half-decade sweep) separate an optimum from a sweep that was just misplaced.
@@ -193,22 +204,42 @@ def beyond(tried: list[Any], best: Any) -> Any | None:
 
 
 LossOf = Callable[[Run], float | None]  # a run's ranking loss; None while it is unfinished
+# What a point of an arm's sweep (its tuned values) trains: equal for two points that are the same run.
+Computation = Callable[[dict[str, Any]], Hashable]
 
 
-def tune_arm(arm: Run, keys: list[str], tune: Tune, loss_of: LossOf) -> tuple[list[Run], ArmTuning | None]:
+def computation(base: str | None, run: Run) -> Hashable:
+    """What a run trains: its config (base file and overrides) with the learning-rate keys replaced by
+    each parameter's resolved rate (optim.build.parameter_rates)."""
+    return _computation(base, json.dumps(run.overrides, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=4096)  # a sweep is replayed after every run: each point is resolved once
+def _computation(base: str | None, overrides: str) -> Hashable:
+    cfg = run_config(base, Run(name="", overrides=json.loads(overrides)))
+    settings = sorted((k, repr(v)) for k, v in flatten_config(as_dict(cfg)).items() if not is_rate_key(k))
+    return tuple(settings), tuple(sorted(config_rates(cfg).items()))
+
+
+def tune_arm(arm: Run, keys: list[str], tune: Tune, loss_of: LossOf,
+             computation_of: Computation = lambda values: tuple(sorted(values.items()))
+             ) -> tuple[list[Run], ArmTuning | None]:
     """An arm's sweep as far as its finished runs take it: (every run planned so far, the outcome or None
-    while a planned run is unfinished)."""
+    while a planned run is unfinished). A point whose `computation_of` equals an earlier point's is
+    ranked by that point's runs (the default: only by equal values)."""
     stages = [[k] for k in keys] if tune.method == COORDINATE else [list(keys)]
     chosen: dict[str, Any] = {}
     planned: list[Run] = []
     steps: list[Step] = []
+    first_point: dict[Hashable, dict[str, Any]] = {}  # each computation's first point: the one run
     for number, step_keys in enumerate(stages, start=1):
         tried = {k: list(tune.keys[k]) for k in step_keys}
         extensions = dict.fromkeys(step_keys, 0)
         while True:
             points = [{**chosen, **dict(zip(step_keys, combo, strict=True))}
                       for combo in itertools.product(*(tried[k] for k in step_keys))]
-            runs = [[at_values(arm, point, seed) for seed in tune.seeds] for point in points]
+            runs = [[at_values(arm, first_point.setdefault(computation_of(point), point), seed)
+                     for seed in tune.seeds] for point in points]
             planned += [r for seed_runs in runs for r in seed_runs if r not in planned]
             losses = [[loss_of(r) for r in seed_runs] for seed_runs in runs]
             if any(loss is None for point_losses in losses for loss in point_losses):
@@ -232,8 +263,9 @@ def tune_arm(arm: Run, keys: list[str], tune: Tune, loss_of: LossOf) -> tuple[li
     return planned, ArmTuning(arm.group, tune.method, steps, len(tune.seeds))
 
 
-def sweep_of(arm_keys: list[tuple[Run, list[str]]], tune: Tune, runs_dir: Path) -> Sweep:
-    """The sweep of these arms (each with its swept keys) from the run directories under `runs_dir`."""
+def sweep_of(arm_keys: list[tuple[Run, list[str]]], tune: Tune, runs_dir: Path, base: str | None) -> Sweep:
+    """The sweep of these arms (each with its swept keys) from the run directories under `runs_dir`, for a
+    grid with this base config file (Grid.base)."""
     finished: dict[str, float] = {}  # each finished run's directory is read once per replay
 
     def loss_of(run: Run) -> float | None:
@@ -246,7 +278,8 @@ def sweep_of(arm_keys: list[tuple[Run, list[str]]], tune: Tune, runs_dir: Path) 
 
     runs, tunings = [], []
     for arm, keys in arm_keys:
-        planned, tuning = tune_arm(arm, keys, tune, loss_of)
+        planned, tuning = tune_arm(arm, keys, tune, loss_of,
+                                   lambda values, arm=arm: computation(base, at_values(arm, values, None)))
         runs += planned
         tunings.append(tuning)
     pending = [r for r in runs if loss_of(r) is None]
@@ -256,7 +289,7 @@ def sweep_of(arm_keys: list[tuple[Run, list[str]]], tune: Tune, runs_dir: Path) 
 def grid_sweep(grid: Grid, runs_dir: Path) -> Sweep:
     """The grid's sweep from its run directories under `runs_dir`."""
     assert grid.tune is not None
-    return sweep_of([(arm, swept_keys(grid, arm)) for arm in arms(grid)], grid.tune, runs_dir)
+    return sweep_of([(arm, swept_keys(grid, arm)) for arm in arms(grid)], grid.tune, runs_dir, grid.base)
 
 
 def final_runs(grid: Grid, chosen: dict[str, dict[str, Any]]) -> list[Run]:
