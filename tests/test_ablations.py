@@ -19,6 +19,8 @@ from ablations.reading.report import build_report
 from ablations.reading.rows import read_history
 from ablations.running.grid import REPO_ROOT, GridError, load_grid
 from ablations.running.runner import LaunchError, gpu_slots, run_grid
+from ablations.running.tuning import arms as tuned_arms
+from ablations.running.tuning import swept_keys
 from common.rundir import RunDir
 
 
@@ -137,6 +139,24 @@ def test_the_v2_study_grids_tune_every_rate_on_seeds_of_their_own(name, steps, s
     assert all(c["optim.schedule"] == "wsd" for c in configs)
     if name == "study_bios_v2":  # matched on the held-out biographies' loss
         assert all(c["data.bios.heldout"] == 1 for c in configs)
+
+
+def test_theory_lm_v2_tunes_each_optimizers_own_rate_and_reads_curvature_at_the_targets():
+    """Issue 21's theory_lm v2: both momentum orders and Signum each at their own tuned rate (v1 shared
+    one key), Signum's sweep below 3e-3, on a tuning seed of its own; sharpness at every eval."""
+    grid = load_grid("theory_lm_v2")
+    arms = {r.group: {**grid.base_config, **r.overrides} for r in grid.runs}
+    assert list(arms) == ["adamw", "muon-vo+ffn", "muon-vo+ffn-orth-first", "signum-vo+ffn"]
+    assert arms["muon-vo+ffn-orth-first"]["optim.momentum_order"] == "orthogonalize_then_momentum"
+    assert "optim.momentum_order" not in arms["muon-vo+ffn"]  # the default order
+    swept = {arm.group: swept_keys(grid, arm) for arm in tuned_arms(grid)}
+    assert swept["muon-vo+ffn"] == swept["muon-vo+ffn-orth-first"] == [
+        "optim.adamw_lr", "optim.muon_lr", "optim.embed_lr"]
+    assert swept["signum-vo+ffn"] == ["optim.adamw_lr", "optim.signum.lr", "optim.embed_lr"]
+    assert max(grid.tune.keys["optim.signum.lr"]) < 3e-3 and grid.tune.extend_edges
+    assert not set(grid.tune.seeds) & {r.seed for r in grid.runs} and not grid.tune.reuse_tuning_seeds
+    every = {c[k] for c in arms.values() for k in ("metrics.curvature_every", "train.eval_every")}
+    assert every == {25} and grid.analysis["iso_loss"] == [5.0, 4.8, 4.6] and len(grid.cooldowns.at) >= 4
 
 
 @pytest.mark.parametrize("body, message", [
