@@ -23,7 +23,7 @@ from ablations.reading.rows import aggregate, load_runs
 from ablations.reading.stats import PAIRED, WELCH, Stat, compare, share_interval
 from ablations.reading.tables import final_pair_tests, iso_pair_tests, pairs_table, study_adjusted
 from ablations.running.grid import GridError, load_grid, with_overrides
-from ablations.running.runner import next_stage
+from ablations.running.runner import next_stage, runnable
 from ablations.running.tuning import final_runs, grid_sweep
 from common.rundir import RunDir
 from tests.test_train import ROOT, base_args, corpus  # noqa: F401  (fixtures)
@@ -252,6 +252,26 @@ def test_selection_waits_for_the_sweep_and_counts_divergence_as_worst(tmp_path):
     stage = next_stage(grid, out)
     assert stage.name == "grid" and {t.arm: t.chosen["optim.adamw_lr"] for t in stage.tunings} == {
         "adamw": 0.01, "muon-hidden": 0.1}
+
+
+def test_an_arm_runs_at_its_chosen_values_while_another_arm_is_still_tuning(tmp_path):
+    """The runner starts what `runnable` offers whenever a slot frees: an arm's final runs do not wait for
+    the other arms' sweeps (nor for a round of the sweep to end)."""
+    grid = load_grid(tuned_grid(tmp_path, "{keys: {optim.adamw_lr: [0.001, 0.01]}, seeds: [0], "
+                                          "extend_edges: false}"))
+    out = tmp_path / "out"
+    finish(out, "adamw_adamw_lr-0.001_s0", 4.0)
+    finish(out, "adamw_adamw_lr-0.01_s0", 3.5)
+    finish(out, "muon-hidden_adamw_lr-0.001_s0", 3.0)
+    runs, tuned = runnable(grid, out)
+    assert [r.name for r in runs] == ["muon-hidden_adamw_lr-0.01_s0",  # the sweep's unfinished run first
+                                      "adamw_adamw_lr-0.01_s0", "adamw_adamw_lr-0.01_s1"]  # AdamW's finals
+    assert [(t.arm, t.chosen) for t in tuned] == [("adamw", {"optim.adamw_lr": 0.01})]
+    assert next_stage(grid, out).name == "tuning"  # the report's view: the sweep is not complete yet
+    finish(out, "muon-hidden_adamw_lr-0.01_s0", 3.2)
+    assert [r.name for r in runnable(grid, out)[0]] == [
+        "adamw_adamw_lr-0.01_s0", "adamw_adamw_lr-0.01_s1",
+        "muon-hidden_adamw_lr-0.001_s0", "muon-hidden_adamw_lr-0.001_s1"]
 
 
 @pytest.mark.parametrize("tune, runs, message", [

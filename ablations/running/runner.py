@@ -6,8 +6,9 @@ the tuning sweep's runs) for the report. A run whose status (`RunDir.status`) is
 diverged (DONE_STATUSES) is skipped; any other is started with train.resume=auto, so an interrupted
 run continues from its newest checkpoint. Two runners on one grid share the work: a run whose lock another
 process holds (train.py holds it while training) is skipped as 'held', so no run is trained twice.
-A grid with `tune:` runs its sweep first (in rounds: each coordinate step or edge extension is planned
-from the results before it), then the grid's seeds at each arm's chosen values (ablations/running/tuning.py).
+A grid with `tune:` runs its sweep first (each coordinate step or edge extension is planned from the
+results before it), and each arm's seeds at its chosen values as soon as that arm's sweep has finished
+(ablations/running/tuning.py); what to start is replanned whenever a run ends (`runnable`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -283,8 +284,10 @@ def run_grid(grid: Grid, out: Path, *, num_gpus: int | None = None, gpus_per_run
     """Run the grid's unfinished runs, up to one per GPU slot at a time (on a CPU, `jobs` at a time:
     cpu_jobs); never stops on a failure.
 
-    A tuned grid runs its sweep first and, once every sweep run has finished or diverged, the grid's
-    runs at each arm's chosen values (a sweep run that is also a final run is not run twice).
+    A tuned grid runs its sweep first; each arm's runs at its chosen values start as soon as that arm's
+    sweep has finished (a sweep run that is also a final run is not run twice), and each final run's
+    cooldown branches as soon as it has. What to start is replanned whenever a run ends, so a slot never
+    waits for a round of the sweep or another arm while there is work it could do.
     """
     out = out.resolve()
     slots = gpu_slots(detect_gpus() if num_gpus is None else num_gpus, gpus_per_run)
@@ -293,47 +296,39 @@ def run_grid(grid: Grid, out: Path, *, num_gpus: int | None = None, gpus_per_run
     elif jobs is not None:
         raise LaunchError("--jobs sets how many CPU runs go side by side; on GPUs each run takes a slot of "
                           "--gpus-per-run GPUs")
+    outcomes = _run_runnable(grid, out, slots, train_cmd)
     stage = next_stage(grid, out)
     write_manifest(grid, out, stage)
-    outcomes = []
-    # The sweep runs in rounds (a coordinate step, an edge extension), each planned from the last.
-    while stage.name == "tuning":
-        round_outcomes = _run_stage(grid, stage, out, slots, train_cmd)
-        outcomes += round_outcomes
-        if not all(o.status in ("done", "skipped", "diverged") for o in round_outcomes):
-            tqdm.write("the tuning sweep has unfinished runs: the grid's runs start once it is complete; "
-                       "rerun the same command to finish it")
-            return outcomes
-        stage = next_stage(grid, out)
-        write_manifest(grid, out, stage)
-    if grid.tune is not None:
-        tqdm.write("tuning done; chosen values:\n" + "\n".join(choice_lines(stage.tunings)))
-    done = {o.name for o in outcomes}
-    outcomes += _run_stage(grid, Stage(stage.name, [r for r in stage.runs if r.name not in done]),
-                           out, slots, train_cmd)
-    branches = cooldown_stage(grid, stage.runs, out)
-    return outcomes + (_run_stage(grid, branches, out, slots, train_cmd) if branches.runs else [])
+    if grid.tune is not None and stage.tunings is None:
+        tqdm.write("the tuning sweep has unfinished runs: an arm's runs start once its sweep is complete; "
+                   "rerun the same command to finish it")
+    return outcomes
 
 
-def _run_stage(grid: Grid, stage: Stage, out: Path, slots: list[list[int]],
-               train_cmd: Sequence[str] | None) -> list[Outcome]:
-    """Run one stage's unfinished runs over the slots, with a progress bar."""
+def runnable(grid: Grid, out: Path) -> tuple[list[Run], list[ArmTuning]]:
+    """What the grid can start now, in order (finished runs included): the sweep's unfinished runs, the
+    runs at the chosen values of each arm whose sweep has finished (every run without `tune:`) and the
+    cooldown branches of the final runs that have finished; with the arms tuned so far."""
+    if grid.tune is None:
+        return [*grid.runs, *cooldown_stage(grid, grid.runs, out).runs], []
+    sweep = grid_sweep(grid, out)
+    tuned = [t for t in sweep.by_arm if t is not None]
+    finals = final_runs(grid, {t.arm: t.chosen for t in tuned})
+    return [*sweep.pending, *finals, *cooldown_stage(grid, finals, out).runs], tuned
+
+
+def _run_runnable(grid: Grid, out: Path, slots: list[list[int]],
+                  train_cmd: Sequence[str] | None) -> list[Outcome]:
+    """Run what `runnable` offers over the slots, replanning whenever a run ends, until nothing is left
+    to start; one outcome per run handled (a finished run: skipped), in the order they were handled."""
     free: queue.Queue[int] = queue.Queue()
     for i in range(len(slots)):
         free.put(i)
     outcomes: dict[str, Outcome] = {}
-    todo = []
-    for run in stage.runs:
-        log = out / "logs" / f"{run.name}.log"
-        status = RunDir(out / run.name).status()
-        if status in DONE_STATUSES:
-            outcomes[run.name] = Outcome(run.name, "skipped" if status == "complete" else status,
-                                         None, log, 0.0)
-        else:
-            todo.append(run)
+    handled: list[str] = []
     running: set[str] = set()
-    desc = f"{stage.name} {grid.name}" if stage.name == "tuning" else f"grid {grid.name}"
-    bar = tqdm(total=len(stage.runs), initial=len(outcomes), desc=desc, unit="run")
+    announced: set[str] = set()
+    bar = tqdm(total=0, desc=f"grid {grid.name}", unit="run")
 
     def postfix() -> None:
         counts = {s: sum(o.status == s for o in outcomes.values())
@@ -376,11 +371,37 @@ def _run_stage(grid: Grid, stage: Stage, out: Path, slots: list[list[int]],
         bar.update(1)
         postfix()
 
-    postfix()
+    def start_what_can_start(futures: set[Future]) -> None:
+        runs, tuned = runnable(grid, out)
+        write_manifest(grid, out, next_stage(grid, out))
+        for tuning in (t for t in tuned if t.arm not in announced):
+            announced.add(tuning.arm)
+            bar.write("tuning done; chosen values:\n" + "\n".join(choice_lines([tuning])))
+        bar.total = len(set(handled) | {r.name for r in runs})
+        bar.refresh()
+        for run in runs:
+            if run.name in outcomes or run.name in handled:
+                continue
+            status = RunDir(out / run.name).status()
+            if status in DONE_STATUSES:
+                handled.append(run.name)
+                outcomes[run.name] = Outcome(run.name, "skipped" if status == "complete" else status, None,
+                                             out / "logs" / f"{run.name}.log", 0.0)
+                bar.update(1)
+            elif len(futures) < len(slots):
+                handled.append(run.name)
+                futures.add(pool.submit(work, run))
+        postfix()
+
     pool = ThreadPoolExecutor(max_workers=len(slots))
+    futures: set[Future] = set()
     try:
-        for future in [pool.submit(work, run) for run in todo]:
-            future.result()
+        start_what_can_start(futures)
+        while futures:
+            done, futures = wait(futures, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()
+            start_what_can_start(futures)
     except KeyboardInterrupt:
         # Ctrl-C also reached the running train.py processes; start no further runs.
         bar.write("interrupted: rerun the same command to resume the unfinished runs")
@@ -388,7 +409,7 @@ def _run_stage(grid: Grid, stage: Stage, out: Path, slots: list[list[int]],
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
-    return [outcomes[r.name] for r in stage.runs]
+    return [outcomes[name] for name in handled]
 
 
 def _log_cell(outcome: Outcome, out: Path) -> str:

@@ -138,12 +138,16 @@ class ArmTuning:
 
 @dataclass(frozen=True)
 class Sweep:
-    """A grid's sweep so far: every run it has planned, those not finished, and once none is pending
-    every arm's outcome."""
+    """A grid's sweep so far: every run it has planned, those not finished, each arm's outcome (None for an
+    arm with unfinished runs) and, once none is pending, every arm's outcome."""
 
     runs: list[Run]
     pending: list[Run]
-    tunings: list[ArmTuning] | None
+    by_arm: list[ArmTuning | None]
+
+    @property
+    def tunings(self) -> list[ArmTuning] | None:
+        return None if self.pending else [t for t in self.by_arm if t is not None]
 
 
 def acts_on(key: str, grid: Grid, arm: Run) -> bool:
@@ -283,7 +287,7 @@ def sweep_of(arm_keys: list[tuple[Run, list[str]]], tune: Tune, runs_dir: Path, 
         runs += planned
         tunings.append(tuning)
     pending = [r for r in runs if loss_of(r) is None]
-    return Sweep(runs, pending, None if pending else tunings)
+    return Sweep(runs, pending, tunings)
 
 
 def grid_sweep(grid: Grid, runs_dir: Path) -> Sweep:
@@ -293,8 +297,8 @@ def grid_sweep(grid: Grid, runs_dir: Path) -> Sweep:
 
 
 def final_runs(grid: Grid, chosen: dict[str, dict[str, Any]]) -> list[Run]:
-    """The grid's runs (all its seeds) at each arm's chosen values."""
-    return [at_values(run, chosen[run.group], run.seed) for run in grid.runs]
+    """The grid's runs (all its seeds) at each arm's chosen values, for the arms in `chosen`."""
+    return [at_values(run, chosen[run.group], run.seed) for run in grid.runs if run.group in chosen]
 
 
 def ranking_loss(run: RunDir, metric: str) -> float | None:
