@@ -131,7 +131,7 @@ def test_the_v2_study_grids_tune_every_rate_on_seeds_of_their_own(name, steps, s
     tune = grid.tune
     every_rate = ["optim.adamw_lr", "optim.muon_lr", "optim.embed_lr", "optim.head_lr"]
     # the CPU studies cut the head's own rate for the budget (their grid files say so)
-    assert list(tune.keys) == (every_rate[:3] if name in ("study_tiny_v2", "study_bios_v2") else every_rate)
+    assert list(tune.keys) == (every_rate if name == "study_160m_v2" else every_rate[:3])
     assert tune.method == "coordinate" and tune.extend_edges and not tune.reuse_tuning_seeds
     assert not set(tune.seeds) & set(seeds)
     assert len(grid.cooldowns.at) >= (4 if name == "study_tiny_v2" else 3) and grid.analysis["iso_loss"]
