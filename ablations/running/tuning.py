@@ -226,7 +226,7 @@ def _computation(base: str | None, overrides: str) -> Hashable:
 
 
 def tune_arm(arm: Run, keys: list[str], tune: Tune, loss_of: LossOf,
-             computation_of: Computation = lambda values: tuple(sorted(values.items()))
+             computation_of: Computation = lambda values: repr(sorted(values.items()))
              ) -> tuple[list[Run], ArmTuning | None]:
     """An arm's sweep as far as its finished runs take it: (every run planned so far, the outcome or None
     while a planned run is unfinished). A point whose `computation_of` equals an earlier point's is
