@@ -263,7 +263,7 @@ def test_an_arm_runs_at_its_chosen_values_while_another_arm_is_still_tuning(tmp_
     finish(out, "adamw_adamw_lr-0.001_s0", 4.0)
     finish(out, "adamw_adamw_lr-0.01_s0", 3.5)
     finish(out, "muon-hidden_adamw_lr-0.001_s0", 3.0)
-    runs, tuned = runnable(grid, out)
+    runs, tuned, _ = runnable(grid, out)
     assert [r.name for r in runs] == ["muon-hidden_adamw_lr-0.01_s0",  # the sweep's unfinished run first
                                       "adamw_adamw_lr-0.01_s0", "adamw_adamw_lr-0.01_s1"]  # AdamW's finals
     assert [(t.arm, t.chosen) for t in tuned] == [("adamw", {"optim.adamw_lr": 0.01})]

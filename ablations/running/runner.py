@@ -39,7 +39,7 @@ from ablations.running.grid import (
     format_value,
     override_items,
 )
-from ablations.running.tuning import ArmTuning, arms, final_runs, grid_sweep, swept_keys
+from ablations.running.tuning import ArmTuning, Sweep, arms, final_runs, grid_sweep, swept_keys
 from common.console import console as make_console
 from common.errors import UserError
 from common.lock import holder
@@ -108,9 +108,13 @@ class Stage:
 
 def next_stage(grid: Grid, out: Path) -> Stage:
     """The tuning sweep's unfinished runs while it has any, else the grid's runs."""
-    if grid.tune is None:
+    return stage_of(grid, grid_sweep(grid, out) if grid.tune else None)
+
+
+def stage_of(grid: Grid, sweep: Sweep | None) -> Stage:
+    """`next_stage` from the grid's sweep as replayed (None without `tune:`)."""
+    if sweep is None:
         return Stage("grid", grid.runs)
-    sweep = grid_sweep(grid, out)
     if sweep.tunings is None:
         return Stage("tuning", sweep.pending, swept=tuple(sweep.runs))
     chosen = {t.arm: t.chosen for t in sweep.tunings}
@@ -305,16 +309,17 @@ def run_grid(grid: Grid, out: Path, *, num_gpus: int | None = None, gpus_per_run
     return outcomes
 
 
-def runnable(grid: Grid, out: Path) -> tuple[list[Run], list[ArmTuning]]:
+def runnable(grid: Grid, out: Path) -> tuple[list[Run], list[ArmTuning], Stage]:
     """What the grid can start now, in order (finished runs included): the sweep's unfinished runs, the
     runs at the chosen values of each arm whose sweep has finished (every run without `tune:`) and the
-    cooldown branches of the final runs that have finished; with the arms tuned so far."""
+    cooldown branches of the final runs that have finished; with the arms tuned so far and `next_stage`
+    (for the manifest), all from one replay of the sweep."""
     if grid.tune is None:
-        return [*grid.runs, *cooldown_stage(grid, grid.runs, out).runs], []
+        return [*grid.runs, *cooldown_stage(grid, grid.runs, out).runs], [], stage_of(grid, None)
     sweep = grid_sweep(grid, out)
     tuned = [t for t in sweep.by_arm if t is not None]
     finals = final_runs(grid, {t.arm: t.chosen for t in tuned})
-    return [*sweep.pending, *finals, *cooldown_stage(grid, finals, out).runs], tuned
+    return [*sweep.pending, *finals, *cooldown_stage(grid, finals, out).runs], tuned, stage_of(grid, sweep)
 
 
 def _run_runnable(grid: Grid, out: Path, slots: list[list[int]],
@@ -372,8 +377,8 @@ def _run_runnable(grid: Grid, out: Path, slots: list[list[int]],
         postfix()
 
     def start_what_can_start(futures: set[Future]) -> None:
-        runs, tuned = runnable(grid, out)
-        write_manifest(grid, out, next_stage(grid, out))
+        runs, tuned, stage = runnable(grid, out)
+        write_manifest(grid, out, stage)
         for tuning in (t for t in tuned if t.arm not in announced):
             announced.add(tuning.arm)
             bar.write("tuning done; chosen values:\n" + "\n".join(choice_lines([tuning])))
