@@ -1,4 +1,5 @@
-"""Command line: `python -m ablations run GRID ...` and `python -m ablations report RUNS_DIR ...`."""
+"""Command line: `python -m ablations run GRID ...`, `python -m ablations report RUNS_DIR ...` and
+`python -m ablations compare STUDY_A STUDY_B ...`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from ablations.reading.across_studies import compare_studies
 from ablations.reading.report import build_report
+from ablations.reading.rows import ADAMW, FULL_MUON
 from ablations.running.grid import load_grid, with_overrides
 from ablations.running.runner import next_stage, plan_lines, print_outcomes, run_grid, write_manifest
 from ablations.running.slurm import SlurmOptions, manifest_text, sbatch_script, write_slurm
@@ -44,7 +47,27 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--iso-loss", type=float, metavar="LOSS",
                      help="target eval loss of the iso-loss analysis (default: the highest final eval loss "
                           "of any run, which every run reaches)")
+    cmp = sub.add_parser("compare", help="how each arm's gain over AdamW (and its share of the all-hidden "
+                                          "Muon gain) moves between two studies, e.g. two model scales")
+    cmp.add_argument("studies", type=Path, nargs=2, metavar="STUDY",
+                     help="a report directory with per_seed.csv (e.g. docs/results/study_tiny_v2) or a "
+                          "grid's run directory with report/per_seed.csv")
+    cmp.add_argument("--labels", nargs=2, metavar=("A", "B"),
+                     help="the two studies' names in the tables (default: their directory names)")
+    cmp.add_argument("--baseline", default=ADAMW,
+                     help="the arm gains are measured from (default: %(default)s)")
+    cmp.add_argument("--full", default=FULL_MUON,
+                     help="the arm whose gain the shares divide (default: %(default)s)")
+    cmp.add_argument("--out", type=Path, help="output directory (default: runs/compare_A_vs_B)")
     return p
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    labels = tuple(args.labels or (s.resolve().name for s in args.studies))
+    out = args.out or Path("runs") / f"compare_{labels[0]}_vs_{labels[1]}"
+    report = compare_studies(*args.studies, out, labels, baseline=args.baseline, full=args.full)
+    print(f"wrote {report} (with gains.csv, shares.csv and gains.png next to it)")
+    return ExitCode.OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -94,7 +117,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: common.cli.ExitCode, as train.py's (a grid with a failed run exits 1)."""
     args = parser().parse_args(argv)
-    return run_main(lambda: cmd_run(args) if args.command == "run" else cmd_report(args))
+    commands = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare}
+    return run_main(lambda: commands[args.command](args))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -18,6 +19,9 @@ from ablations.running.tuning import ArmTuning, profile  # noqa: E402
 from common.plotting import legend_beside  # noqa: E402
 from metrics import names  # noqa: E402
 from metrics.names import QA_GROUP, QA_MEAN, QA_TAIL, TAIL_BUCKET, TAIL_GAP, TAIL_LOSS  # noqa: E402
+
+if TYPE_CHECKING:  # across_studies draws with this module: importing it at run time would be circular
+    from ablations.reading.across_studies import Moved
 
 SPECTRA_GROUPS = ("v", "o", "ffn_out")
 SPECTRA_METRICS = ("svd_entropy", "effective_rank", "top10_energy", "q75_q25")
@@ -324,3 +328,31 @@ def annealed_curves(lineages: list[Lineage], targets: list[float], loss: Overall
         ax.grid(alpha=0.3)
         legend_beside(ax)
     return _save(fig, out / "annealed.png")
+
+
+def gains_across_studies(moved: list[Moved], labels: tuple[str, str], path: Path) -> Path | None:
+    """One panel per compared metric: each arm's gain over the baseline in study A and in study B, with
+    its 95% interval (the gains table's)."""
+    metrics = list(dict.fromkeys(m.metric for m in moved))
+    if not metrics:
+        return None
+    cols = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 0.5 * max(
+        sum(m.metric == metric for m in moved) for metric in metrics) * rows + 2.5 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        shown = [m for m in moved if m.metric == metric]
+        for k, (label, color) in enumerate(zip(labels, ("tab:blue", "tab:orange"), strict=True)):
+            estimates = [m.a if k == 0 else m.b for m in shown]
+            ys = [i + (0.2 if k == 0 else -0.2) for i in range(len(shown))]
+            errors = [[e.diff - e.ci95[0] for e in estimates], [e.ci95[1] - e.diff for e in estimates]]
+            ax.errorbar([e.diff for e in estimates], ys, xerr=errors, fmt="o", color=color, capsize=3,
+                        label=label)
+        ax.set_yticks(range(len(shown)), [m.arm for m in shown])
+        ax.axvline(0, color="black", lw=1)
+        ax.set(xlabel="gain over the baseline (baseline − arm)", title=metric)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    return _save(fig, path)

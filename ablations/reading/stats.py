@@ -1,5 +1,6 @@
 """Statistics over seeds, all from scipy.stats: t intervals, Welch / paired t-tests, differences with
-their intervals, TOST equivalence, and intervals of the share of a gain (Fieller; bootstrap with many seeds).
+their intervals, TOST equivalence, intervals of the share of a gain (Fieller; bootstrap with many seeds),
+and the change of a difference or a share between two independent studies (e.g. two model scales).
 
 Values come keyed by seed. Two settings "pair up" when they ran the same seeds: a seed fixes both
 the initialization and the data order (the loader's batch at step s is a function of (seed, s)),
@@ -20,6 +21,7 @@ from scipy import stats
 CONFIDENCE = 0.95
 ALPHA = 0.05  # differences with p >= ALPHA are marked "not significant" in the report
 PAIRED, WELCH = "paired t", "Welch t"
+DELTA = "delta method"  # a share's standard error to first order (`share_estimate`)
 BOOTSTRAP_RESAMPLES = 9999
 # Below this many seeds a bootstrap of the share is not a 95% interval (3 seeds give 10 distinct
 # resamples, each all-one-seed one with probability 3.7% > 2.5%): Fieller's interval is used instead.
@@ -62,6 +64,12 @@ class Comparison:
     @property
     def significant(self) -> bool:
         return self.p < ALPHA
+
+
+def bh_adjusted(ps: list[float]) -> list[float]:
+    """Benjamini–Hochberg adjusted p-values of one family of tests (scipy.stats.false_discovery_control),
+    in the order given."""
+    return [float(p) for p in stats.false_discovery_control(ps)] if ps else []
 
 
 def pairs(a: dict[int, float], b: dict[int, float]) -> bool:
@@ -128,7 +136,8 @@ def share_interval(adamw: dict[int, float], run: dict[int, float],
 
 @dataclass(frozen=True)
 class Difference:
-    """mean(a) − mean(b) over seeds: its standard error, degrees of freedom, 95% t interval and test."""
+    """An estimate over seeds, mean(a) − mean(b) (or a share of a gain, `share_estimate`): its standard
+    error, degrees of freedom, 95% t interval, two-sided t-test of zero, and the test it came from."""
 
     diff: float
     se: float
@@ -139,6 +148,13 @@ class Difference:
     def ci95(self) -> tuple[float, float]:
         half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, self.df)) * self.se
         return self.diff - half, self.diff + half
+
+    @property
+    def p(self) -> float:
+        """Two-sided p-value of "the difference is 0" (the paired or Welch t-test it came from)."""
+        if self.se == 0:
+            return 1.0 if self.diff == 0 else 0.0
+        return float(2 * stats.t.sf(abs(self.diff) / self.se, self.df))
 
     def tost(self, margin: float) -> float:
         """The p-value of two one-sided t-tests (TOST) that the difference lies within ±margin: the
@@ -168,6 +184,15 @@ def difference(a: dict[int, float], b: dict[int, float]) -> Difference | None:
     return Difference(statistics.fmean(a.values()) - statistics.fmean(b.values()), se, df, WELCH)
 
 
+def change(a: Difference, b: Difference) -> Difference:
+    """b − a for estimates from two independent studies (other models, other runs: nothing pairs across
+    them): standard errors add in quadrature, df by Welch–Satterthwaite from each estimate's own df."""
+    va, vb = a.se**2, b.se**2
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / a.df + vb**2 / b.df) if se > 0 else a.df + b.df
+    return Difference(b.diff - a.diff, se, df, WELCH)
+
+
 def tost(a: dict[int, float], b: dict[int, float], margin: float) -> float | None:
     """The TOST p-value that mean(a) − mean(b) lies within ±margin (`Difference.tost`); None where no
     test applies (fewer than 2 seeds on a side)."""
@@ -175,15 +200,22 @@ def tost(a: dict[int, float], b: dict[int, float], margin: float) -> float | Non
     return None if d is None else d.tost(margin)
 
 
-def share_fieller(adamw: dict[int, float], run: dict[int, float],
-                  full: dict[int, float]) -> tuple[float, float] | None:
-    """95% Fieller interval of the share of the gain, (mean A − mean R) / (mean A − mean F).
+@dataclass(frozen=True)
+class ShareMoments:
+    """The share's numerator N and denominator D (mean gains), their (co)variances and the df."""
 
-    The set of ratios ρ the data cannot reject: (N − ρD)² <= t² (v_NN − 2ρ v_ND + ρ² v_DD), with N, D
-    the mean gains and v their (co)variances; with paired seeds from the per-seed gains (df n − 1), else
-    from each setting's own variance (A is in both gains: v_ND = var(A)/n_A; df the smallest n − 1,
-    conservative). None when the interval is unbounded: the full gain D is not distinguishable from 0.
-    """
+    num: float
+    den: float
+    v_nn: float
+    v_dd: float
+    v_nd: float
+    df: int
+
+
+def share_moments(adamw: dict[int, float], run: dict[int, float],
+                   full: dict[int, float]) -> ShareMoments | None:
+    """With paired seeds from the per-seed gains (df n − 1), else from each setting's own variance (A is in
+    both gains: v_ND = var(A)/n_A; df the smallest n − 1, conservative). None below 2 seeds anywhere."""
     if min(len(adamw), len(run), len(full)) < 2:
         return None
     if pairs(adamw, run) and pairs(adamw, full):
@@ -191,18 +223,42 @@ def share_fieller(adamw: dict[int, float], run: dict[int, float],
         n_gain = np.array([adamw[s] - run[s] for s in seeds])
         d_gain = np.array([adamw[s] - full[s] for s in seeds])
         cov = np.cov(n_gain, d_gain) / len(seeds)
-        v_nn, v_dd, v_nd, df = cov[0, 0], cov[1, 1], cov[0, 1], len(seeds) - 1
-        num, den = n_gain.mean(), d_gain.mean()
-    else:
-        va, vr, vf = (statistics.variance(d.values()) / len(d) for d in (adamw, run, full))
-        v_nn, v_dd, v_nd = va + vr, va + vf, va
-        df = min(len(adamw), len(run), len(full)) - 1
-        mean_a = statistics.fmean(adamw.values())
-        num, den = mean_a - statistics.fmean(run.values()), mean_a - statistics.fmean(full.values())
-    t2 = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df)) ** 2
-    a, b, c = den**2 - t2 * v_dd, num * den - t2 * v_nd, num**2 - t2 * v_nn
+        return ShareMoments(float(n_gain.mean()), float(d_gain.mean()), float(cov[0, 0]), float(cov[1, 1]),
+                             float(cov[0, 1]), len(seeds) - 1)
+    va, vr, vf = (statistics.variance(d.values()) / len(d) for d in (adamw, run, full))
+    mean_a = statistics.fmean(adamw.values())
+    return ShareMoments(mean_a - statistics.fmean(run.values()), mean_a - statistics.fmean(full.values()),
+                         va + vr, va + vf, va, min(len(adamw), len(run), len(full)) - 1)
+
+
+def share_fieller(adamw: dict[int, float], run: dict[int, float],
+                  full: dict[int, float]) -> tuple[float, float] | None:
+    """95% Fieller interval of the share of the gain, (mean A − mean R) / (mean A − mean F).
+
+    The set of ratios ρ the data cannot reject: (N − ρD)² <= t² (v_NN − 2ρ v_ND + ρ² v_DD), with N, D
+    the mean gains and v their (co)variances (`share_moments`). None when the interval is unbounded: the
+    full gain D is not distinguishable from 0.
+    """
+    m = share_moments(adamw, run, full)
+    if m is None:
+        return None
+    t2 = float(stats.t.ppf(0.5 + CONFIDENCE / 2, m.df)) ** 2
+    a, b, c = m.den**2 - t2 * m.v_dd, m.num * m.den - t2 * m.v_nd, m.num**2 - t2 * m.v_nn
     disc = b * b - a * c
     if a <= 0 or disc < 0:
         return None
     root = math.sqrt(disc)
     return float((b - root) / a), float((b + root) / a)
+
+
+def share_estimate(adamw: dict[int, float], run: dict[int, float],
+                   full: dict[int, float]) -> Difference | None:
+    """The share N/D with its delta-method standard error, sqrt(v_NN − 2ρ v_ND + ρ² v_DD) / |D|, for
+    comparing shares between studies (`change`). First order only, so None wherever Fieller's interval is
+    unbounded (the full gain not distinguishable from 0): there the ratio has no usable standard error."""
+    m = share_moments(adamw, run, full)
+    if m is None or share_fieller(adamw, run, full) is None:
+        return None
+    rho = m.num / m.den
+    var = max(m.v_nn - 2 * rho * m.v_nd + rho**2 * m.v_dd, 0.0)
+    return Difference(rho, math.sqrt(var) / abs(m.den), m.df, DELTA)

@@ -9,8 +9,6 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from scipy import stats
-
 from ablations.metric_names import FINAL_METRICS, HEADLINE
 from ablations.reading.annealed import AnnealedRead
 from ablations.reading.matched_loss import (
@@ -22,7 +20,7 @@ from ablations.reading.matched_loss import (
     curvature_metrics,
 )
 from ablations.reading.rows import Row
-from ablations.reading.stats import ALPHA, Comparison, Difference, compare, difference
+from ablations.reading.stats import ALPHA, Comparison, Difference, bh_adjusted, compare, difference
 from ablations.running.tuning import ArmTuning, profile
 
 
@@ -133,7 +131,7 @@ def pair_tests(items: list[Compared], metrics: tuple[str, ...] | list[str], wher
 def study_adjusted(tests: list[PairTest]) -> list[float]:
     """Benjamini–Hochberg over the study's whole family of pair tests (every metric, pair and target
     at once; scipy.stats.false_discovery_control), in the order of `tests`."""
-    return [float(p) for p in stats.false_discovery_control([t.test.p for t in tests])] if tests else []
+    return bh_adjusted([t.test.p for t in tests])
 
 
 def pairs_table(tests: list[PairTest], study: list[float]) -> Table:
@@ -147,7 +145,7 @@ def pairs_table(tests: list[PairTest], study: list[float]) -> Table:
         per_metric.setdefault((t.metric, t.where), []).append(i)
     p_bh = {}
     for indices in per_metric.values():
-        adjusted = stats.false_discovery_control([tests[i].test.p for i in indices])
+        adjusted = bh_adjusted([tests[i].test.p for i in indices])
         p_bh.update(zip(indices, adjusted, strict=True))
     body = []
     for i, t in enumerate(tests):
