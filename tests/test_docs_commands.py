@@ -1,8 +1,8 @@
 """Every command in README.md and docs/*.md is executed here, cheaply, so that an example that rots
 fails the tests: train.py with --dry-run on a small fixture corpus (any launcher stripped: the
 arguments are what can rot), `python -m ablations run` with --dry-run, reports against synthetic
-run directories, the theory CLIs at tiny sizes. The commands that cannot run here are listed in
-NOT_RUN with the reason and the test that covers them instead."""
+run directories, comparisons of the committed studies, the theory CLIs at tiny sizes. The commands
+that cannot run here are listed in NOT_RUN with the reason and the test that covers them instead."""
 
 from __future__ import annotations
 
@@ -84,6 +84,8 @@ def run_command(tokens: list[str], fixture_args: list[str], tmp: Path) -> int:
     module, args = tokens[2], tokens[3:]
     if module == "ablations" and args[0] == "run":
         return ablations_main([*args, *([] if "--dry-run" in args else ["--dry-run"])])
+    if module == "ablations" and args[0] == "compare":  # the committed studies; written under tmp
+        return ablations_main([*args, "--out", str(tmp / "compare")])
     if module == "ablations" and args[0] == "report":
         runs = make_grid(tmp / "runs" / Path(args[1]).name, [0, 20, 40, 60, 80, 100])
         return ablations_main(["report", str(runs), *args[2:]])
