@@ -11,12 +11,11 @@ import pytest
 from scipy import stats
 
 from ablations.__main__ import main
-from ablations.reading.across_studies import compare_studies, compared_metrics, load_per_seed
+from ablations.reading.across_studies import Values, compare_studies, compared_metrics, load_per_seed
 from ablations.reading.stats import DELTA, PAIRED, WELCH, change, difference, share_estimate, share_fieller
 from common.errors import MissingFileError, UserError
 
 LOSS, TAIL = "final/eval_loss", "eval/tail/tail_loss"
-Values = dict[tuple[str, str], dict[int, float]]
 
 
 def _write(study: Path, values: Values) -> Path:
