@@ -9,6 +9,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metrics.curvature import curvature_metrics
+from metrics.names import EVAL_LOSS, TRAIN_LOSS
 from model import ModelConfig, Transformer
 from optim.groups import group_of
 from tests.test_train import base_args, corpus, read_metrics, run_train  # noqa: F401  (fixtures)
@@ -106,3 +107,21 @@ def test_train_logs_curvature_at_spectra_evaluations(base_args, tmp_path):  # no
         for group in ("q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out"):
             gain, penalty, nds = (events[step][f"curvature/{group}/{m}"] for m in ("gain", "penalty", "nds"))
             assert math.isfinite(gain) and math.isfinite(penalty) and math.isfinite(nds)
+
+
+@pytest.mark.slow
+def test_curvature_keeps_its_own_cadence_and_leaves_training_unchanged(base_args, tmp_path):  # noqa: F811
+    """curvature_every=10 with spectra only every 20 steps still reads curvature at step 10, and reading
+    it changes nothing the run trains: its losses equal those of the same run without it, bit for bit."""
+    runs = {every: tmp_path / f"curvature{every}" for every in (0, 10)}
+    for every, run in runs.items():
+        run_train([*base_args, f"metrics.curvature_every={every}", "metrics.spectra_every=20",
+                   "train.eval_every=5", f"run.dir={run}"])
+    events = read_metrics(runs[10])
+    curvature_steps = sorted(e["step"] for e in events if "curvature/v/nds" in e)
+    spectra_steps = sorted(e["step"] for e in events if any(k.startswith("spectra/") for k in e))
+    assert curvature_steps == [10, 20]
+    assert 10 not in spectra_steps
+    losses = [[(e["step"], k, e[k]) for e in read_metrics(run) for k in (EVAL_LOSS, TRAIN_LOSS) if k in e]
+              for run in runs.values()]
+    assert len(losses[0]) >= 8 and losses[0] == losses[1]

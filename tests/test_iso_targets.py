@@ -83,6 +83,10 @@ def test_directional_sharpness_is_read_and_tested_at_the_targets(tmp_path):
     assert float(iso["muon-hidden"]["curvature_vo_nds"]) == pytest.approx(sum(m.values()) / 2, abs=1e-6)
     expected = scipy_stats.ttest_rel([m[0], m[1]], [a[0], a[1]]).pvalue
     assert float(iso["muon-hidden"]["p_curvature_vo_nds_vs_adamw"]) == pytest.approx(expected, abs=1e-6)
+    # ... and among the study's pair tests, so that it is adjusted with the rest of the family.
+    pair = [r for r in rows_of(tmp_path / "out" / "iso_pairwise.csv") if r["metric"] == "curvature/vo/nds"]
+    assert len(pair) == 1 and float(pair[0]["p"]) == pytest.approx(expected, abs=1e-3)
+    assert pair[0]["p_bh_study"] != "" and pair[0]["where"] == "at 5.4000 (pre-registered)"
     per_seed = rows_of(tmp_path / "out" / "per_seed.csv")
     assert {(r["arm"], r["seed"]) for r in per_seed if r["metric"] == "curvature/vo/nds at 5.4000"} == {
         ("adamw", "0"), ("adamw", "1"), ("muon-hidden", "0"), ("muon-hidden", "1")}

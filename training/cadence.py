@@ -1,4 +1,5 @@
-"""What is due at step N: logging, evaluation (and its spectra and QA) and checkpoints, in one place."""
+"""What is due at step N: logging, evaluation (and its spectra, curvature and QA) and checkpoints, in one
+place."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class Due:
     log: bool = False
     eval: bool = False
     spectra: bool = False
+    curvature: bool = False
     qa: bool = False
     checkpoint: bool = False
 
@@ -25,6 +27,8 @@ class Cadence:
     - evaluate every `train.eval_every` steps (0: only at the end), at the end, and at step 0;
     - spectra and QA at evaluations only: every `metrics.spectra_every` / `metrics.qa_every` steps
       (None: at every evaluation; 0: never), and at the end and at step 0 when not 0;
+    - curvature along the last update at evaluations on multiples of `metrics.curvature_every` (0: never),
+      on its own cadence, not only where spectra fall (it reads an update, so never at step 0);
     - checkpoint every `train.checkpoint_every` steps (0: only at the end), and at the end.
     """
 
@@ -43,6 +47,7 @@ class Cadence:
             log=_every(step, t.log_every) or checkpoint,
             eval=evaluate,
             spectra=evaluate and self._optional(step, self.metrics.spectra_every),
+            curvature=evaluate and _every(step, self.metrics.curvature_every),
             qa=evaluate and self._optional(step, self.metrics.qa_every),
             checkpoint=checkpoint,
         )

@@ -143,7 +143,7 @@ class MetricsSection:
         qa_every: steps between QA accuracy (bios sources only); null: at every eval; 0: off
         qa_max_per_group: questions per frequency group of the QA evaluation
         peak_flops: the accelerator's peak FLOP/s for perf/mfu; null: known GPUs only
-        curvature_every: curvature/<group>/* at spectra evals on multiples of N steps; 0: off
+        curvature_every: curvature/<group>/* at evals on multiples of N steps; 0: off
     """
 
     tail_buckets: int = 10

@@ -252,7 +252,8 @@ class Trainer:
             self.whole = WholeModel(acc.unwrap_model(self.model))
             checkpoint_unwrapped_weights(acc, self.whole.module)
         else:
-            needs_whole = cfg.metrics.spectra_every != 0 or self.qa is not None
+            metrics = cfg.metrics
+            needs_whole = metrics.spectra_every != 0 or bool(metrics.curvature_every) or self.qa is not None
             whole = WholeModel.copy_for(self.model, acc) if needs_whole else WholeModel(None)
             sharded = autocast_forward(shard_model(self.model, acc.device, self.world), acc)
             self.optimizer = build_optimizer(sharded, cfg.optim)
@@ -295,7 +296,7 @@ class Trainer:
             for step in range(start, steps):
                 done = step + 1
                 due = self.cadence.at(done)
-                grad_norm, before = self._step(step, loss_sum, snapshot=due.spectra)
+                grad_norm, before = self._step(step, loss_sum, snapshot=due.spectra or due.curvature)
                 state.step, window_steps = done, window_steps + 1
                 timer.step()
                 bar.update(1)
@@ -377,9 +378,8 @@ class Trainer:
             metrics.update(model_spectra(whole))
             if before is not None:  # the last step's update (none before the first step)
                 metrics.update(update_spectra(before, whole))
-                every = self.cfg.metrics.curvature_every
-                if every and step % every == 0:
-                    metrics.update(self._curvature(whole, before))
+        if self.is_main and due.curvature and before is not None:
+            metrics.update(self._curvature(whole, before))
         if self.is_main and self.qa is not None and due.qa:
             metrics.update(self.qa(whole))
         self.state.eval_loss = metrics.get(EVAL_LOSS, self.state.eval_loss)

@@ -162,9 +162,9 @@ def final_pair_tests(rows: list[Row]) -> list[PairTest]:
 
 
 def iso_pair_tests(arms: list[ArmAtTarget], metrics: list[str], kind: str = "") -> list[PairTest]:
-    """The same tests on the tail metrics at one iso-loss target (seeds that reach it); `kind` says how
-    the target was chosen (pre-registered, exploratory, ...)."""
-    headline = [m for m in HEADLINE if m in metrics]
+    """The same tests on the tail metrics and each group's directional sharpness at one iso-loss target
+    (seeds that reach it); `kind` says how the target was chosen (pre-registered, exploratory, ...)."""
+    headline = [m for m in (*HEADLINE, *curvature_metrics(metrics)) if m in metrics]
     where = f"at {arms[0].target:.4f}" + (f" ({kind})" if kind else "") if arms else ""
     return pair_tests([(a.row.group, a.row.family, {m: a.values(m) for m in headline}) for a in arms],
                       headline, where)
