@@ -87,6 +87,8 @@ def test_directional_sharpness_is_read_and_tested_at_the_targets(tmp_path):
     pair = [r for r in rows_of(tmp_path / "out" / "iso_pairwise.csv") if r["metric"] == "curvature/vo/nds"]
     assert len(pair) == 1 and float(pair[0]["p"]) == pytest.approx(expected, abs=1e-3)
     assert pair[0]["p_bh_study"] != "" and pair[0]["where"] == "at 5.4000 (pre-registered)"
+    assert (tmp_path / "out" / "sharpness.png").stat().st_size > 1000
+    assert "(sharpness.png)" in (tmp_path / "out" / "report.md").read_text()
     per_seed = rows_of(tmp_path / "out" / "per_seed.csv")
     assert {(r["arm"], r["seed"]) for r in per_seed if r["metric"] == "curvature/vo/nds at 5.4000"} == {
         ("adamw", "0"), ("adamw", "1"), ("muon-hidden", "0"), ("muon-hidden", "1")}

@@ -248,12 +248,31 @@ def iso_loss_trajectories(rows: list[Row], arms: list[ArmAtTarget], loss: Overal
     the frame, the first evals' large losses included."""
     panels = [(m, label) for m, label in _ISO_PANELS
               if any(m in r.history for row in rows for r in row.runs)]
+    return _against_loss(rows, arms, loss, panels, out / "iso_loss.png", log=False)
+
+
+def sharpness_trajectories(rows: list[Row], arms: list[ArmAtTarget], loss: OverallLoss, metrics: list[str],
+                           out: Path) -> Path | None:
+    """Each group's normalized directional sharpness of the last update (`metrics`: the logged
+    curvature/<group>/nds keys) against overall eval loss, as the iso-loss figure draws the tail: the
+    read at the targets (`iso_loss.csv`) is where each curve crosses the dotted lines. Symmetric log
+    scale: the optimizers' values differ by orders of magnitude, and a non-convex direction is negative."""
+    panels = [(m, f"{m.split('/')[1]}: uᵀHu / ‖u‖²") for m in metrics]
+    return _against_loss(rows, arms, loss, panels, out / "sharpness.png", log=True, columns=4)
+
+
+def _against_loss(rows: list[Row], arms: list[ArmAtTarget], loss: OverallLoss, panels: list[tuple[str, str]],
+                  path: Path, log: bool, columns: int | None = None) -> Path | None:
+    """One panel per (metric, label): the metric against overall loss over each run's evals (x reversed,
+    so training goes right; dotted: the targets); seeds of a setting share a color; every point framed."""
     if not panels:
         return None
     color = colors(rows)
     targets = sorted({a.target for a in arms})
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 1.5, 4.5), squeeze=False)
-    for ax, (metric, label) in zip(axes[0], panels, strict=True):
+    ncols = min(columns or len(panels), len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols + 1.5, 4.5 * nrows), squeeze=False)
+    for ax, (metric, label) in zip(axes.flat, panels, strict=False):
         labelled = set()
         curves = []
         for row in rows:
@@ -272,11 +291,15 @@ def iso_loss_trajectories(rows: list[Row], arms: list[ArmAtTarget], loss: Overal
         xs = [x for _, points in curves for x, _ in points] + targets
         pad = 0.02 * (max(xs) - min(xs) or 1.0)
         ax.set_xlim(max(xs) + pad, min(xs) - pad)  # reversed: training goes right
+        if log:
+            ax.set_yscale("symlog", linthresh=1e-3)
         ax.set(xlabel=f"overall {loss.label} (training goes right)", ylabel=label,
                title=f"{label} vs overall loss")
         ax.grid(alpha=0.3)
         legend_beside(ax)
-    return _save(fig, out / "iso_loss.png")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    return _save(fig, path)
 
 
 def steps_to_target_bars(results: list[StepsToTarget], loss: OverallLoss, out: Path) -> Path | None:

@@ -17,6 +17,7 @@ from ablations.reading.matched_loss import (
     ArmAtTarget,
     OverallLoss,
     StepsToTarget,
+    curvature_metrics,
     iso_loss,
     iso_targets,
     iso_tests,
@@ -191,6 +192,15 @@ def matched_loss_sections(rows: list[Row], loss: OverallLoss, arms: list[ArmAtTa
                   "adjusted per metric and over the study; `iso_pairwise.csv`):\n",
                   markdown(iso_pairs) if iso_pairs[1] else "No two arms have 2 seeds or more there.\n",
                   _image(plots.iso_loss_trajectories(rows, arms, loss, out), out, "Iso-loss trajectories")]
+        sharpness = curvature_metrics(metrics)
+        if sharpness:
+            parts += ["*curvature_<group>_nds*: the normalized directional sharpness uᵀHu/‖u‖² of each "
+                      "group's last update u on a fixed validation batch (`metrics.curvature_every`), read "
+                      "at the targets like the tail: lower means the update runs along flatter directions "
+                      "of the loss, the curvature account of Muon's advantage (arXiv 2606.04662). Its pair "
+                      "tests are in `iso_pairwise.csv`, inside the study-wide adjustment.\n",
+                      _image(plots.sharpness_trajectories(rows, arms, loss, sharpness, out), out,
+                             "Directional sharpness against overall loss")]
     steps_tab = steps_table(steps)
     write_table(steps_tab, out / "steps_to_target.csv")
     if steps:
