@@ -159,6 +159,25 @@ def test_theory_lm_v2_tunes_each_optimizers_own_rate_and_reads_curvature_at_the_
     assert every == {25} and grid.analysis["iso_loss"] == [5.0, 4.8, 4.6] and len(grid.cooldowns.at) >= 4
 
 
+def test_theory_lm_v2_polar_shares_theory_lm_v2s_design_for_its_muon_variants():
+    """The optional arms: Newton–Schulz Muon (the reference), the exact polar factor and NorMuon, each on
+    VO+FFN at its own tuned rates, with theory_lm_v2's base, tuning, seeds and targets."""
+    polar, v2 = load_grid("theory_lm_v2_polar"), load_grid("theory_lm_v2")
+    arms = {r.group: {**polar.base_config, **r.overrides} for r in polar.runs}
+    assert list(arms) == ["muon-vo+ffn", "muon-vo+ffn-exact", "normuon-vo+ffn"]
+    assert arms["muon-vo+ffn-exact"]["optim.orthogonalize"] == "exact"
+    assert "optim.orthogonalize" not in arms["muon-vo+ffn"]
+    assert arms["normuon-vo+ffn"]["optim.route"] == "vo,ffn:normuon default:adamw"
+    assert all(swept_keys(polar, arm) == ["optim.adamw_lr", "optim.muon_lr", "optim.embed_lr"]
+               for arm in tuned_arms(polar))
+    assert polar.tune.keys == {k: v for k, v in v2.tune.keys.items() if k != "optim.signum.lr"}
+    assert polar.tune.seeds == v2.tune.seeds and polar.analysis == v2.analysis
+    assert sorted({r.seed for r in polar.runs}) == sorted({r.seed for r in v2.runs})
+    shared = ("optim.schedule", "optim.decay_fraction", "train.eval_every", "metrics.curvature_every")
+    v2_arm = {**v2.base_config, **v2.runs[0].overrides}
+    assert all(c[k] == v2_arm[k] for c in arms.values() for k in shared)
+
+
 @pytest.mark.parametrize("body, message", [
     ("runs: [{optim.muon: none}]\nseed: [1]\n", "unknown top-level key(s) seed"),
     ("description: nothing\n", "the grid has no runs"),

@@ -255,8 +255,9 @@ def sharpness_trajectories(rows: list[Row], arms: list[ArmAtTarget], loss: Overa
                            out: Path) -> Path | None:
     """Each group's normalized directional sharpness of the last update (`metrics`: the logged
     curvature/<group>/nds keys) against overall eval loss, as the iso-loss figure draws the tail: the
-    read at the targets (`iso_loss.csv`) is where each curve crosses the dotted lines. Symmetric log
-    scale: the optimizers' values differ by orders of magnitude, and a non-convex direction is negative."""
+    read at the targets (`iso_loss.csv`) is where each curve crosses the dotted lines. Log scale: the
+    optimizers' values differ by orders of magnitude (symmetric log where a non-convex direction gives a
+    negative value)."""
     panels = [(m, f"{m.split('/')[1]}: uᵀHu / ‖u‖²") for m in metrics]
     return _against_loss(rows, arms, loss, panels, out / "sharpness.png", log=True, columns=4)
 
@@ -291,8 +292,13 @@ def _against_loss(rows: list[Row], arms: list[ArmAtTarget], loss: OverallLoss, p
         xs = [x for _, points in curves for x, _ in points] + targets
         pad = 0.02 * (max(xs) - min(xs) or 1.0)
         ax.set_xlim(max(xs) + pad, min(xs) - pad)  # reversed: training goes right
-        if log:
-            ax.set_yscale("symlog", linthresh=1e-3)
+        ys = [y for _, points in curves for _, y in points]
+        if log and min(ys) > 0:
+            ax.set_yscale("log")
+        elif log:  # a non-convex direction gives a negative value: linear within the smallest magnitude
+            ax.set_yscale("symlog", linthresh=min(abs(y) for y in ys if y) or 1.0)
+            top, bottom = max(ys), min(ys)
+            ax.set_ylim(bottom * 1.5 if bottom < 0 else 0, top * 1.5 if top > 0 else 0)
         ax.set(xlabel=f"overall {loss.label} (training goes right)", ylabel=label,
                title=f"{label} vs overall loss")
         ax.grid(alpha=0.3)
