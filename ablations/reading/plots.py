@@ -293,9 +293,9 @@ def _against_loss(rows: list[Row], arms: list[ArmAtTarget], loss: OverallLoss, p
         pad = 0.02 * (max(xs) - min(xs) or 1.0)
         ax.set_xlim(max(xs) + pad, min(xs) - pad)  # reversed: training goes right
         ys = [y for _, points in curves for _, y in points]
-        if log and min(ys) > 0:
+        if log and ys and min(ys) > 0:
             ax.set_yscale("log")
-        elif log:  # a non-convex direction gives a negative value: linear within the smallest magnitude
+        elif log and ys:  # a non-convex direction gives a negative value: linear below the smallest |y|
             ax.set_yscale("symlog", linthresh=min(abs(y) for y in ys if y) or 1.0)
             top, bottom = max(ys), min(ys)
             ax.set_ylim(bottom * 1.5 if bottom < 0 else 0, top * 1.5 if top > 0 else 0)
