@@ -18,7 +18,8 @@ SECTIONS = (("README.md", ("Ablations you can trust", "The theory's optimizers")
              ("Measured: theory_lm_v2", "Measured: study_wide_v2", "Measured: study_bios_v2",
               "Measured: study_tiny_v2", "Measured: the v2 pilot", "Measured (v1 design)")))
 STUDIES = ("study_tiny_v2_pilot", "study_tiny_v2", "study_bios_v2", "study_wide_v2",
-           "compare_tiny_vs_wide_v2", "theory_lm_v2", "theory_lm_v2_polar", "v1_study_tiny", "v1_study_bios", "v1_theory_lm")
+           "compare_tiny_vs_wide_v2", "theory_lm_v2", "theory_lm_v2_polar", "v1_study_tiny", "v1_study_bios",
+           "v1_theory_lm")
 # A decimal number, with an optional sign (ASCII or Unicode minus) and percent sign.
 NUMBER = re.compile(r"(?<![\w.])[−-]?\d+\.\d+%?")
 # Not a quantity: an arXiv identifier (a paper cited next to the results).
