@@ -80,6 +80,12 @@ def curvature_metrics(logged: set[str] | list[str]) -> list[str]:
     return sorted(k for k in logged if re.fullmatch(CURVATURE_NDS, k))
 
 
+def tested_at_target(logged: set[str] | list[str]) -> list[str]:
+    """The metrics among `logged` that are tested between arms at a target loss: the headline tail ones,
+    then each group's directional sharpness."""
+    return [k for k in HEADLINE if k in logged] + curvature_metrics(logged)
+
+
 def tail_metrics(runs: list[RunData]) -> list[str]:
     """The metrics read at a target loss that any of `runs` logged over training: the headline tail
     ones, then every bucket and group, then each group's directional sharpness."""
@@ -272,7 +278,7 @@ def iso_tests(arms: list[ArmAtTarget]) -> dict[int, dict[str, Comparison]]:
         ref = by_row.get((id(arm.row.adamw), arm.target)) if arm.row.adamw is not None else None
         if ref is None or ref is arm:
             continue
-        tested = (*HEADLINE, *curvature_metrics({m for r in arm.reached for m in r.metrics}))
+        tested = tested_at_target({m for r in arm.reached for m in r.metrics})
         tests[i] = {m: c for m in tested if (c := compare(arm.values(m), ref.values(m))) is not None}
     return tests
 

@@ -297,8 +297,7 @@ def _against_loss(rows: list[Row], arms: list[ArmAtTarget], loss: OverallLoss, p
             ax.set_yscale("log")
         elif log and ys:  # a non-convex direction gives a negative value: linear below the smallest |y|
             ax.set_yscale("symlog", linthresh=min(abs(y) for y in ys if y) or 1.0)
-            top, bottom = max(ys), min(ys)
-            ax.set_ylim(bottom * 1.5 if bottom < 0 else 0, top * 1.5 if top > 0 else 0)
+            ax.set_ylim(min(ys) * 1.5, max(max(ys) * 1.5, 0))  # min(ys) <= 0 here
         ax.set(xlabel=f"overall {loss.label} (training goes right)", ylabel=label,
                title=f"{label} vs overall loss")
         ax.grid(alpha=0.3)

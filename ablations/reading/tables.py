@@ -17,7 +17,7 @@ from ablations.reading.matched_loss import (
     LongerVsMuon,
     StepsToTarget,
     column,
-    curvature_metrics,
+    tested_at_target,
 )
 from ablations.reading.rows import Row
 from ablations.reading.stats import ALPHA, Comparison, Difference, bh_adjusted, compare, difference
@@ -164,7 +164,7 @@ def final_pair_tests(rows: list[Row]) -> list[PairTest]:
 def iso_pair_tests(arms: list[ArmAtTarget], metrics: list[str], kind: str = "") -> list[PairTest]:
     """The same tests on the tail metrics and each group's directional sharpness at one iso-loss target
     (seeds that reach it); `kind` says how the target was chosen (pre-registered, exploratory, ...)."""
-    headline = [m for m in (*HEADLINE, *curvature_metrics(metrics)) if m in metrics]
+    headline = tested_at_target(metrics)
     where = f"at {arms[0].target:.4f}" + (f" ({kind})" if kind else "") if arms else ""
     return pair_tests([(a.row.group, a.row.family, {m: a.values(m) for m in headline}) for a in arms],
                       headline, where)
@@ -251,7 +251,7 @@ def iso_table(arms: list[ArmAtTarget], tests: dict[int, dict[str, Comparison]], 
     directional sharpness with their p-value against AdamW there)."""
     header = ["arm", "target_loss", "target_kind", "step_at_target", "step_ci95_low", "step_ci95_high",
               "n_seeds", "n_reached", "eval_bracket_steps", "n_evals", "status"]
-    headline = [m for m in (*HEADLINE, *curvature_metrics(metrics)) if m in metrics]
+    headline = tested_at_target(metrics)
     header += [c for m in headline for c in (column(m), f"p_{column(m)}_vs_adamw")]
     header += [column(m) for m in metrics if m not in headline]
     body = []
