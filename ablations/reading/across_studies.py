@@ -23,9 +23,9 @@ from ablations.reading.stats import (
     Difference,
     bh_adjusted,
     change,
+    delta_share,
     difference,
-    share_estimate,
-    share_fieller,
+    fieller_interval,
     share_moments,
 )
 from ablations.reading.tables import PValue, Table, markdown, write_table
@@ -140,10 +140,10 @@ def shares_table(a: Values, b: Values, arms: list[str], baseline: str, full: str
         if arm == full or len(settings) < 2:
             continue
         row: list[object] = [arm]
-        for setting in settings:
-            m = share_moments(*setting)
-            row += [m and m.den and m.num / m.den, *(share_fieller(*setting) or (None, None))]
-        sa, sb = (share_estimate(*setting) for setting in settings)
+        moments = [share_moments(*setting) for setting in settings]
+        for m in moments:
+            row += [m and m.den and m.num / m.den, *(fieller_interval(m) or (None, None))]
+        sa, sb = (delta_share(m) for m in moments)
         if sa is None or sb is None:
             row += [None] * 5
         else:

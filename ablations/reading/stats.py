@@ -233,13 +233,18 @@ def share_moments(adamw: dict[int, float], run: dict[int, float],
 
 def share_fieller(adamw: dict[int, float], run: dict[int, float],
                   full: dict[int, float]) -> tuple[float, float] | None:
-    """95% Fieller interval of the share of the gain, (mean A − mean R) / (mean A − mean F).
+    """95% Fieller interval of the share of the gain, (mean A − mean R) / (mean A − mean F)
+    (`fieller_interval` of the settings' `share_moments`)."""
+    return fieller_interval(share_moments(adamw, run, full))
+
+
+def fieller_interval(m: ShareMoments | None) -> tuple[float, float] | None:
+    """95% Fieller interval of the ratio N/D of `m`'s mean gains.
 
     The set of ratios ρ the data cannot reject: (N − ρD)² <= t² (v_NN − 2ρ v_ND + ρ² v_DD), with N, D
-    the mean gains and v their (co)variances (`share_moments`). None when the interval is unbounded: the
-    full gain D is not distinguishable from 0.
+    the mean gains and v their (co)variances. None when the interval is unbounded (the full gain D is not
+    distinguishable from 0) or without moments.
     """
-    m = share_moments(adamw, run, full)
     if m is None:
         return None
     t2 = float(stats.t.ppf(0.5 + CONFIDENCE / 2, m.df)) ** 2
@@ -253,11 +258,15 @@ def share_fieller(adamw: dict[int, float], run: dict[int, float],
 
 def share_estimate(adamw: dict[int, float], run: dict[int, float],
                    full: dict[int, float]) -> Difference | None:
+    """The share N/D with its delta-method standard error (`delta_share` of the settings' moments)."""
+    return delta_share(share_moments(adamw, run, full))
+
+
+def delta_share(m: ShareMoments | None) -> Difference | None:
     """The share N/D with its delta-method standard error, sqrt(v_NN − 2ρ v_ND + ρ² v_DD) / |D|, for
     comparing shares between studies (`change`). First order only, so None wherever Fieller's interval is
     unbounded (the full gain not distinguishable from 0): there the ratio has no usable standard error."""
-    m = share_moments(adamw, run, full)
-    if m is None or share_fieller(adamw, run, full) is None:
+    if fieller_interval(m) is None:
         return None
     rho = m.num / m.den
     var = max(m.v_nn - 2 * rho * m.v_nd + rho**2 * m.v_dd, 0.0)
